@@ -39,7 +39,7 @@ func (c cmdResult) String() string {
 }
 
 func ok(verb, arg string) cmdResult { return cmdResult{cmd: Command{Verb: verb, Arg: arg}} }
-func fail(err error) cmdResult     { return cmdResult{err: err} }
+func fail(err error) cmdResult      { return cmdResult{err: err} }
 
 var eof = fail(io.EOF)
 
