@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "ftpguard.toml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestExampleConfigLoads: config.example.toml is valid and equals the
+// defaults, so the documentation cannot drift from the code.
+func TestExampleConfigLoads(t *testing.T) {
+	st, err := LoadConfig("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, errs := DefaultConfig().settings()
+	if len(errs) > 0 {
+		t.Fatalf("defaults invalid: %v", errs)
+	}
+	if got, want := st.File, def.File; !reflect.DeepEqual(got, want) {
+		t.Fatalf("config.example.toml differs from the defaults:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestEmptyConfigTakesDefaults(t *testing.T) {
+	st, err := LoadConfig(writeConfig(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Listen != "0.0.0.0:21" || st.Proxy.Backend != "127.0.0.1:2121" || st.Limiter.Failures != 5 ||
+		st.Limiter.Window != 10*time.Minute || st.Proxy.MaxLine != 2048 || !st.Proxy.CountUserRejects {
+		t.Fatalf("defaults not applied: %+v", st)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	tests := []struct {
+		name, text string
+		want       []string // substrings of the error, after "PATH"
+	}{
+		{"unknown key", "[limits]\nfailure = 3\n", []string{":2 limits.failure: unknown key"}},
+		{"unknown table", "[bogus]\nx = 1\n", []string{":1 bogus: unknown key", ":2 bogus.x: unknown key"}},
+		{"wrong type", "[limits]\nfailures = \"five\"\n", []string{":2 limits.failures:"}},
+		{"bad duration", "[limits]\nwindow = \"ten minutes\"\n", []string{":2 limits.window:"}},
+		{"zero failures", "[limits]\nfailures = 0\n", []string{":2 limits.failures: must be ≥ 1"}},
+		{"negative duration", "[sessions]\nidle_timeout = \"-1s\"\n", []string{":2 sessions.idle_timeout: must be a positive duration"}},
+		{"ban factor", "[limits]\nban_factor = 0.5\n", []string{":2 limits.ban_factor: must be ≥ 1"}},
+		{"max ban below ban", "[limits]\nban_time = \"2h\"\nmax_ban_time = \"1h\"\n", []string{":3 limits.max_ban_time: must be ≥ ban_time"}},
+		{"prefix", "[limits]\nipv6_prefix = 129\n", []string{":2 limits.ipv6_prefix: must be 1–128"}},
+		{"allow", "[limits]\nallow = [\"10.0.0.0/8\", \"nope\"]\n", []string{":2 limits.allow: \"nope\" is not an IP address or CIDR"}},
+		{"passive name", "[passive]\naddress = \"ftp.example.com\"\n", []string{":2 passive.address: must be an IP address (never a name"}},
+		{"passive ports", "[passive]\nports = \"60000-50000\"\n", []string{":2 passive.ports: must be"}},
+		{"privileged passive port", "[passive]\nports = \"21-30\"\n", []string{":2 passive.ports: must be"}},
+		{"listen", "listen = \"nowhere\"\n", []string{":1 listen: must be host:port"}},
+		{"backend", "[backend]\naddress = \"127.0.0.1:99999\"\n", []string{":2 backend.address: port must be"}},
+		{"store", "[store]\nkind = \"redis\"\n", []string{":2 store.kind: \"redis\" is not available"}},
+		{"log", "[log]\nlevel = \"loud\"\nformat = \"xml\"\n", []string{":2 log.level:", ":3 log.format:"}},
+		{"syntax", "listen = \n", []string{":1"}},
+		{"all at once", "[limits]\nfailures = 0\nbogus = 1\n", []string{":2 limits.failures", ":3 limits.bogus: unknown key"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeConfig(t, tt.text)
+			_, err := LoadConfig(p)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), p+w) {
+					t.Errorf("error lacks %q:\n%v", p+w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigValues(t *testing.T) {
+	st, err := LoadConfig(writeConfig(t, `
+[passive]
+address = "::ffff:192.0.2.7"
+ports = "40000-40009"
+[limits]
+allow = ["192.0.2.0/24", "2001:db8::1", "::ffff:198.51.100.0/120"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Proxy.PassiveAddr.String() != "192.0.2.7" {
+		t.Errorf("passive address %v; want unmapped 192.0.2.7", st.Proxy.PassiveAddr)
+	}
+	if st.Proxy.PassivePorts.Min != 40000 || st.Proxy.PassivePorts.Max != 40009 {
+		t.Errorf("ports %+v", st.Proxy.PassivePorts)
+	}
+	var got []string
+	for _, p := range st.Limiter.Allow {
+		got = append(got, p.String())
+	}
+	if want := "192.0.2.0/24 2001:db8::1/128 198.51.100.0/24"; strings.Join(got, " ") != want {
+		t.Errorf("allow %v; want %s", got, want)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := runMain([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "ftpguard ") {
+		t.Fatalf("version: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := runMain([]string{"check", "-config", "../../config.example.toml"}, &out, &errb); code != 0 {
+		t.Fatalf("check example: %d %s", code, errb.String())
+	}
+	errb.Reset()
+	if code := runMain([]string{"check", "-config", "/nonexistent/ftpguard.toml"}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "/nonexistent/ftpguard.toml") {
+		t.Fatalf("missing file: %d %q", code, errb.String())
+	}
+	if code := runMain([]string{"frobnicate"}, &out, &errb); code != 2 {
+		t.Fatalf("unknown command: %d", code)
+	}
+}

@@ -1,0 +1,169 @@
+// Command ftpguard is an authenticating FTP front-proxy: it listens in front
+// of an FTP daemon, counts every password guess from the daemon's own
+// replies, and bans guessing addresses by itself — no logs, no DNS.
+//
+// Usage:
+//
+//	ftpguard [run] -config PATH   serve (the default command)
+//	ftpguard check -config PATH   validate the config file and exit
+//	ftpguard version              print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=…"; else the
+// module version from the build info is used.
+var version = ""
+
+const defaultConfigPath = "/etc/ftpguard/ftpguard.toml"
+
+func main() {
+	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func runMain(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "run", "check":
+		fs := flag.NewFlagSet("ftpguard "+cmd, flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", defaultConfigPath, "path of the TOML config file")
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "ftpguard %s: unexpected argument %q\n", cmd, fs.Arg(0))
+			return 2
+		}
+		st, err := LoadConfig(*path)
+		if err != nil {
+			fmt.Fprintf(stderr, "ftpguard: invalid config:\n%v\n", err)
+			return 1
+		}
+		if cmd == "check" {
+			fmt.Fprintf(stdout, "%s: OK (listen %s, backend %s)\n", *path, st.Listen, st.Proxy.Backend)
+			return 0
+		}
+		if err := run(*path, st, stderr); err != nil {
+			fmt.Fprintf(stderr, "ftpguard: %v\n", err)
+			return 1
+		}
+		return 0
+	case "version":
+		fmt.Fprintln(stdout, "ftpguard", versionString())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, "usage: ftpguard [run|check] -config PATH | ftpguard version")
+		return 0
+	default:
+		fmt.Fprintf(stderr, "ftpguard: unknown command %q (want run, check or version)\n", cmd)
+		return 2
+	}
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// run serves until SIGTERM/SIGINT, then drains. SIGHUP reloads limits,
+// timeouts and the log level from path without dropping sessions.
+func run(path string, st *Settings, stderr io.Writer) error {
+	level := new(slog.LevelVar)
+	level.Set(st.LogLevel)
+	log := newLogger(stderr, st.File.Log.Format, level)
+
+	lim, err := limiter.New(st.Limiter, limiter.NewMemoryStore())
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(st.Proxy, lim, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", st.Listen)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "listen", ln.Addr().String(), "backend", st.Proxy.Backend, "version", versionString())
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	for {
+		select {
+		case err := <-errc:
+			if errors.Is(err, proxy.ErrServerClosed) {
+				return nil
+			}
+			return err
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				reload(path, st.Listen, lim, srv, level, log)
+				continue
+			}
+			drain := st.File.Sessions.DrainTimeout
+			log.Info("draining", "signal", sig.String(), "sessions", srv.ActiveSessions(), "drain_timeout", drain)
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			err := srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				log.Warn("drain timeout; closed remaining sessions", "err", err)
+			}
+			log.Info("stopped")
+			return nil
+		}
+	}
+}
+
+// reload applies a re-read config; an invalid one is logged and ignored.
+func reload(path, listen string, lim *limiter.Limiter, srv *proxy.Server, level *slog.LevelVar, log *slog.Logger) {
+	st, err := LoadConfig(path)
+	if err == nil {
+		err = lim.Reload(st.Limiter)
+	}
+	if err != nil {
+		log.Error("reload rejected; keeping the old config", "err", err)
+		return
+	}
+	if st.Listen != listen {
+		log.Warn("reload: listen changed; it takes effect on restart", "listen", st.Listen)
+	}
+	srv.SetConfig(st.Proxy)
+	level.Set(st.LogLevel)
+	log.Info("reloaded", "config", path)
+}
+
+func newLogger(w io.Writer, format string, level slog.Leveler) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,431 @@
+// Package integration runs ftpguard as a real process in front of a real
+// vsftpd on loopback, both started and stopped by the tests, and drives them
+// with real clients (github.com/jlaffaye/ftp, curl, raw sockets). Distinct
+// client addresses come from binding 127.0.0.X; no traffic leaves the host.
+//
+// The tests need root (they create a local test user and a PAM service) and
+// vsftpd and curl on PATH: a missing daemon fails the suite, never skips it.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jlaffaye/ftp"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+)
+
+const (
+	testUser = "fgtest"
+	testPass = "Correct-Horse-9"
+	testHome = "/home/fgtest"
+	pamName  = "ftpguard-test"
+)
+
+// guardBin is the ftpguard binary built once by TestMain.
+var guardBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ftpguard-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	guardBin = filepath.Join(dir, "ftpguard")
+	args := []string{"build", "-o", guardBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/ftpguard")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building ftpguard:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var setupOnce sync.Once
+var setupErr error
+
+// setupHost creates the test user, its PAM service and vsftpd's empty dir.
+func setupHost(t testing.TB) {
+	t.Helper()
+	setupOnce.Do(func() { setupErr = doSetupHost() })
+	if setupErr != nil {
+		t.Fatal(setupErr)
+	}
+}
+
+func doSetupHost() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("integration tests need root (test user, PAM service, vsftpd)")
+	}
+	for _, bin := range []string{"vsftpd", "curl"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s is not installed (run .ci/run, or apt-get install -y vsftpd curl): %w", bin, err)
+		}
+	}
+	if exec.Command("id", testUser).Run() != nil {
+		if out, err := exec.Command("useradd", "-m", "-d", testHome, "-s", "/bin/sh", testUser).CombinedOutput(); err != nil {
+			return fmt.Errorf("useradd: %v: %s", err, out)
+		}
+	}
+	chpw := exec.Command("chpasswd", "-c", "SHA512")
+	chpw.Stdin = strings.NewReader(testUser + ":" + testPass + "\n")
+	if out, err := chpw.CombinedOutput(); err != nil {
+		return fmt.Errorf("chpasswd: %v: %s", err, out)
+	}
+	pam, err := os.ReadFile("testdata/pam-ftpguard-test")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile("/etc/pam.d/"+pamName, pam, 0o644); err != nil {
+		return err
+	}
+	return os.MkdirAll("/var/run/vsftpd/empty", 0o755)
+}
+
+// ftpd is a vsftpd process run by a test.
+type ftpd struct {
+	Addr    string
+	LogPath string
+}
+
+// startVsftpd runs vsftpd in the foreground on a free loopback port with
+// its own passive range, and stops it when the test ends.
+func startVsftpd(t testing.TB) *ftpd {
+	t.Helper()
+	setupHost(t)
+	base, err := os.ReadFile("testdata/vsftpd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	pasv := 20000 + (port%200)*50
+	logPath := filepath.Join(dir, "vsftpd.log")
+	conf := filepath.Join(dir, "vsftpd.conf")
+	text := string(base) + fmt.Sprintf("listen_port=%d\npasv_min_port=%d\npasv_max_port=%d\nvsftpd_log_file=%s\npam_service_name=%s\n",
+		port, pasv, pasv+49, logPath, pamName)
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// vsftpd writes start-up errors to fd 0: give it a file, show it on failure.
+	errPath := filepath.Join(dir, "vsftpd.fd0")
+	fd0, err := os.OpenFile(errPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd0.Close()
+	cmd := exec.Command("vsftpd", conf)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = fd0, fd0, fd0
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("vsftpd: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			msg, _ := os.ReadFile(errPath)
+			t.Fatalf("vsftpd exited at start-up (%v): %s", err, msg)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("vsftpd did not listen on %s within 10s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return &ftpd{Addr: addr, LogPath: logPath}
+}
+
+// FailedLogins counts the daemon's own FAIL LOGIN lines: the attempts that
+// really reached it.
+func (d *ftpd) FailedLogins(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile(d.LogPath)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return bytes.Count(b, []byte("FAIL LOGIN"))
+}
+
+// guardOpts are the settings a test gives ftpguard; zero fields keep the
+// harness defaults.
+type guardOpts struct {
+	Failures      int
+	Window        string
+	BanTime       string
+	BanFactor     float64
+	MaxConnsPerIP int
+	LoginTimeout  string
+	LogLevel      string
+	Extra         string // raw TOML appended at the end (tables allowed)
+}
+
+// guard is an ftpguard process run by a test.
+type guard struct {
+	Addr    string
+	LogPath string
+	Config  string
+	cmd     *exec.Cmd
+	exited  chan error
+}
+
+// startGuard runs the ftpguard binary in front of backend with a config
+// written from opts, on a kernel-chosen loopback port read from its log.
+func startGuard(t testing.TB, backend string, o guardOpts) *guard {
+	t.Helper()
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	if o.Failures == 0 {
+		o.Failures = 5
+	}
+	if o.BanFactor == 0 {
+		o.BanFactor = 2
+	}
+	if o.MaxConnsPerIP == 0 {
+		o.MaxConnsPerIP = 10
+	}
+	def(&o.Window, "10m")
+	def(&o.BanTime, "1h")
+	def(&o.LoginTimeout, "30s")
+	def(&o.LogLevel, "debug")
+	dir := t.TempDir()
+	pasv := 30000 + (freePort(t)%200)*50
+	conf := fmt.Sprintf(`listen = "127.0.0.1:0"
+
+[backend]
+address = %q
+dial_timeout = "2s"
+
+[passive]
+ports = "%d-%d"
+
+[limits]
+failures = %d
+window = %q
+ban_time = %q
+ban_factor = %g
+max_ban_time = "168h"
+
+[sessions]
+max_conns_per_ip = %d
+login_timeout = %q
+drain_timeout = "5s"
+
+[log]
+level = %q
+format = "json"
+%s
+`, backend, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.LogLevel, o.Extra)
+	path := filepath.Join(dir, "ftpguard.toml")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &guard{LogPath: filepath.Join(dir, "ftpguard.log"), Config: path, exited: make(chan error, 1)}
+	logf, err := os.Create(g.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	g.cmd = exec.Command(guardBin, "run", "-config", path)
+	g.cmd.Stdout, g.cmd.Stderr = logf, logf
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { g.exited <- g.cmd.Wait() }()
+	t.Cleanup(func() {
+		g.cmd.Process.Kill()
+		<-g.exited
+		if t.Failed() {
+			b, _ := os.ReadFile(g.LogPath)
+			t.Logf("ftpguard log:\n%s", tail(b, 60))
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for g.Addr == "" {
+		for _, e := range g.Events(t) {
+			if e["msg"] == "listening" {
+				g.Addr, _ = e["listen"].(string)
+			}
+		}
+		select {
+		case err := <-g.exited:
+			b, _ := os.ReadFile(g.LogPath)
+			t.Fatalf("ftpguard exited at start-up (%v):\n%s", err, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ftpguard did not log \"listening\" within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return g
+}
+
+// Events returns ftpguard's JSON log lines so far.
+func (g *guard) Events(t testing.TB) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(g.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var e map[string]any
+		if json.Unmarshal(line, &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Count counts log events with msg (and, if given, attribute k = v).
+func (g *guard) Count(t testing.TB, msg string, kv ...string) int {
+	n := 0
+	for _, e := range g.Events(t) {
+		if e["msg"] != msg {
+			continue
+		}
+		ok := true
+		for i := 0; i+1 < len(kv); i += 2 {
+			if fmt.Sprint(e[kv[i]]) != kv[i+1] {
+				ok = false
+			}
+		}
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func tail(b []byte, n int) []byte {
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return bytes.Join(lines, []byte("\n"))
+}
+
+// dialer binds src (a 127.0.0.X address) as the local address.
+func dialer(src string) *net.Dialer {
+	return &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+}
+
+// ftpClient logs in through addr from src with the jlaffaye/ftp client.
+func ftpClient(t testing.TB, src, addr string, opts ...ftp.DialOption) (*ftp.ServerConn, error) {
+	t.Helper()
+	opts = append([]ftp.DialOption{ftp.DialWithDialer(*dialer(src)), ftp.DialWithTimeout(10 * time.Second)}, opts...)
+	return ftp.Dial(addr, opts...)
+}
+
+// raw is a control connection driven by hand, replies read by ftpproto.
+type raw struct {
+	t testing.TB
+	c net.Conn
+	r *ftpproto.ReplyReader
+}
+
+func dialRaw(t testing.TB, src, addr string) *raw {
+	t.Helper()
+	c, err := dialer(src).Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &raw{t: t, c: c, r: ftpproto.NewReplyReader(bufio.NewReader(c), 4096, 1<<20)}
+}
+
+func (r *raw) send(lines ...string) {
+	r.t.Helper()
+	if _, err := r.c.Write([]byte(strings.Join(lines, "\r\n") + "\r\n")); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+// reply reads one reply; code 0 means the connection ended.
+func (r *raw) reply() (int, string) {
+	r.t.Helper()
+	rep, err := r.r.ReadReply()
+	if err != nil {
+		return 0, err.Error()
+	}
+	return rep.Code, rep.Text()
+}
+
+func (r *raw) expect(code int) string {
+	r.t.Helper()
+	got, text := r.reply()
+	if got != code {
+		r.t.Fatalf("want reply %d, got %d %q", code, got, text)
+	}
+	return text
+}
+
+// randomFile writes n random bytes to a new file in dir and returns its
+// path and contents.
+func randomFile(t testing.TB, dir, name string, n int) (string, []byte) {
+	t.Helper()
+	b := make([]byte, n)
+	rand.Read(b)
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p, b
+}

@@ -1,0 +1,6 @@
+//go:build race
+
+package integration
+
+// raceEnabled builds the ftpguard binary under test with -race too.
+const raceEnabled = true

@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+)
+
+// announceAddr is the address put in 227/229 replies: the configured
+// passive address, else the local address the client reached.
+func (s *session) announceAddr() netip.Addr {
+	if a := s.srv.config().PassiveAddr; a.IsValid() {
+		return a.Unmap()
+	}
+	return addrPortOf(s.client.LocalAddr()).Addr()
+}
+
+// openPassive answers the backend's 227/229 with a listener of the proxy's
+// own and returns the rewritten reply (or a 425 when that fails). The
+// backend's data port is always dialed on the backend's control address:
+// a daemon cannot make the proxy connect elsewhere (DESIGN: 227 parsing).
+func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
+	var port uint16
+	if r.Code == 227 {
+		ap, err := ftpproto.ParsePASV(r.Text())
+		if err != nil && !errors.Is(err, ftpproto.ErrUnspecifiedAddr) {
+			s.log.Error("invalid passive reply from backend", "err", err)
+			return ftpproto.NewReply(425, "Can't open passive connection.")
+		}
+		port = ap.Port()
+	} else {
+		p, err := ftpproto.ParseEPSV(r.Text())
+		if err != nil {
+			s.log.Error("invalid passive reply from backend", "err", err)
+			return ftpproto.NewReply(425, "Can't open passive connection.")
+		}
+		port = p
+	}
+	if port == 0 {
+		s.log.Error("invalid passive reply from backend", "reply", r.Text())
+		return ftpproto.NewReply(425, "Can't open passive connection.")
+	}
+	target := netip.AddrPortFrom(addrPortOf(s.backend.RemoteAddr()).Addr(), port)
+
+	ln, err := s.listenPassive()
+	if err != nil {
+		s.log.Error("no passive port free", "err", err)
+		return ftpproto.NewReply(425, "Can't open passive connection: no port free.")
+	}
+	lport := uint16(ln.Addr().(*net.TCPAddr).Port)
+	out := ftpproto.FormatEPSV(lport)
+	if verb == "PASV" {
+		out, err = ftpproto.FormatPASV(netip.AddrPortFrom(s.announceAddr(), lport))
+		if err != nil {
+			ln.Close()
+			return ftpproto.NewReply(425, "Can't open passive connection: "+err.Error())
+		}
+	}
+	if !s.setDataListener(ln) {
+		return ftpproto.NewReply(425, "Can't open passive connection.")
+	}
+	s.data.Add(1)
+	go func() {
+		defer s.data.Done()
+		s.acceptData(ln, target)
+	}()
+	return out
+}
+
+// listenPassive binds a port of Config.PassivePorts on the local address
+// the client reached, trying the range from a random start.
+func (s *session) listenPassive() (*net.TCPListener, error) {
+	ip := addrPortOf(s.client.LocalAddr()).Addr()
+	first, n := s.srv.config().PassivePorts.start()
+	r := s.srv.config().PassivePorts
+	var err error
+	for i := 0; i < n && i < 64; i++ {
+		port := 0
+		if first != 0 {
+			port = int(r.Min) + (first-int(r.Min)+i)%n
+		}
+		var l net.Listener
+		l, err = net.Listen("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(port)))
+		if err == nil {
+			return l.(*net.TCPListener), nil
+		}
+	}
+	return nil, err
+}
+
+// setDataListener makes ln the session's one pending passive listener,
+// closing the one before it. It reports false once the session has ended.
+func (s *session) setDataListener(ln net.Listener) bool {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	if s.dataDone {
+		ln.Close()
+		return false
+	}
+	if s.dataLn != nil {
+		s.dataLn.Close()
+	}
+	s.dataLn = ln
+	return true
+}
+
+// closeData closes the pending listener and the data connections (on ABOR,
+// and for good when the session ends).
+func (s *session) closeData(final bool) {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	if final {
+		s.dataDone = true
+	}
+	if s.dataLn != nil {
+		s.dataLn.Close()
+		s.dataLn = nil
+	}
+	for c := range s.dataConn {
+		c.Close()
+		delete(s.dataConn, c)
+	}
+}
+
+// trackData registers c so that closeData reaches it.
+func (s *session) trackData(c net.Conn) bool {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	if s.dataDone {
+		c.Close()
+		return false
+	}
+	s.dataConn[c] = struct{}{}
+	return true
+}
+
+func (s *session) untrackData(c net.Conn) {
+	s.dmu.Lock()
+	delete(s.dataConn, c)
+	s.dmu.Unlock()
+	c.Close()
+}
+
+// acceptData waits for the client's data connection, refusing any from
+// another IP than the control connection's (no port stealing), then dials
+// the backend's data port from the same local IP as the control connection
+// (vsftpd refuses others) and relays.
+func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
+	cfg := s.srv.config()
+	defer ln.Close()
+	ln.SetDeadline(time.Now().Add(cfg.DataTimeout))
+	var c *net.TCPConn
+	for {
+		var err error
+		c, err = ln.AcceptTCP()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.log.Info("no data connection", "err", err)
+			}
+			return
+		}
+		from := addrPortOf(c.RemoteAddr())
+		if from.Addr() == s.peer.Addr() {
+			break
+		}
+		s.log.Warn("reject", "reason", "data connection from foreign address", "from", from.String())
+		c.Close()
+	}
+	ln.Close()
+	if !s.trackData(c) {
+		return
+	}
+	defer s.untrackData(c)
+
+	local := addrPortOf(s.backend.LocalAddr()).Addr()
+	d := net.Dialer{Timeout: cfg.DialTimeout, LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}
+	bc, err := d.DialContext(s.srv.ctx, "tcp", target.String())
+	if err != nil {
+		s.log.Error("backend data dial failed", "target", target.String(), "err", err)
+		return
+	}
+	if !s.trackData(bc) {
+		return
+	}
+	defer s.untrackData(bc)
+	s.relayData(c, bc.(*net.TCPConn))
+}
+
+// relayData copies both ways between the client's and the backend's data
+// connections until both ways have ended.
+func (s *session) relayData(client, backend *net.TCPConn) {
+	s.transfers.Add(1)
+	s.client.SetReadDeadline(time.Time{})
+	defer func() {
+		s.transfers.Add(-1)
+		s.armClientDeadline()
+	}()
+	errc := make(chan error, 2)
+	go copyHalf(backend, client, errc) // upload
+	go copyHalf(client, backend, errc) // download
+	for range 2 {
+		if err := <-errc; err != nil {
+			// A reset or a closed leg: end both ways at once.
+			client.Close()
+			backend.Close()
+		}
+	}
+}
+
+// copyHalf copies src to dst, then half-closes dst so its reader sees EOF.
+// Both are *net.TCPConn, so io.Copy lets the kernel splice.
+func copyHalf(dst, src *net.TCPConn, errc chan<- error) {
+	_, err := io.Copy(dst, src)
+	dst.CloseWrite()
+	errc <- err
+}

@@ -1,0 +1,470 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+	"github.com/ftpguard/ftpguard/limiter"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// fakeFTPD is an in-process FTP server for edge cases a real daemon cannot
+// be made to produce on demand (hang-up right after PASS, an unsolicited
+// 421, an endless reply). The integration tests cover real vsftpd.
+type fakeFTPD struct {
+	ln net.Listener
+	wg sync.WaitGroup
+
+	mu    sync.Mutex
+	lines []string // every command line received, without CRLF
+	conns int
+
+	// onCommand may answer a line itself; it returns false to fall back
+	// to the default behaviour, and may close c.
+	onCommand func(c net.Conn, line string) bool
+}
+
+func startFake(t *testing.T, on func(c net.Conn, line string) bool) *fakeFTPD {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeFTPD{ln: ln, onCommand: on}
+	f.wg.Add(1)
+	go f.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		f.wg.Wait()
+	})
+	return f
+}
+
+func (f *fakeFTPD) serve() {
+	defer f.wg.Done()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		conns = append(conns, c)
+		f.mu.Lock()
+		f.conns++
+		f.mu.Unlock()
+		f.wg.Add(1)
+		go f.session(c)
+	}
+}
+
+func (f *fakeFTPD) session(c net.Conn) {
+	defer f.wg.Done()
+	defer c.Close()
+	fmt.Fprint(c, "220 fake ready\r\n")
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimSuffix(line, "\r\n")
+		f.mu.Lock()
+		f.lines = append(f.lines, line)
+		f.mu.Unlock()
+		if f.onCommand != nil && f.onCommand(c, line) {
+			continue
+		}
+		verb, arg, _ := strings.Cut(line, " ")
+		switch verb {
+		case "USER":
+			fmt.Fprint(c, "331 Please specify the password.\r\n")
+		case "PASS":
+			if arg == "good" {
+				fmt.Fprint(c, "230 Login successful.\r\n")
+			} else {
+				fmt.Fprint(c, "530 Login incorrect.\r\n")
+			}
+		case "QUIT":
+			fmt.Fprint(c, "221 Goodbye.\r\n")
+			return
+		case "NOOP":
+			fmt.Fprint(c, "200 NOOP ok.\r\n")
+		default:
+			fmt.Fprint(c, "500 Unknown command.\r\n")
+		}
+	}
+}
+
+func (f *fakeFTPD) received() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.lines...)
+}
+
+func (f *fakeFTPD) count(prefix string) int {
+	n := 0
+	for _, l := range f.received() {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// syncBuf is a goroutine-safe log sink.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testProxy struct {
+	addr string
+	srv  *Server
+	lim  *limiter.Limiter
+	logs *syncBuf
+}
+
+func startProxy(t *testing.T, backend string, cfg Config, lcfg limiter.Config) *testProxy {
+	t.Helper()
+	lim, err := limiter.New(lcfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuf{}
+	cfg.Backend = backend
+	srv, err := New(cfg, lim, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve returned %v; want ErrServerClosed", err)
+		}
+		// Sessions end asynchronously after Close; wait for them.
+		deadline := time.Now().Add(5 * time.Second)
+		for srv.ActiveSessions() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	return &testProxy{addr: ln.Addr().String(), srv: srv, lim: lim, logs: logs}
+}
+
+type client struct {
+	t *testing.T
+	c net.Conn
+	r *ftpproto.ReplyReader
+}
+
+func dial(t *testing.T, addr string) *client {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return &client{t: t, c: c, r: ftpproto.NewReplyReader(c, 4096, 1<<20)}
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.c, s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// replies reads every reply until the connection ends.
+func (c *client) replies() []int {
+	var codes []int
+	for {
+		r, err := c.r.ReadReply()
+		if err != nil {
+			return codes
+		}
+		codes = append(codes, r.Code)
+	}
+}
+
+func (c *client) expect(code int) ftpproto.Reply {
+	c.t.Helper()
+	r, err := c.r.ReadReply()
+	if err != nil || r.Code != code {
+		c.t.Fatalf("want %d, got %v (err %v)", code, r.Lines, err)
+	}
+	return r
+}
+
+func (c *client) expectEOF() {
+	c.t.Helper()
+	if r, err := c.r.ReadReply(); err == nil {
+		c.t.Fatalf("want the connection closed, got %v", r.Lines)
+	}
+}
+
+var testLimits = limiter.Config{Failures: 3, Window: time.Hour, BanTime: time.Hour, BanFactor: 2, MaxBanTime: 24 * time.Hour}
+
+func TestBadInput(t *testing.T) {
+	tests := []struct {
+		name  string
+		send  string
+		want  []int // replies after the greeting, until close
+		fwd   string
+		nofwd string
+	}{
+		{"line too long", strings.Repeat("A", 3000) + "\r\n", []int{500}, "", "AAAA"},
+		{"no line end at all", strings.Repeat("B", 1<<20), []int{500}, "", "BBBB"},
+		{"NUL then a good command", "NO\x00OP\r\nNOOP\r\nQUIT\r\n", []int{500, 200, 221}, "NOOP", "NO\x00OP"},
+		{"bare CR inside a line", "USER a\rPASS b\r\nQUIT\r\n", []int{500, 221}, "QUIT", "USER"},
+		{"bare LF splits like CRLF", "user bob\npass bad\r\nQUIT\r\n", []int{331, 530, 221}, "PASS bad", ""},
+		{"Telnet IP/DM before a verb", "\xff\xf4\xff\xf2NOOP\r\nQUIT\r\n", []int{200, 221}, "NOOP", "\xff"},
+		{"too many commands before login", strings.Repeat("NOOP\r\n", 5), []int{200, 200, 200, 421}, "NOOP", ""},
+		{"REIN refused", "REIN\r\nQUIT\r\n", []int{502, 221}, "QUIT", "REIN"},
+		{"active mode refused", "PORT 127,0,0,1,4,1\r\nQUIT\r\n", []int{502, 221}, "QUIT", "PORT"},
+		{"AUTH TLS without TLS", "AUTH TLS\r\nQUIT\r\n", []int{534, 221}, "QUIT", "AUTH"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := startFake(t, nil)
+			p := startProxy(t, f.ln.Addr().String(), Config{MaxPreauthCommands: 3, MaxLine: 2048}, testLimits)
+			c := dial(t, p.addr)
+			c.expect(220)
+			c.send(tt.send)
+			if got := c.replies(); fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("replies %v; want %v", got, tt.want)
+			}
+			for _, l := range f.received() {
+				if tt.nofwd != "" && strings.Contains(l, tt.nofwd) {
+					t.Errorf("forwarded %q; must not", l)
+				}
+			}
+			if tt.fwd != "" && f.count(tt.fwd) == 0 {
+				t.Errorf("did not forward %q; got %q", tt.fwd, f.received())
+			}
+		})
+	}
+}
+
+// TestCanonicalForwarding: each parsed command reaches the daemon as
+// VERB SP ARG CRLF, verbs upper-cased, never the client's raw bytes.
+func TestCanonicalForwarding(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("  user  alice \nPaSs good\r\nnoop\r\nQUIT\r\n")
+	if got := c.replies(); fmt.Sprint(got) != "[331 230 200 221]" {
+		t.Fatalf("replies %v", got)
+	}
+	want := []string{"USER  alice ", "PASS good", "NOOP", "QUIT"}
+	if got := f.received(); fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Fatalf("daemon received %q; want %q", got, want)
+	}
+}
+
+// TestPipelinedGuessesCapped: ten guesses in one write; only the budget
+// reaches the daemon, the rest are dropped, and the session ends with 421.
+func TestPipelinedGuessesCapped(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	var b strings.Builder
+	for i := 0; i < 10; i++ {
+		fmt.Fprintf(&b, "USER u\r\nPASS bad%d\r\n", i)
+	}
+	c.send(b.String())
+	codes := c.replies()
+	if len(codes) == 0 || codes[len(codes)-1] != 421 {
+		t.Fatalf("replies %v; want a final 421", codes)
+	}
+	if n := f.count("PASS"); n > testLimits.Failures {
+		t.Fatalf("daemon got %d PASS lines; budget is %d", n, testLimits.Failures)
+	}
+	if d := p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")); d.Allowed {
+		t.Fatal("the peer is not banned")
+	}
+	// A new connection from a banned peer never reaches the daemon.
+	before := f.conns
+	c2 := dial(t, p.addr)
+	if r := c2.expect(421); !strings.Contains(r.Text(), "banned") {
+		t.Fatalf("banned greeting %q", r.Text())
+	}
+	time.Sleep(50 * time.Millisecond)
+	f.mu.Lock()
+	after := f.conns
+	f.mu.Unlock()
+	if after != before {
+		t.Fatal("the daemon was dialed for a banned peer")
+	}
+}
+
+// TestAttemptWithoutReplyCounts: the daemon hangs up after PASS without a
+// reply (as vsftpd and pure-ftpd do after their own max tries), or the
+// client hangs up right after PASS: each counts as a failure.
+func TestAttemptWithoutReplyCounts(t *testing.T) {
+	for _, who := range []string{"daemon hangs up", "client hangs up"} {
+		t.Run(who, func(t *testing.T) {
+			f := startFake(t, func(c net.Conn, line string) bool {
+				if strings.HasPrefix(line, "PASS") && who == "daemon hangs up" {
+					c.Close()
+					return true
+				}
+				if strings.HasPrefix(line, "PASS") {
+					time.Sleep(100 * time.Millisecond) // reply comes after the client left
+				}
+				return false
+			})
+			p := startProxy(t, f.ln.Addr().String(), Config{}, limiter.Config{Failures: 1, Window: time.Hour, BanTime: time.Hour})
+			c := dial(t, p.addr)
+			c.expect(220)
+			c.send("USER u\r\n")
+			c.expect(331)
+			c.send("PASS x\r\n")
+			if who == "daemon hangs up" {
+				c.expect(421)
+			} else {
+				c.c.Close()
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")).Allowed {
+				if time.Now().After(deadline) {
+					t.Fatalf("attempt not counted; logs:\n%s", p.logs)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestUnsolicited421: the daemon's own 421 reaches the client and ends the
+// session.
+func TestUnsolicited421(t *testing.T) {
+	f := startFake(t, func(c net.Conn, line string) bool {
+		if line == "NOOP" {
+			fmt.Fprint(c, "200 ok\r\n421 Timeout.\r\n")
+			c.Close()
+			return true
+		}
+		return false
+	})
+	p := startProxy(t, f.ln.Addr().String(), Config{}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("NOOP\r\n")
+	if got := c.replies(); fmt.Sprint(got) != "[200 421]" {
+		t.Fatalf("replies %v; want [200 421]", got)
+	}
+}
+
+// TestEndlessReply: a reply longer than max_reply ends the session with 421.
+func TestEndlessReply(t *testing.T) {
+	f := startFake(t, func(c net.Conn, line string) bool {
+		if line == "HELP" {
+			fmt.Fprint(c, "214-help\r\n")
+			for i := 0; i < 2000; i++ {
+				fmt.Fprintf(c, " line %d %s\r\n", i, strings.Repeat("x", 100))
+			}
+			fmt.Fprint(c, "214 end\r\n")
+			return true
+		}
+		return false
+	})
+	p := startProxy(t, f.ln.Addr().String(), Config{MaxReply: 64 << 10}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("HELP\r\n")
+	if got := c.replies(); fmt.Sprint(got) != "[421]" {
+		t.Fatalf("replies %v; want [421]", got)
+	}
+}
+
+// TestPasswordsNeverLogged: at debug level the PASS line is logged masked.
+func TestPasswordsNeverLogged(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("USER u\r\nPASS s3cr3t-value\r\nPASS good\r\nQUIT\r\n")
+	c.replies()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(p.logs.String(), "session end") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	logs := p.logs.String()
+	if strings.Contains(logs, "s3cr3t") || strings.Contains(logs, "PASS good") {
+		t.Fatalf("a password reached the log:\n%s", logs)
+	}
+	if !strings.Contains(logs, "PASS ****") || !strings.Contains(logs, "login failed") || !strings.Contains(logs, "login ok") {
+		t.Fatalf("expected masked PASS, login failed and login ok events:\n%s", logs)
+	}
+}
+
+// TestDeadBackend: 421 within dial_timeout when nothing listens.
+func TestDeadBackend(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	p := startProxy(t, addr, Config{DialTimeout: time.Second}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(421)
+	c.expectEOF()
+}
+
+// TestShutdownDrains: Shutdown waits for an open session, then closes it
+// when its context ends; new connections are refused meanwhile.
+func TestShutdownDrains(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := p.srv.Shutdown(ctx); err != context.DeadlineExceeded {
+		t.Fatalf("Shutdown: %v; want DeadlineExceeded", err)
+	}
+	if time.Since(start) < 150*time.Millisecond {
+		t.Fatal("Shutdown did not wait for the open session")
+	}
+	c.expectEOF()
+}

@@ -1,0 +1,370 @@
+// Package proxy is ftpguard's FTP control-channel proxy: it accepts clients,
+// refuses banned peers before the backend is dialed, relays each session to
+// the protected daemon while it watches every USER/PASS and the daemon's reply
+// to it, and relays passive data connections through ports of its own.
+//
+// The peer address always comes from the socket (never from DNS or a log).
+// Every password attempt takes a place in the peer's budget before it is
+// forwarded, and is settled as a success or a failure when the daemon answers,
+// or as a failure when the session ends first.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftpguard/ftpguard/limiter"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// PortRange is an inclusive range of TCP ports. The zero value means "any
+// ephemeral port chosen by the kernel".
+type PortRange struct {
+	Min, Max uint16
+}
+
+// Config holds the proxy's settings. Zero durations and counts are replaced by
+// the defaults documented on each field when the Server is made.
+type Config struct {
+	// Backend is the host:port of the protected daemon.
+	Backend string
+	// DialTimeout bounds dialing the backend (control and data). Default 5s.
+	DialTimeout time.Duration
+	// PassiveAddr is the address announced in 227/229 replies. The zero
+	// value announces the local address the client connected to.
+	PassiveAddr netip.Addr
+	// PassivePorts are the proxy's own data ports. Zero: kernel-chosen.
+	PassivePorts PortRange
+	// MaxConns caps concurrent sessions. Default 2000.
+	MaxConns int
+	// MaxConnsPerIP caps concurrent sessions of one peer address. Default 10.
+	MaxConnsPerIP int
+	// LoginTimeout is the time a client has, from connect, to log in. Default 30s.
+	LoginTimeout time.Duration
+	// IdleTimeout closes a logged-in session with no command and no
+	// transfer for this long. Default 10m.
+	IdleTimeout time.Duration
+	// MaxPreauthCommands caps commands before a successful login. Default 20.
+	MaxPreauthCommands int
+	// MaxLine bounds a client command line in bytes. Default 2048.
+	MaxLine int
+	// MaxReply bounds one whole (multi-line) reply of the backend. Default 256 KiB.
+	MaxReply int
+	// DataTimeout bounds the wait for a client's passive data connection
+	// and for dialing the backend's data port. Default 30s.
+	DataTimeout time.Duration
+	// CountUserRejects counts a 530 reply to USER (a user list deny, an
+	// unknown user on some daemons) as a failure of the peer.
+	CountUserRejects bool
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defInt := func(n *int, v int) {
+		if *n <= 0 {
+			*n = v
+		}
+	}
+	def(&c.DialTimeout, 5*time.Second)
+	def(&c.LoginTimeout, 30*time.Second)
+	def(&c.IdleTimeout, 10*time.Minute)
+	def(&c.DataTimeout, 30*time.Second)
+	defInt(&c.MaxConns, 2000)
+	defInt(&c.MaxConnsPerIP, 10)
+	defInt(&c.MaxPreauthCommands, 20)
+	defInt(&c.MaxLine, 2048)
+	defInt(&c.MaxReply, 256<<10)
+	return c
+}
+
+// Server proxies FTP sessions to one backend. Make it with New; it is safe
+// for concurrent use, and one Server may Serve several listeners.
+type Server struct {
+	lim *limiter.Limiter
+	log *slog.Logger
+	cfg atomic.Pointer[Config]
+
+	nextID   atomic.Uint64
+	shutdown atomic.Bool
+
+	mu        sync.Mutex
+	listeners map[*net.Listener]struct{}
+	sessions  map[*session]struct{}
+	perIP     map[netip.Addr]int
+	conns     int
+	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
+
+	// ctx is cancelled by Close, so dials in flight give up at once.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// New makes a Server. lim decides and records; log receives one line per
+// event (nil: slog.Default()).
+func New(cfg Config, lim *limiter.Limiter, log *slog.Logger) (*Server, error) {
+	if lim == nil {
+		return nil, errors.New("proxy: nil limiter")
+	}
+	if cfg.Backend == "" {
+		return nil, errors.New("proxy: no backend address")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		lim:       lim,
+		log:       log,
+		listeners: make(map[*net.Listener]struct{}),
+		sessions:  make(map[*session]struct{}),
+		perIP:     make(map[netip.Addr]int),
+		sessDone:  make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.SetConfig(cfg)
+	return s, nil
+}
+
+// SetConfig replaces the settings. Sessions already open pick up new
+// timeouts and limits at their next decision; none is dropped.
+func (s *Server) SetConfig(cfg Config) {
+	c := cfg.withDefaults()
+	s.cfg.Store(&c)
+}
+
+func (s *Server) config() *Config { return s.cfg.Load() }
+
+// Serve accepts connections on l and serves each in its own goroutine. It
+// returns ErrServerClosed after Shutdown or Close, or the listener's error.
+// Temporary accept errors (e.g. EMFILE) are retried with a growing pause.
+func (s *Server) Serve(l net.Listener) error {
+	if !s.trackListener(&l, true) {
+		return ErrServerClosed
+	}
+	defer s.trackListener(&l, false)
+	var pause time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.shutdown.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				if pause == 0 {
+					pause = 5 * time.Millisecond
+				} else if pause *= 2; pause > time.Second {
+					pause = time.Second
+				}
+				s.log.Warn("accept error; retrying", "err", err, "pause", pause)
+				time.Sleep(pause)
+				continue
+			}
+			return err
+		}
+		pause = 0
+		go s.handle(c)
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+func (s *Server) trackListener(l *net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.shutdown.Load() {
+			return false
+		}
+		s.listeners[l] = struct{}{}
+	} else {
+		delete(s.listeners, l)
+	}
+	return true
+}
+
+func (s *Server) closeListenersLocked() {
+	for l := range s.listeners {
+		(*l).Close()
+	}
+}
+
+// Close closes the listeners and every session at once.
+func (s *Server) Close() error {
+	s.shutdown.Store(true)
+	s.cancel()
+	s.mu.Lock()
+	s.closeListenersLocked()
+	for ss := range s.sessions {
+		ss.abort()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Shutdown stops accepting, then waits for open sessions to end by
+// themselves until ctx is done, when it closes the rest (and returns
+// ctx.Err()).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdown.Store(true)
+	s.mu.Lock()
+	s.closeListenersLocked()
+	s.mu.Unlock()
+	for {
+		s.mu.Lock()
+		n, done := len(s.sessions)+s.conns, s.sessDone
+		s.mu.Unlock()
+		if n == 0 {
+			s.cancel()
+			return nil
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		}
+	}
+}
+
+// ActiveSessions reports how many client connections are open.
+func (s *Server) ActiveSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns
+}
+
+// acquire counts a new connection of addr against MaxConns and
+// MaxConnsPerIP. It returns a refusal reason, or "" when admitted.
+func (s *Server) acquire(addr netip.Addr) string {
+	cfg := s.config()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.shutdown.Load():
+		return "shutting down"
+	case s.conns >= cfg.MaxConns:
+		return "max_conns"
+	case s.perIP[addr] >= cfg.MaxConnsPerIP:
+		return "max_conns_per_ip"
+	}
+	s.conns++
+	s.perIP[addr]++
+	return ""
+}
+
+func (s *Server) release(addr netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns--
+	if s.perIP[addr]--; s.perIP[addr] <= 0 {
+		delete(s.perIP, addr)
+	}
+	close(s.sessDone)
+	s.sessDone = make(chan struct{})
+}
+
+// handle runs one client connection from the gate to the end.
+func (s *Server) handle(c net.Conn) {
+	id := s.nextID.Add(1)
+	peer := addrPortOf(c.RemoteAddr())
+	log := s.log.With("session", id, "peer", peer.Addr().String())
+	now := time.Now()
+
+	d := s.lim.Check(now, peer.Addr())
+	if !d.Allowed {
+		log.Info("reject", "reason", "banned", "key", d.Key.String(), "until", d.Ban.Until.Format(time.RFC3339))
+		refuse(c, fmt.Sprintf("421 Service not available: %s is banned for repeated login failures.", peer.Addr()))
+		return
+	}
+	if reason := s.acquire(peer.Addr()); reason != "" {
+		log.Info("reject", "reason", reason)
+		msg := "421 Too many connections, try again later."
+		if reason == "max_conns_per_ip" {
+			msg = "421 Too many connections from your address."
+		} else if reason == "shutting down" {
+			msg = "421 Service shutting down."
+		}
+		refuse(c, msg)
+		return
+	}
+	defer s.release(peer.Addr())
+	setOOBInline(c)
+	log.Info("connect", "local", c.LocalAddr().String())
+
+	cfg := s.config()
+	ctx, cancel := context.WithTimeout(s.ctx, cfg.DialTimeout)
+	start := time.Now()
+	bc, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Backend)
+	cancel()
+	if err != nil {
+		log.Error("backend unreachable", "backend", cfg.Backend, "err", err, "after", time.Since(start).Round(time.Millisecond))
+		refuse(c, "421 Service not available, the FTP server cannot be reached.")
+		return
+	}
+
+	ss := newSession(s, c, bc, peer, log)
+	s.mu.Lock()
+	if s.ctx.Err() != nil { // Close ran while we dialed
+		s.mu.Unlock()
+		bc.Close()
+		refuse(c, "421 Service shutting down.")
+		return
+	}
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	ss.run()
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}
+
+// refuse writes one reply and closes c. The write is bounded so a client
+// that does not read cannot hold the goroutine.
+func refuse(c net.Conn, line string) {
+	c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	c.Write([]byte(line + "\r\n"))
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	c.Close()
+}
+
+// addrPortOf returns a as an AddrPort with IPv4-mapped IPv6 unmapped.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	default:
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// start returns a random first port of r and the size of r, so the port
+// announced to a client cannot be guessed from the previous one. For the
+// zero range it returns (0, 1): one try on a kernel-chosen port.
+func (r PortRange) start() (first, n int) {
+	if r.Min == 0 || r.Max < r.Min {
+		return 0, 1
+	}
+	n = int(r.Max) - int(r.Min) + 1
+	return int(r.Min) + rand.IntN(n), n
+}

@@ -1,0 +1,577 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+	"github.com/ftpguard/ftpguard/limiter"
+)
+
+// maxReplyLine bounds one line of a backend reply (the whole reply is
+// bounded by Config.MaxReply): a broken or hostile daemon cannot make the
+// proxy buffer without end.
+const maxReplyLine = 16 << 10
+
+// pending is a command forwarded to the backend and awaiting its final reply,
+// or a reply of the proxy's own waiting for its turn.
+type pending struct {
+	verb    string          // the forwarded verb; "" for the greeting
+	counted bool            // an Attempt is held for it and must be settled
+	local   *ftpproto.Reply // non-nil: the proxy's own reply, written in order
+}
+
+// session is one client connection and its backend connection.
+//
+// Two goroutines run a session: relayCommands reads the client and writes
+// the backend; relayReplies reads the backend and writes the client. A FIFO
+// of pending commands pairs each reply with the command it answers, so
+// pipelined commands are each seen and each attempt is settled once.
+type session struct {
+	srv     *Server
+	client  net.Conn
+	backend net.Conn
+	peer    netip.AddrPort
+	log     *slog.Logger
+	start   time.Time
+
+	loggedIn  atomic.Bool
+	transfers atomic.Int32
+	closing   atomic.Bool
+	clientEOF atomic.Bool
+	closeOnce sync.Once
+	data      sync.WaitGroup // data-connection goroutines
+
+	// mu guards the fields below and serialises writes to the client.
+	mu        sync.Mutex
+	queue     []pending
+	user      string
+	lastCode  int
+	wbuf      []byte
+	drained   chan struct{} // see awaitReplies
+	replyDone bool          // relayReplies has ended
+
+	// Owned by relayCommands alone.
+	preauth int
+	epsvAll bool
+	cbuf    []byte
+
+	dmu      sync.Mutex // guards the data legs
+	dataLn   net.Listener
+	dataConn map[net.Conn]struct{}
+	dataDone bool // the session ended: no new data legs
+}
+
+func newSession(srv *Server, client, backend net.Conn, peer netip.AddrPort, log *slog.Logger) *session {
+	return &session{
+		srv:      srv,
+		client:   client,
+		backend:  backend,
+		peer:     peer,
+		log:      log,
+		start:    time.Now(),
+		queue:    []pending{{verb: ""}}, // the greeting comes first
+		dataConn: make(map[net.Conn]struct{}),
+	}
+}
+
+// run relays the session until either side ends it, then settles every
+// attempt still awaiting a reply as a failure.
+func (s *session) run() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.relayReplies()
+		s.mu.Lock()
+		s.replyDone = true
+		s.signalDrainedLocked()
+		s.mu.Unlock()
+	}()
+	s.relayCommands()
+	<-done
+	s.abort()
+	s.data.Wait()
+	s.settle()
+	s.mu.Lock()
+	user := s.user
+	s.mu.Unlock()
+	s.log.Info("session end", "user", user, "logged_in", s.loggedIn.Load(),
+		"duration", time.Since(s.start).Round(time.Millisecond))
+}
+
+// abort closes every connection of the session; both relay goroutines then
+// end. Safe to call many times and from any goroutine.
+func (s *session) abort() {
+	s.closeOnce.Do(func() {
+		s.closing.Store(true)
+		s.client.Close()
+		s.backend.Close()
+		s.closeData(true)
+	})
+}
+
+// settle counts each attempt left without a final reply (hang-up, backend
+// close, timeout) as a failure: DESIGN rule 1.
+func (s *session) settle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.queue {
+		if p.counted {
+			s.failedLocked(time.Now(), p.verb, 0, "no reply")
+		}
+	}
+	s.queue = nil
+}
+
+// ---- client → backend ----
+
+func (s *session) relayCommands() {
+	cr := ftpproto.NewCommandReader(s.client, s.srv.config().MaxLine)
+	for {
+		s.armClientDeadline()
+		cmd, err := cr.ReadCommand()
+		if err != nil {
+			if s.commandError(err) {
+				continue
+			}
+			break
+		}
+		if !s.command(cmd) {
+			break
+		}
+	}
+	if s.closing.Load() {
+		s.linger()
+	}
+}
+
+// armClientDeadline sets the client's read deadline: the login deadline
+// before login, none while a data transfer runs, else the idle timeout.
+func (s *session) armClientDeadline() {
+	cfg := s.srv.config()
+	var d time.Time
+	switch {
+	case !s.loggedIn.Load():
+		d = s.start.Add(cfg.LoginTimeout)
+	case s.transfers.Load() > 0:
+	default:
+		d = time.Now().Add(cfg.IdleTimeout)
+	}
+	s.client.SetReadDeadline(d)
+}
+
+// commandError handles a failed command read and reports whether the
+// session goes on.
+func (s *session) commandError(err error) bool {
+	cfg := s.srv.config()
+	switch {
+	case errors.Is(err, ftpproto.ErrBadLine):
+		s.log.Info("bad command", "err", err)
+		if !s.countPreauth() {
+			return false
+		}
+		s.replyLocal(ftpproto.NewReply(500, "Syntax error: invalid byte in command line."))
+		return true
+	case errors.Is(err, ftpproto.ErrLineTooLong):
+		s.log.Warn("reject", "reason", "line too long", "max_line", cfg.MaxLine)
+		s.finish(500, "Command line too long; closing control connection.")
+		return false
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		s.hangUp()
+		return false
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if s.closing.Load() {
+			return false
+		}
+		if s.loggedIn.Load() {
+			if s.transfers.Load() > 0 {
+				return true // a transfer began while we waited
+			}
+			s.log.Info("timeout", "kind", "idle", "after", cfg.IdleTimeout)
+			s.finish(421, "Idle timeout; closing control connection.")
+			return false
+		}
+		s.log.Info("timeout", "kind", "login", "after", cfg.LoginTimeout)
+		s.finish(421, "Login timeout; closing control connection.")
+		return false
+	default:
+		if !s.closing.Load() && !errors.Is(err, net.ErrClosed) {
+			s.log.Info("client read error", "err", err)
+		}
+		s.abort()
+		return false
+	}
+}
+
+// hangUp handles the client's end of input. Replies to commands already
+// forwarded still come back (they settle attempts), then the session ends.
+func (s *session) hangUp() {
+	s.clientEOF.Store(true)
+	s.mu.Lock()
+	waiting := len(s.queue) > 0
+	s.mu.Unlock()
+	if !waiting {
+		s.abort()
+		return
+	}
+	if tc, ok := s.backend.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	s.backend.SetReadDeadline(time.Now().Add(s.srv.config().DialTimeout))
+}
+
+// countPreauth counts a command before login; over the cap, the session
+// is closed.
+func (s *session) countPreauth() bool {
+	if s.loggedIn.Load() {
+		return true
+	}
+	s.preauth++
+	if max := s.srv.config().MaxPreauthCommands; s.preauth > max {
+		s.log.Warn("reject", "reason", "max_preauth_commands", "max", max)
+		s.finish(421, "Too many commands before login; closing control connection.")
+		return false
+	}
+	return true
+}
+
+// command decides what to do with one parsed client command and reports
+// whether the session goes on.
+func (s *session) command(cmd ftpproto.Command) bool {
+	if s.closing.Load() {
+		return false
+	}
+	if !s.countPreauth() {
+		return false
+	}
+	s.log.Debug("command", "cmd", cmd.String())
+	cfg := s.srv.config()
+	switch cmd.Verb {
+	case "USER":
+		s.mu.Lock()
+		s.user = logSafe(cmd.Arg)
+		s.mu.Unlock()
+		counted := cfg.CountUserRejects
+		if counted && !s.attempt(cmd.Verb) {
+			return false
+		}
+		return s.forward(cmd, pending{verb: cmd.Verb, counted: counted})
+	case "PASS", "ACCT":
+		if !s.attempt(cmd.Verb) {
+			return false
+		}
+		return s.forward(cmd, pending{verb: cmd.Verb, counted: true})
+	case "AUTH":
+		return s.replyLocal(ftpproto.NewReply(534, "Request denied for policy reason: TLS is not offered by this server."))
+	case "REIN":
+		return s.replyLocal(ftpproto.NewReply(502, "REIN not implemented."))
+	case "PORT", "EPRT":
+		if s.epsvAll {
+			return s.replyLocal(ftpproto.NewReply(503, "EPSV ALL in effect; "+cmd.Verb+" refused."))
+		}
+		return s.replyLocal(ftpproto.NewReply(502, "Active mode is not offered by this server; use PASV or EPSV."))
+	case "PASV":
+		if s.epsvAll {
+			return s.replyLocal(ftpproto.NewReply(503, "EPSV ALL in effect; PASV refused."))
+		}
+		if !s.announceAddr().Is4() {
+			return s.replyLocal(ftpproto.NewReply(500, "PASV needs IPv4; use EPSV."))
+		}
+		return s.forward(ftpproto.Command{Verb: "PASV"}, pending{verb: "PASV"})
+	case "EPSV":
+		switch strings.ToUpper(strings.TrimSpace(cmd.Arg)) {
+		case "ALL":
+			s.epsvAll = true
+			return s.forward(ftpproto.Command{Verb: "EPSV", Arg: "ALL"}, pending{verb: "EPSV ALL"})
+		case "", "1", "2":
+			// The proxy chooses the backend's family; the client's
+			// family is the one it reached us with.
+			return s.forward(ftpproto.Command{Verb: "EPSV"}, pending{verb: "EPSV"})
+		default:
+			return s.replyLocal(ftpproto.NewReply(501, "Syntax error in EPSV argument."))
+		}
+	case "ABOR":
+		s.closeData(false)
+	}
+	return s.forward(cmd, pending{verb: cmd.Verb})
+}
+
+// attempt takes a place in the peer's budget before a login command is
+// forwarded. When none is left the command is never forwarded: the client
+// gets 421 and the session ends (DESIGN rule 3).
+func (s *session) attempt(verb string) bool {
+	d := s.srv.lim.Attempt(time.Now(), s.peer.Addr())
+	if d.Allowed {
+		return true
+	}
+	s.mu.Lock()
+	if d.NewBan {
+		s.logBanLocked(d)
+	}
+	s.log.Warn("reject", "reason", "budget exhausted", "cmd", verb, "user", s.user, "key", d.Key.String())
+	s.mu.Unlock()
+	s.finish(421, "Too many failed logins from your address; try again later.")
+	return false
+}
+
+// forward queues p and sends cmd's canonical form to the backend: never
+// the client's raw bytes (DESIGN: one canonical command per parsed line).
+func (s *session) forward(cmd ftpproto.Command, p pending) bool {
+	s.mu.Lock()
+	s.queue = append(s.queue, p)
+	s.mu.Unlock()
+	s.cbuf = cmd.AppendWire(s.cbuf[:0])
+	s.backend.SetWriteDeadline(time.Now().Add(s.srv.config().DataTimeout))
+	if _, err := s.backend.Write(s.cbuf); err != nil {
+		if !s.closing.Load() {
+			s.log.Warn("backend write failed", "err", err)
+			s.replyFinal(421, "Service not available, connection to the FTP server lost.")
+		}
+		s.abort()
+		return false
+	}
+	return true
+}
+
+// replyLocal answers the client with a reply of the proxy's own, after the
+// replies to commands forwarded before it.
+func (s *session) replyLocal(r ftpproto.Reply) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return s.writeLocked(r)
+	}
+	s.queue = append(s.queue, pending{local: &r})
+	return true
+}
+
+// finish is replyFinal after the replies to commands already forwarded
+// (waiting 2 s at most). Only relayCommands calls it.
+func (s *session) finish(code int, text string) {
+	s.awaitReplies(2 * time.Second)
+	s.replyFinal(code, text)
+}
+
+// replyFinal writes a last reply at once, out of turn, and ends the
+// session: the backend is closed now, the client when relayCommands has
+// lingered (see linger).
+func (s *session) replyFinal(code int, text string) {
+	s.mu.Lock()
+	s.writeLocked(ftpproto.NewReply(code, text))
+	s.closing.Store(true)
+	s.mu.Unlock()
+	s.backend.Close()
+}
+
+// awaitReplies waits, at most for d, until every command forwarded so far
+// has its final reply, so that a last reply of the proxy's own comes after
+// them. Only relayCommands calls it.
+func (s *session) awaitReplies(d time.Duration) {
+	s.mu.Lock()
+	if len(s.queue) == 0 || s.replyDone {
+		s.mu.Unlock()
+		return
+	}
+	ch := make(chan struct{})
+	s.drained = ch
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+}
+
+// signalDrainedLocked wakes awaitReplies when the queue is empty or no
+// more replies will come.
+func (s *session) signalDrainedLocked() {
+	if s.drained != nil && (len(s.queue) == 0 || s.replyDone) {
+		close(s.drained)
+		s.drained = nil
+	}
+}
+
+// linger half-closes the client and discards what it still sends for a
+// moment before the close, so that the final reply is read rather than lost
+// to the reset that closing a socket with unread input causes.
+func (s *session) linger() {
+	if tc, ok := s.client.(*net.TCPConn); ok {
+		if tc.CloseWrite() == nil {
+			tc.SetReadDeadline(time.Now().Add(time.Second))
+			io.CopyN(io.Discard, tc, 1<<20)
+		}
+	}
+	s.abort()
+}
+
+// writeLocked writes r to the client within a bounded time, so a client
+// that never reads cannot hold the session's goroutines.
+func (s *session) writeLocked(r ftpproto.Reply) bool {
+	if s.closing.Load() {
+		return false
+	}
+	s.wbuf = r.AppendWire(s.wbuf[:0])
+	s.client.SetWriteDeadline(time.Now().Add(s.srv.config().DataTimeout))
+	if _, err := s.client.Write(s.wbuf); err != nil {
+		s.log.Info("client write failed", "err", err)
+		s.abort()
+		return false
+	}
+	s.lastCode = r.Code
+	return true
+}
+
+// ---- backend → client ----
+
+func (s *session) relayReplies() {
+	rr := ftpproto.NewReplyReader(s.backend, maxReplyLine, s.srv.config().MaxReply)
+	for {
+		r, err := rr.ReadReply()
+		if err != nil {
+			s.backendError(err)
+			return
+		}
+		if !s.reply(r) {
+			s.abort()
+			return
+		}
+	}
+}
+
+func (s *session) backendError(err error) {
+	if s.closing.Load() {
+		return // whoever began closing ends the session (see linger)
+	}
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		s.mu.Lock()
+		last := s.lastCode
+		s.mu.Unlock()
+		s.log.Info("backend closed the connection", "last_reply", last)
+		if last != 421 && last != 221 {
+			s.replyFinal(421, "Service not available, the FTP server closed the connection.")
+		}
+	case errors.Is(err, os.ErrDeadlineExceeded) && s.clientEOF.Load():
+		// The client had gone; the backend did not answer in time.
+	default:
+		var pe ftpproto.ProtocolError
+		if errors.Is(err, ftpproto.ErrReplyTooLong) || errors.Is(err, ftpproto.ErrLineTooLong) || errors.As(err, &pe) {
+			s.log.Error("invalid reply from backend", "err", err)
+			s.replyFinal(421, "Service not available, invalid reply from the FTP server.")
+		} else {
+			s.log.Info("backend read error", "err", err)
+		}
+	}
+	s.abort()
+}
+
+// reply relays one backend reply, settling the command it answers. It
+// reports whether the session goes on.
+func (s *session) reply(r ftpproto.Reply) bool {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		// Unsolicited, e.g. the daemon's own 421 timeout.
+		return s.writeLocked(r) && r.Code != 421
+	}
+	if r.Code < 200 {
+		return s.writeLocked(r) // preliminary: the command awaits more
+	}
+	p := s.queue[0]
+	s.queue = s.queue[1:]
+	out, keep, banned := r, true, false
+	switch p.verb {
+	case "": // greeting
+		keep = r.Code == 220
+	case "USER":
+		switch {
+		case r.Code == 230: // no password asked (e.g. anonymous)
+			s.loginOKLocked(now, p, r)
+		case r.Code == 530 && p.counted:
+			banned = s.failedLocked(now, p.verb, r.Code, "rejected")
+		case p.counted:
+			s.srv.lim.Release(now, s.peer.Addr())
+		}
+	case "PASS", "ACCT":
+		switch {
+		case r.Code < 300:
+			s.loginOKLocked(now, p, r)
+		case r.Code < 400: // 332: account needed; ACCT is counted itself
+			s.srv.lim.Release(now, s.peer.Addr())
+		default:
+			banned = s.failedLocked(now, p.verb, r.Code, "rejected")
+		}
+	case "PASV", "EPSV":
+		if r.Code == 227 || r.Code == 229 {
+			out = s.openPassive(p.verb, r)
+		}
+	case "QUIT":
+		keep = false
+	}
+	if !s.writeLocked(out) {
+		return false
+	}
+	for len(s.queue) > 0 && s.queue[0].local != nil {
+		if !s.writeLocked(*s.queue[0].local) {
+			return false
+		}
+		s.queue = s.queue[1:]
+	}
+	s.signalDrainedLocked()
+	if banned {
+		s.writeLocked(ftpproto.NewReply(421, "Too many failed logins from your address; closing control connection."))
+		return false
+	}
+	if s.clientEOF.Load() && len(s.queue) == 0 {
+		return false
+	}
+	return keep
+}
+
+func (s *session) loginOKLocked(now time.Time, p pending, r ftpproto.Reply) {
+	if p.counted {
+		s.srv.lim.Success(now, s.peer.Addr())
+	}
+	if r.Code == 230 || r.Code == 202 {
+		if !s.loggedIn.Swap(true) {
+			s.log.Info("login ok", "user", s.user)
+		}
+		s.armClientDeadline()
+	}
+}
+
+// failedLocked records one failed attempt and reports whether the peer is
+// now banned. code 0 means no reply came.
+func (s *session) failedLocked(now time.Time, verb string, code int, why string) bool {
+	d := s.srv.lim.Failure(now, s.peer.Addr())
+	s.log.Warn("login failed", "user", s.user, "cmd", verb, "code", code, "why", why,
+		"remaining", d.Remaining, "allowlisted", d.Allowlisted)
+	if d.NewBan {
+		s.logBanLocked(d)
+	}
+	return !d.Allowed
+}
+
+func (s *session) logBanLocked(d limiter.Decision) {
+	s.log.Warn("ban", "key", d.Key.String(), "user", s.user, "until", d.Ban.Until.Format(time.RFC3339),
+		"for", d.Ban.Until.Sub(time.Now()).Round(time.Second), "count", d.Ban.Count, "reason", d.Ban.Reason)
+}
+
+// logSafe bounds a client-chosen string before it goes into logs.
+func logSafe(v string) string {
+	const max = 128
+	if len(v) > max {
+		v = v[:max] + "…"
+	}
+	return v
+}

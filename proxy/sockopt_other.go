@@ -1,0 +1,7 @@
+//go:build !unix
+
+package proxy
+
+import "net"
+
+func setOOBInline(net.Conn) {}
