@@ -1,0 +1,597 @@
+// Package limiter counts password guesses per network key and bans keys that
+// guess too much.
+//
+// A key is a client address masked to a prefix (/32 for IPv4 and /64 for
+// IPv6 by default; IPv4-mapped IPv6 addresses count as IPv4). Each key has a
+// budget: a token bucket from golang.org/x/time/rate holding Config.Failures
+// tokens and refilled over Config.Window. The caller takes a place in the
+// budget with Attempt before it forwards a guess, and settles it with
+// Success, Failure or Release when the answer comes. Places held by attempts
+// in flight count against the budget, so the budget is a hard cap on the
+// guesses that reach the daemon however many connections a key opens: an
+// Attempt that finds no free token is refused and bans the key, and so does
+// the Failure that takes the last token.
+//
+// A key's n-th ban lasts BanTime × BanFactor^(n−1), capped at MaxBanTime. The
+// count is remembered for MaxBanTime after a ban ends, then forgotten. A ban
+// clears the key's budget, so a key comes out of a ban with a full budget
+// (and its next ban is longer). Bans go to a Store (NewMemoryStore, or a
+// persistent one) and New loads them back.
+//
+// Every method takes the current time as now: the package never reads the
+// clock, so tests are tables of steps. Memory is bounded: at most
+// Config.MaxTracked keys hold budget state (the least recently used is
+// forgotten) and at most as many bans are kept (the ban due first is dropped).
+package limiter
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors returned by the limiter and its stores; match them with errors.Is.
+var (
+	// ErrStore wraps every error that came from the Store.
+	ErrStore = errors.New("limiter: store")
+	// ErrStoreClosed is returned by a MemoryStore after Close.
+	ErrStoreClosed = errors.New("limiter: store closed")
+	// ErrAllowlisted is returned by BanKey for a prefix that Config.Allow covers.
+	ErrAllowlisted = errors.New("limiter: prefix is allowlisted")
+	// ErrInvalidPrefix is returned by BanKey and Unban for an invalid prefix.
+	ErrInvalidPrefix = errors.New("limiter: invalid prefix")
+)
+
+// sweepBatch bounds the ban records that one write call expires or forgets.
+const sweepBatch = 16
+
+// evictTries is how many least recently used keys with attempts in flight
+// are passed over before one is evicted anyway.
+const evictTries = 4
+
+// Decision is the answer of Check, Attempt and Failure. The zero Decision
+// refuses.
+type Decision struct {
+	Key         netip.Prefix // the address's key
+	Allowed     bool         // false: refuse (banned, or no token left)
+	Allowlisted bool         // the address matched Config.Allow (then Allowed is always true)
+	Ban         Ban          // the ban in force when !Allowed, or the one just made when NewBan (zero otherwise)
+	NewBan      bool         // this very call made the ban (the caller logs "ban")
+	// Remaining is the whole tokens left in the key's budget after this call
+	// that no attempt in flight holds. Attempt and Failure set it (0 when
+	// refused; Config.Failures when allowlisted); Check leaves it 0, as it
+	// does not look at budgets.
+	Remaining int
+}
+
+// Stats is a snapshot of a Limiter's tables and counters.
+type Stats struct {
+	Tracked     int    // keys with budget state
+	Banned      int    // active bans (as of the latest time the limiter was given)
+	Remembered  int    // ended bans kept for escalation
+	Evicted     uint64 // budgets forgotten to stay within MaxTracked
+	BansEvicted uint64 // ban records dropped to stay within MaxTracked
+	StoreErrors uint64 // failed Store calls
+	BansCreated uint64 // bans made (budget and admin)
+}
+
+// Limiter keeps budgets and bans per key. It is safe for concurrent use:
+// one mutex guards the tables (Check only takes it for reading, and not at
+// all while no ban is active). The zero value is not usable; use New.
+type Limiter struct {
+	cfg     atomic.Pointer[settings]
+	nactive atomic.Int64 // bans marked active; 0 lets Check skip the lock
+
+	mu           sync.RWMutex
+	budgets      budgets
+	bans         banTable
+	clock        time.Time // latest now given to a write call
+	seq          uint64    // version of the latest ban-table change
+	evicted      uint64
+	bansEvicted  uint64
+	bansCreated  uint64
+	storeMu      sync.Mutex // serialises store writes, so they land in order
+	store        Store
+	storeErrors  atomic.Uint64
+	lastStoreErr atomic.Pointer[error]
+}
+
+// New returns a Limiter with the configuration cfg (zero fields take their
+// defaults) that keeps its bans in store (nil: a new MemoryStore).
+//
+// New loads the bans that store holds (LoadBans with the zero time, as the
+// limiter has no clock; bans found to be over are dropped lazily) and
+// enforces them, continuing their escalation counts. A store that fails to
+// load does not make New fail: the limiter starts without those bans, and
+// the error is counted and reported by LastStoreError. New fails only for a
+// cfg that does not Validate.
+func New(cfg Config, store Store) (*Limiter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil {
+		store = NewMemoryStore()
+	}
+	s := newSettings(cfg)
+	l := &Limiter{budgets: newBudgets(), bans: newBanTable(), store: store}
+	l.cfg.Store(s)
+	bans, err := store.LoadBans(time.Time{})
+	if err != nil {
+		l.storeFailed(fmt.Errorf("%w: load bans: %w", ErrStore, err))
+	}
+	l.mu.Lock()
+	for _, b := range bans {
+		l.restoreLocked(s, b)
+	}
+	l.nactive.Store(int64(l.bans.active))
+	l.mu.Unlock()
+	return l, nil
+}
+
+// restoreLocked adds a ban loaded from the store.
+func (l *Limiter) restoreLocked(s *settings, b Ban) {
+	p, err := normPrefix(b.Key)
+	if err != nil || b.Until.IsZero() {
+		return
+	}
+	b.Key = p
+	if b.Forget.IsZero() {
+		b.Forget = b.Until.Add(s.MaxBanTime)
+	}
+	b.Count = max(b.Count, 1)
+	k := keyOf(p)
+	if r := l.bans.recs[k]; r != nil { // the same key twice: keep the later ban
+		if !b.Until.After(r.ban.Until) {
+			return
+		}
+		l.bans.remove(r)
+	}
+	if !l.makeRoomLocked(s) {
+		return
+	}
+	l.bans.insert(&banRec{ban: b, key: k, active: true, due: b.Until})
+}
+
+// Key returns the key of addr: addr without zone and unmapped from IPv4-mapped
+// IPv6, masked to Config.IPv4Prefix or IPv6Prefix bits. The invalid Addr has
+// the invalid (zero) key.
+func (l *Limiter) Key(addr netip.Addr) netip.Prefix {
+	addr = normAddr(addr)
+	if !addr.IsValid() {
+		return netip.Prefix{}
+	}
+	return l.cfg.Load().key(addr)
+}
+
+// Check is the connect gate: it refuses addr iff a ban covers it at now. It
+// is the fast path, run for every connection: it does not touch budgets, does
+// no store I/O and does not allocate. A ban found over is dropped here. The
+// invalid Addr is refused.
+func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
+	addr = normAddr(addr)
+	if !addr.IsValid() {
+		return Decision{}
+	}
+	s := l.cfg.Load()
+	d := Decision{Key: s.key(addr), Allowed: true}
+	if s.allowed(addr) {
+		d.Allowlisted = true
+		return d
+	}
+	if l.nactive.Load() == 0 {
+		return d
+	}
+	l.mu.RLock()
+	r, stale := l.bans.find(now, addr)
+	if r != nil {
+		d.Allowed, d.Ban = false, r.ban
+	}
+	l.mu.RUnlock()
+	if stale {
+		l.mu.Lock()
+		l.bans.expireCovering(now, addr)
+		l.syncLocked()
+		l.mu.Unlock()
+	}
+	return d
+}
+
+// Attempt is called before a guess (a PASS, or a counted USER or ACCT) is
+// forwarded. It takes a place in the key's budget: it allows the guess iff
+// the whole tokens at now, less the attempts in flight, are at least 1, and
+// then counts one more attempt in flight, which the caller must settle with
+// Success, Failure or Release. Otherwise — the budget is spent, or attempts
+// in flight hold all of it — it bans the key (NewBan) and refuses. A banned
+// key is refused. An allowlisted address is always allowed and not counted.
+func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
+	addr = normAddr(addr)
+	if !addr.IsValid() {
+		return Decision{}
+	}
+	l.mu.Lock()
+	s := l.tickLocked(now)
+	d := Decision{Key: s.key(addr)}
+	if s.allowed(addr) {
+		l.mu.Unlock()
+		d.Allowed, d.Allowlisted, d.Remaining = true, true, s.Failures
+		return d
+	}
+	if r, _ := l.bans.find(now, addr); r != nil {
+		l.mu.Unlock()
+		d.Ban = r.ban
+		return d
+	}
+	k := keyOf(d.Key)
+	b := l.bucketLocked(now, s, k)
+	if free := whole(b.lim.TokensAt(now)) - int(b.pending); free >= 1 {
+		b.pending++
+		l.mu.Unlock()
+		d.Allowed, d.Remaining = true, free-1
+		return d
+	}
+	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
+	l.mu.Unlock()
+	l.saveBan(ban, seq)
+	d.Ban, d.NewBan = ban, true
+	return d
+}
+
+// Success settles an attempt of addr that logged in (a 2xx reply): it
+// frees its place and consumes nothing; with Config.SuccessResets it also
+// refills the key's budget. Settling an attempt that the key no longer
+// holds (its budget was cleared by a ban or evicted) is harmless.
+func (l *Limiter) Success(now time.Time, addr netip.Addr) {
+	l.settle(now, addr, true)
+}
+
+// Release settles an attempt of addr that was neither success nor failure
+// (e.g. 331 to USER): it frees its place and consumes nothing.
+func (l *Limiter) Release(now time.Time, addr netip.Addr) {
+	l.settle(now, addr, false)
+}
+
+func (l *Limiter) settle(now time.Time, addr netip.Addr, success bool) {
+	addr = normAddr(addr)
+	if !addr.IsValid() {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.tickLocked(now)
+	if s.allowed(addr) {
+		return
+	}
+	b := l.budgets.get(keyOf(s.key(addr)))
+	if b == nil {
+		return
+	}
+	if b.pending > 0 {
+		b.pending--
+	}
+	if success && s.SuccessResets {
+		b.reset(s)
+	}
+}
+
+// Failure settles an attempt of addr that failed: it frees its place and
+// consumes one token. If fewer than one whole token is left, it bans the key
+// (NewBan) and refuses. A key already banned is refused (and nothing is
+// counted: its budget was cleared). Otherwise the key stays allowed. An
+// allowlisted address is always allowed and not counted.
+func (l *Limiter) Failure(now time.Time, addr netip.Addr) Decision {
+	addr = normAddr(addr)
+	if !addr.IsValid() {
+		return Decision{}
+	}
+	l.mu.Lock()
+	s := l.tickLocked(now)
+	d := Decision{Key: s.key(addr)}
+	if s.allowed(addr) {
+		l.mu.Unlock()
+		d.Allowed, d.Allowlisted, d.Remaining = true, true, s.Failures
+		return d
+	}
+	if r, _ := l.bans.find(now, addr); r != nil {
+		l.mu.Unlock()
+		d.Ban = r.ban
+		return d
+	}
+	b := l.bucketLocked(now, s, keyOf(d.Key))
+	if b.pending > 0 {
+		b.pending--
+	}
+	if !b.lim.AllowN(now, 1) {
+		// Less than one token, by a hair (within tokenSlack) or because
+		// attempts outlived a Reload that shrank the budget: take it on
+		// credit, so that every failure is counted. Rare; allocates.
+		b.lim.ReserveN(now, 1)
+	}
+	if left := whole(b.lim.TokensAt(now)); left >= 1 {
+		d.Allowed, d.Remaining = true, max(0, left-int(b.pending))
+		l.mu.Unlock()
+		return d
+	}
+	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
+	l.mu.Unlock()
+	l.saveBan(ban, seq)
+	d.Ban, d.NewBan = ban, true
+	return d
+}
+
+// BanKey bans the prefix key from now for d (d ≤ 0: the escalated ban time,
+// as for a budget ban), replacing any ban of key in force, and counts it for
+// escalation. key is usually a Key, but may be any prefix: a wider one bans a
+// whole network, a narrower one part of a key. It fails with
+// ErrInvalidPrefix, or ErrAllowlisted if Config.Allow covers the whole of
+// key. An error wrapping ErrStore comes with a valid Ban: the ban is in force
+// but was not saved.
+func (l *Limiter) BanKey(now time.Time, key netip.Prefix, d time.Duration, reason string) (Ban, error) {
+	p, err := normPrefix(key)
+	if err != nil {
+		return Ban{}, err
+	}
+	if reason == "" {
+		reason = ReasonAdmin
+	}
+	l.mu.Lock()
+	s := l.tickLocked(now)
+	if s.allowedPrefix(p) {
+		l.mu.Unlock()
+		return Ban{}, fmt.Errorf("%w: %v", ErrAllowlisted, p)
+	}
+	ban, seq := l.banLocked(now, s, p, d, reason)
+	l.mu.Unlock()
+	return ban, l.saveBan(ban, seq)
+}
+
+// Unban lifts the ban of the prefix key (as given to BanKey, or a Ban's Key)
+// and forgets its escalation count, in the limiter and in the store (whose
+// DeleteBan keeps nothing): an admin who unbans a key vouches for it, and a
+// count kept in memory only would not survive a restart. It reports whether
+// a ban was in force as of the latest time the limiter was given. An error
+// wrapping ErrStore means the store still has the ban.
+func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
+	p, err := normPrefix(key)
+	if err != nil {
+		return false, err
+	}
+	l.mu.Lock()
+	r := l.bans.recs[keyOf(p)]
+	lifted := r != nil && r.active && l.clock.Before(r.ban.Until)
+	if r != nil {
+		l.bans.remove(r)
+		l.syncLocked()
+	}
+	l.seq++
+	seq := l.seq
+	l.mu.Unlock()
+	return lifted, l.deleteBan(p, seq)
+}
+
+// Bans returns the bans in force at now, sorted by Until.
+func (l *Limiter) Bans(now time.Time) []Ban {
+	l.mu.Lock()
+	l.tickLocked(now)
+	l.bans.sweep(now, -1)
+	l.syncLocked()
+	out := make([]Ban, 0, l.bans.active)
+	for _, r := range l.bans.recs {
+		if r.active {
+			out = append(out, r.ban)
+		}
+	}
+	l.mu.Unlock()
+	slices.SortFunc(out, compareBans)
+	return out
+}
+
+// Reload applies cfg (zero fields take their defaults) to later decisions.
+// Budgets and bans are kept: a budget takes the new rate and size the next
+// time it is used (its tokens capped at the new size); bans keep their
+// length; keys under a new prefix length start new budgets, while bans made
+// under the old lengths still apply. If the tables hold more than the new
+// MaxTracked, they are trimmed now. An invalid cfg is an error, and the old
+// configuration stays.
+func (l *Limiter) Reload(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s := newSettings(cfg)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cfg.Store(s)
+	for l.budgets.len() > s.MaxTracked {
+		l.evictBudgetLocked()
+	}
+	for l.bans.len() > s.MaxTracked {
+		l.bans.remove(l.bans.soonest())
+		l.bansEvicted++
+	}
+	l.syncLocked()
+	return nil
+}
+
+// Stats returns a snapshot of the limiter's tables and counters. Bans over
+// as of the latest time given to the limiter are not counted as Banned.
+func (l *Limiter) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.bans.sweep(l.clock, -1)
+	l.syncLocked()
+	return Stats{
+		Tracked:     l.budgets.len(),
+		Banned:      l.bans.active,
+		Remembered:  l.bans.len() - l.bans.active,
+		Evicted:     l.evicted,
+		BansEvicted: l.bansEvicted,
+		BansCreated: l.bansCreated,
+		StoreErrors: l.storeErrors.Load(),
+	}
+}
+
+// LastStoreError returns the latest error from the store (wrapping ErrStore),
+// or nil if there was none.
+func (l *Limiter) LastStoreError() error {
+	if p := l.lastStoreErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// tickLocked advances the clock, runs a bounded sweep of the ban table and
+// returns the settings in force.
+func (l *Limiter) tickLocked(now time.Time) *settings {
+	if now.After(l.clock) {
+		l.clock = now
+	}
+	if l.bans.len() > 0 {
+		l.bans.sweep(now, sweepBatch)
+		l.syncLocked()
+	}
+	return l.cfg.Load()
+}
+
+// syncLocked publishes the count of active bans for Check's fast path.
+func (l *Limiter) syncLocked() {
+	l.nactive.Store(int64(l.bans.active))
+}
+
+// bucketLocked returns the budget of k, made most recently used and set to
+// the limits of s, creating a full one (evicting if need be) if k has none.
+func (l *Limiter) bucketLocked(now time.Time, s *settings, k bkey) *bucket {
+	if b := l.budgets.get(k); b != nil {
+		b.adapt(s, now)
+		return b
+	}
+	for l.budgets.len() >= s.MaxTracked {
+		l.evictBudgetLocked()
+	}
+	b := l.budgets.add(k)
+	b.reset(s)
+	return b
+}
+
+// evictBudgetLocked forgets the least recently used budget, passing over a
+// few with attempts in flight (forgetting those would free their places).
+func (l *Limiter) evictBudgetLocked() {
+	b := l.budgets.oldest()
+	for i := 0; i < evictTries && b.pending > 0 && l.budgets.len() > 1; i++ {
+		l.budgets.get(b.key) // make it most recently used
+		b = l.budgets.oldest()
+	}
+	l.budgets.remove(b.key)
+	l.evicted++
+}
+
+// makeRoomLocked drops the ban record due first if the table is full. It
+// reports whether there is room.
+func (l *Limiter) makeRoomLocked(s *settings) bool {
+	for l.bans.len() >= s.MaxTracked {
+		r := l.bans.soonest()
+		if r == nil {
+			return false
+		}
+		l.bans.remove(r)
+		l.bansEvicted++
+	}
+	return true
+}
+
+// banLocked bans p (normalised) from now for d (d ≤ 0: escalated), clears
+// the budget of p, and returns the ban and its version for saveBan.
+func (l *Limiter) banLocked(now time.Time, s *settings, p netip.Prefix, d time.Duration, reason string) (Ban, uint64) {
+	k := keyOf(p)
+	r := l.bans.recs[k]
+	count := 1
+	if r != nil && now.Before(r.ban.Forget) {
+		count = r.ban.Count + 1
+	}
+	if d <= 0 {
+		d = s.banDuration(count)
+	}
+	until := now.Add(d)
+	ban := Ban{Key: p, Until: until, Count: count, Reason: reason, Since: now, Forget: until.Add(s.MaxBanTime)}
+	if r != nil {
+		r.ban = ban
+		l.bans.activate(r)
+	} else {
+		l.makeRoomLocked(s) // MaxTracked ≥ 1, so there is room
+		r = &banRec{ban: ban, key: k, active: true, due: until}
+		l.bans.insert(r)
+	}
+	l.seq++
+	r.seq = l.seq
+	l.bansCreated++
+	l.budgets.remove(k)
+	l.syncLocked()
+	return ban, r.seq
+}
+
+// saveBan writes ban (version seq) to the store unless a later change of
+// the same key has superseded it. Store writes are serialised, and l.mu is
+// not held during I/O.
+func (l *Limiter) saveBan(ban Ban, seq uint64) error {
+	l.storeMu.Lock()
+	defer l.storeMu.Unlock()
+	l.mu.RLock()
+	r := l.bans.recs[keyOf(ban.Key)]
+	current := r != nil && r.seq == seq
+	l.mu.RUnlock()
+	if !current {
+		return nil
+	}
+	if err := l.store.SaveBan(ban); err != nil {
+		return l.storeFailed(fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, err))
+	}
+	return nil
+}
+
+// deleteBan deletes the ban of p from the store unless p was banned again
+// after the unban of version seq.
+func (l *Limiter) deleteBan(p netip.Prefix, seq uint64) error {
+	l.storeMu.Lock()
+	defer l.storeMu.Unlock()
+	l.mu.RLock()
+	r := l.bans.recs[keyOf(p)]
+	superseded := r != nil && r.seq > seq
+	l.mu.RUnlock()
+	if superseded {
+		return nil
+	}
+	if err := l.store.DeleteBan(p); err != nil {
+		return l.storeFailed(fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, err))
+	}
+	return nil
+}
+
+// storeFailed counts and records err, and returns it.
+func (l *Limiter) storeFailed(err error) error {
+	l.storeErrors.Add(1)
+	l.lastStoreErr.Store(&err)
+	return err
+}
+
+// normAddr drops a zone and unmaps an IPv4-mapped IPv6 address.
+func normAddr(a netip.Addr) netip.Addr {
+	return a.WithZone("").Unmap()
+}
+
+// normPrefix masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or
+// more into the IPv4 prefix it maps.
+func normPrefix(p netip.Prefix) (netip.Prefix, error) {
+	if !p.IsValid() {
+		return netip.Prefix{}, fmt.Errorf("%w: %v", ErrInvalidPrefix, p)
+	}
+	a, bits := p.Addr().WithZone(""), p.Bits()
+	if a.Is4In6() {
+		if bits < 96 {
+			return netip.Prefix{}, fmt.Errorf("%w: %v mixes IPv4-mapped and IPv6 addresses", ErrInvalidPrefix, p)
+		}
+		a, bits = a.Unmap(), bits-96
+	}
+	return netip.PrefixFrom(a, bits).Masked(), nil
+}
