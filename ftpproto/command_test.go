@@ -78,6 +78,8 @@ var readCommandTests = []struct {
 	{"WILL and DO", "\xff\xfb\x01\xff\xfd\x03NOOP\r\n", 0, []cmdResult{ok("NOOP", ""), eof}},
 	{"WONT DONT mid line", "US\xff\xfc\x01ER a\xff\xfe\x22b\r\n", 0, []cmdResult{ok("USER", "ab"), eof}},
 	{"subnegotiation", "\xff\xfa\x18\x00xterm\n\r\xff\xff\xff\xf0SYST\r\n", 0, []cmdResult{ok("SYST", ""), eof}},
+	{"IAC x inside SB stays in SB", "\xff\xfa\x01\xff\x30\nX\xff\xf0NOOP\r\n", 0, []cmdResult{ok("NOOP", ""), eof}},
+	{"IAC IAC inside SB stays in SB", "\xff\xfa\x01\xff\xff\xf0\nX\xff\xf0NOOP\r\n", 0, []cmdResult{ok("NOOP", ""), eof}},
 	{"IAC IAC in arg", "RETR a\xff\xffb\r\n", 0, []cmdResult{ok("RETR", "a\xffb"), eof}},
 	{"IAC NOP between CR and LF", "NOOP\r\xff\xf1\n", 0, []cmdResult{ok("NOOP", ""), eof}},
 	{"IAC IAC in verb is a bad verb", "A\xff\xffB\r\n", 0, []cmdResult{fail(ErrBadLine), eof}},
