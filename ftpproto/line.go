@@ -120,6 +120,12 @@ func (l *lineReader) readLine(limit int) (line []byte, raw int, err error) {
 			}
 		}
 		for l.r < l.w {
+			if l.tel == tsData && !l.cr && l.bad == nil {
+				l.copyPlain(limit)
+				if l.r == l.w {
+					break
+				}
+			}
 			c := l.buf[l.r]
 			l.r++
 			if c == '\n' && l.tel == tsData {
@@ -141,6 +147,30 @@ func (l *lineReader) readLine(limit int) (line []byte, raw int, err error) {
 			}
 		}
 	}
+}
+
+// copyPlain is the fast path of readLine: it appends the run of bytes
+// that need no decoding (no IAC, CR, LF or NUL) at buf[r:], as far as
+// limit allows.
+func (l *lineReader) copyPlain(limit int) {
+	end := min(l.w, l.r+limit-l.n)
+	i := l.r
+	for i < end {
+		if c := l.buf[i]; c == '\n' || c == '\r' || c == 0 || c == telIAC {
+			break
+		}
+		i++
+	}
+	if i == l.r {
+		return
+	}
+	run := l.buf[l.r:i]
+	if len(l.line)+len(run) > cap(l.line) {
+		l.grow(len(l.line) + len(run))
+	}
+	l.line = append(l.line, run...)
+	l.n += len(run)
+	l.r = i
 }
 
 // step feeds one raw byte, not a line-ending LF, to the Telnet decoder.
@@ -201,18 +231,16 @@ func (l *lineReader) data(c byte) {
 		return // the line is discarded anyway
 	}
 	if len(l.line) == cap(l.line) {
-		l.grow()
+		l.grow(len(l.line) + 1)
 	}
 	l.line = append(l.line, c)
 }
 
-// grow enlarges line's capacity, never beyond max, so a reader holds at
-// most max bytes of line however its lines come.
-func (l *lineReader) grow() {
-	c := min(max(2*cap(l.line), 128), l.max)
-	if c <= cap(l.line) {
-		c = cap(l.line) + 1 // only the byte that overflows the bound gets here
-	}
+// grow enlarges line's capacity to at least need, never beyond max unless
+// need is, so a reader holds at most max bytes of line however its lines
+// come.
+func (l *lineReader) grow(need int) {
+	c := max(min(max(2*cap(l.line), 128), l.max), need)
 	b := make([]byte, len(l.line), c)
 	copy(b, l.line)
 	l.line = b
