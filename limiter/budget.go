@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"hash/maphash"
 	"math"
 	"net/netip"
 	"time"
@@ -63,30 +64,66 @@ const (
 	nilSlot  = -1
 )
 
-// budgets is a table of buckets bounded by the caller: an index from key to
-// slot, slots in fixed-size pages (never moved, so *bucket stays valid and
-// growth copies nothing), an intrusive doubly linked LRU list through the
-// slots, and a free list of released slots. Not safe for concurrent use.
+// budgets is a table of buckets for at most max keys (the caller evicts).
+// Buckets live in fixed-size pages (never moved, so a *bucket stays valid and
+// growth copies nothing) and are numbered by slot. An open-addressing index
+// (linear probing, at most half full, keyed by a seeded hash/maphash so that
+// addresses cannot be chosen to collide) maps keys to slots in 4 bytes per
+// entry, where a Go map would take ~50 bytes per key at a million. An
+// intrusive doubly linked list through the slots orders them by use, and
+// released slots form a free list. Not safe for concurrent use.
 type budgets struct {
 	pages      [][]bucket
-	index      map[bkey]int32
+	index      []int32 // slot+1, or 0 for empty; len(index) is a power of 2
+	seed       maphash.Seed
+	n          int   // buckets in use
 	used       int32 // slots ever handed out; slots ≥ used are fresh
 	free       int32 // head of the free list (linked by next), or nilSlot
 	head, tail int32 // most and least recently used, or nilSlot
 }
 
-func newBudgets() budgets {
-	return budgets{index: make(map[bkey]int32), free: nilSlot, head: nilSlot, tail: nilSlot}
+func newBudgets(max int) budgets {
+	return budgets{index: make([]int32, indexSize(max)), seed: maphash.MakeSeed(), free: nilSlot, head: nilSlot, tail: nilSlot}
+}
+
+// indexSize is the index length for max keys: a power of 2 at least 2×max.
+// The fresh zero pages of a large index cost no memory until used.
+func indexSize(max int) int {
+	n := 8
+	for n < 2*max {
+		n <<= 1
+	}
+	return n
 }
 
 func (t *budgets) at(i int32) *bucket { return &t.pages[i>>pageBits][i&(pageSize-1)] }
 
-func (t *budgets) len() int { return len(t.index) }
+func (t *budgets) len() int { return t.n }
+
+func (t *budgets) home(k bkey) int {
+	return int(maphash.Comparable(t.seed, k) & uint64(len(t.index)-1))
+}
+
+// lookup returns the index position of k and its slot, or the empty
+// position where k would go and nilSlot. The index is never full, so the
+// probe ends.
+func (t *budgets) lookup(k bkey) (pos int, slot int32) {
+	mask := len(t.index) - 1
+	for p := t.home(k); ; p = (p + 1) & mask {
+		s := t.index[p]
+		if s == 0 {
+			return p, nilSlot
+		}
+		if t.at(s-1).key == k {
+			return p, s - 1
+		}
+	}
+}
 
 // get returns the bucket of k and marks it most recently used, or nil.
 func (t *budgets) get(k bkey) *bucket {
-	i, ok := t.index[k]
-	if !ok {
+	_, i := t.lookup(k)
+	if i == nilSlot {
 		return nil
 	}
 	t.touch(i)
@@ -94,7 +131,8 @@ func (t *budgets) get(k bkey) *bucket {
 }
 
 // add inserts a bucket for k (which must not be present) as the most
-// recently used and returns it; its rate.Limiter is left for the caller to set.
+// recently used and returns it; its rate.Limiter is left for the caller to
+// set. The caller keeps the table within the max it was sized for.
 func (t *budgets) add(k bkey) *bucket {
 	i := t.free
 	if i != nilSlot {
@@ -108,24 +146,55 @@ func (t *budgets) add(k bkey) *bucket {
 	}
 	b := t.at(i)
 	b.key, b.pending = k, 0
-	t.index[k] = i
+	p, _ := t.lookup(k)
+	t.index[p] = i + 1
+	t.n++
 	t.pushFront(i)
 	return b
 }
 
 // remove drops the bucket of k, if any.
 func (t *budgets) remove(k bkey) {
-	i, ok := t.index[k]
-	if !ok {
+	p, i := t.lookup(k)
+	if i == nilSlot {
 		return
 	}
-	delete(t.index, k)
+	t.deleteAt(p)
+	t.n--
 	t.unlink(i)
 	b := t.at(i)
 	b.lim = rate.Limiter{} // nothing stale survives into the slot's next key
 	b.pending = 0
 	b.next = t.free
 	t.free = i
+}
+
+// deleteAt empties index position p and shifts later entries of its probe
+// run back (no tombstones, so lookups stay short).
+func (t *budgets) deleteAt(p int) {
+	mask := len(t.index) - 1
+	t.index[p] = 0
+	for q := (p + 1) & mask; t.index[q] != 0; q = (q + 1) & mask {
+		h := t.home(t.at(t.index[q] - 1).key)
+		// The entry at q may move to p unless its home lies cyclically in (p, q].
+		if p <= q && (h <= p || h > q) || p > q && h <= p && h > q {
+			t.index[p], t.index[q] = t.index[q], 0
+			p = q
+		}
+	}
+}
+
+// grow resizes the index for up to max keys, if it is too small.
+func (t *budgets) grow(max int) {
+	n := indexSize(max)
+	if n <= len(t.index) {
+		return
+	}
+	t.index = make([]int32, n)
+	for i := t.head; i != nilSlot; i = t.at(i).next {
+		p, _ := t.lookup(t.at(i).key)
+		t.index[p] = i + 1
+	}
 }
 
 // oldest returns the least recently used bucket, or nil.

@@ -101,7 +101,8 @@ type Limiter struct {
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their
-// defaults) that keeps its bans in store (nil: a new MemoryStore).
+// defaults) that keeps its bans in store (nil: a new MemoryStore holding at
+// most Config.MaxTracked bans).
 //
 // New loads the bans that store holds (LoadBans with the zero time, as the
 // limiter has no clock; bans found to be over are dropped lazily) and
@@ -113,11 +114,11 @@ func New(cfg Config, store Store) (*Limiter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if store == nil {
-		store = NewMemoryStore()
-	}
 	s := newSettings(cfg)
-	l := &Limiter{budgets: newBudgets(), bans: newBanTable(), store: store}
+	if store == nil {
+		store = newMemoryStore(s.MaxTracked)
+	}
+	l := &Limiter{budgets: newBudgets(s.MaxTracked), bans: newBanTable(), store: store}
 	l.cfg.Store(s)
 	bans, err := store.LoadBans(time.Time{})
 	if err != nil {
@@ -404,6 +405,7 @@ func (l *Limiter) Reload(cfg Config) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cfg.Store(s)
+	l.budgets.grow(s.MaxTracked)
 	for l.budgets.len() > s.MaxTracked {
 		l.evictBudgetLocked()
 	}

@@ -31,22 +31,28 @@ type Store interface {
 
 // MemoryStore is a Store that keeps bans in memory: bans survive a Limiter
 // (a new one can load them) but not the process. It forgets bans after their
-// Forget time, pruning as it grows, so it holds at most about twice the bans
-// still relevant. Safe for concurrent use; use NewMemoryStore (the zero value
-// is not usable).
+// Forget time, pruning as it grows (to about twice the bans still relevant),
+// and holds at most DefaultMaxTracked bans (the store New makes for a nil
+// Store: Config.MaxTracked); when full it drops the quarter due to be
+// forgotten first. Safe for concurrent use; use NewMemoryStore (the zero
+// value is not usable).
 type MemoryStore struct {
 	mu      sync.Mutex
 	bans    map[netip.Prefix]Ban
 	latest  time.Time // latest Since saved: a lower bound on the current time
 	pruneAt int       // prune when the map grows to this size
+	max     int
 	closed  bool
 }
 
 var _ Store = (*MemoryStore)(nil)
 
-// NewMemoryStore returns an empty MemoryStore.
-func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{bans: make(map[netip.Prefix]Ban), pruneAt: 64}
+// NewMemoryStore returns an empty MemoryStore that holds at most
+// DefaultMaxTracked bans.
+func NewMemoryStore() *MemoryStore { return newMemoryStore(DefaultMaxTracked) }
+
+func newMemoryStore(max int) *MemoryStore {
+	return &MemoryStore{bans: make(map[netip.Prefix]Ban), pruneAt: min(64, max+1), max: max}
 }
 
 // SaveBan records b as the ban of b.Key.
@@ -62,7 +68,10 @@ func (m *MemoryStore) SaveBan(b Ban) error {
 	}
 	if len(m.bans) >= m.pruneAt {
 		m.pruneLocked(m.latest)
-		m.pruneAt = max(64, 2*len(m.bans))
+		if len(m.bans) > m.max {
+			m.trimLocked(m.max - m.max/4)
+		}
+		m.pruneAt = min(max(64, 2*len(m.bans)), m.max+1)
 	}
 	return nil
 }
@@ -107,6 +116,18 @@ func (m *MemoryStore) pruneLocked(now time.Time) {
 		if !now.Before(b.forget()) {
 			delete(m.bans, k)
 		}
+	}
+}
+
+// trimLocked drops the bans due to be forgotten first, down to n.
+func (m *MemoryStore) trimLocked(n int) {
+	all := make([]Ban, 0, len(m.bans))
+	for _, b := range m.bans {
+		all = append(all, b)
+	}
+	slices.SortFunc(all, func(a, b Ban) int { return a.forget().Compare(b.forget()) })
+	for _, b := range all[:len(all)-n] {
+		delete(m.bans, b.Key)
 	}
 }
 

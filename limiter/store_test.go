@@ -245,3 +245,26 @@ func TestStoreSeesLatest(t *testing.T) {
 		t.Fatalf("store has %+v, limiter %+v", got[0], want)
 	}
 }
+
+func TestMemoryStoreBounded(t *testing.T) {
+	m := newMemoryStore(100)
+	for i := range 1000 {
+		a := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+		// All still relevant; later ones are remembered longer.
+		if err := m.SaveBan(Ban{Key: netip.PrefixFrom(a, 32), Since: t0, Until: t0.Add(time.Hour), Forget: t0.Add(time.Duration(1000+i) * time.Hour), Count: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(m.bans); n > 100 {
+			t.Fatalf("after %d saves the store holds %d bans, want ≤ 100", i+1, n)
+		}
+	}
+	got, _ := m.LoadBans(t0)
+	if len(got) < 75 {
+		t.Fatalf("store holds %d bans, want ≥ 75", len(got))
+	}
+	for _, b := range got {
+		if b.Key.Addr().As4()[3] < 100 && b.Key.Addr().As4()[2] == 0 {
+			t.Fatalf("kept %v, one of the first to be forgotten", b.Key)
+		}
+	}
+}
