@@ -70,6 +70,7 @@ type ConfigError struct {
 	Reason string // e.g. "must be ≥ 1"
 }
 
+// Error returns "limiter: " followed by the key and the reason.
 func (e *ConfigError) Error() string { return "limiter: " + e.Key + " " + e.Reason }
 
 // Validate reports whether c is usable: each bad setting gives one

@@ -280,9 +280,15 @@ func (l *Limiter) settle(now time.Time, addr netip.Addr, success bool) {
 
 // Failure settles an attempt of addr that failed: it frees its place and
 // consumes one token. If fewer than one whole token is left, it bans the key
-// (NewBan) and refuses. A key already banned is refused (and nothing is
-// counted: its budget was cleared). Otherwise the key stays allowed. An
-// allowlisted address is always allowed and not counted.
+// (NewBan) and refuses. A banned key is refused, and no token is taken (its
+// ban cleared its budget), unless the ban is of another prefix (BanKey): then
+// the guess still counts against the key's own budget. Otherwise the key
+// stays allowed.
+// An allowlisted address is always allowed and not counted.
+//
+// Every Attempt that was allowed must be settled exactly once, by Success,
+// Failure or Release; a place never settled stays taken until the key's
+// budget is cleared by a ban or evicted.
 func (l *Limiter) Failure(now time.Time, addr netip.Addr) Decision {
 	addr = normAddr(addr)
 	if !addr.IsValid() {
@@ -296,12 +302,20 @@ func (l *Limiter) Failure(now time.Time, addr netip.Addr) Decision {
 		d.Allowed, d.Allowlisted, d.Remaining = true, true, s.Failures
 		return d
 	}
-	if r, _ := l.bans.find(now, addr); r != nil {
+	k := keyOf(d.Key)
+	cover, _ := l.bans.find(now, addr)
+	b := l.budgets.get(k)
+	if cover != nil && b == nil {
+		// The key is banned, and its budget was cleared then.
 		l.mu.Unlock()
-		d.Ban = r.ban
+		d.Ban = cover.ban
 		return d
 	}
-	b := l.bucketLocked(now, s, keyOf(d.Key))
+	if b == nil {
+		b = l.newBucketLocked(s, k)
+	} else {
+		b.adapt(s, now)
+	}
 	if b.pending > 0 {
 		b.pending--
 	}
@@ -312,7 +326,13 @@ func (l *Limiter) Failure(now time.Time, addr netip.Addr) Decision {
 		b.lim.ReserveN(now, 1)
 	}
 	if left := whole(b.lim.TokensAt(now)); left >= 1 {
-		d.Allowed, d.Remaining = true, max(0, left-int(b.pending))
+		// Under a ban of a wider or narrower prefix (BanKey), the guess
+		// still counts against the key's own budget.
+		if cover != nil {
+			d.Ban = cover.ban
+		} else {
+			d.Allowed, d.Remaining = true, max(0, left-int(b.pending))
+		}
 		l.mu.Unlock()
 		return d
 	}
@@ -463,12 +483,18 @@ func (l *Limiter) syncLocked() {
 }
 
 // bucketLocked returns the budget of k, made most recently used and set to
-// the limits of s, creating a full one (evicting if need be) if k has none.
+// the limits of s, creating a full one if k has none.
 func (l *Limiter) bucketLocked(now time.Time, s *settings, k bkey) *bucket {
 	if b := l.budgets.get(k); b != nil {
 		b.adapt(s, now)
 		return b
 	}
+	return l.newBucketLocked(s, k)
+}
+
+// newBucketLocked adds a full budget for k, which has none, evicting the
+// least recently used if the table is full.
+func (l *Limiter) newBucketLocked(s *settings, k bkey) *bucket {
 	for l.budgets.len() >= s.MaxTracked {
 		l.evictBudgetLocked()
 	}

@@ -316,6 +316,25 @@ func TestSteps(t *testing.T) {
 			{at: 3 * time.Minute, ev: evAttempt, addr: "198.51.100.8", want: want{until: 4 * time.Minute}},
 			{at: 4 * time.Minute, ev: evCheck, addr: "198.51.100.7", want: allowed},
 		}},
+		{"a network ban over attempts in flight", Config{}, []step{
+			{at: 0, ev: evAttempt, addr: a, want: rem(4)},
+			{at: 0, ev: evAttempt, addr: a, want: rem(3)},
+			{at: 0, ev: evAttempt, addr: a, want: rem(2)},
+			{at: 0, ev: evBan, addr: "192.0.2.0/24", d: 2 * time.Second, want: want{until: 2 * time.Second}},
+			{at: time.Second, ev: evFailure, addr: a, want: want{until: 2 * time.Second}}, // counted
+			{at: time.Second, ev: evFailure, addr: a, want: want{until: 2 * time.Second}},
+			{at: time.Second, ev: evRelease, addr: a},
+			{at: time.Second, ev: evFailure, addr: b, want: want{until: 2 * time.Second}}, // no Attempt, no budget: nothing to count
+			// 3 tokens left, no place still taken.
+			{at: 2 * time.Second, ev: evAttempt, addr: a, want: rem(2)},
+			{at: 2 * time.Second, ev: evAttempt, addr: a, want: rem(1)},
+			{at: 2 * time.Second, ev: evAttempt, addr: a, want: rem(0)},
+			{at: 2 * time.Second, ev: evBan, addr: "192.0.2.0/24", d: time.Hour, want: want{count: 2}},
+			{at: 3 * time.Second, ev: evFailure, addr: a, want: want{count: 2}},
+			{at: 3 * time.Second, ev: evFailure, addr: a, want: want{count: 2}},
+			// The key's own budget runs out: the key gets its own ban.
+			{at: 3 * time.Second, ev: evFailure, addr: a, want: want{newBan: true, count: 1, until: time.Hour + 3*time.Second}},
+		}},
 		{"admin ban counts for escalation", Config{}, join(
 			guesses(0, a, 5, 5),
 			[]step{{at: 2 * h, ev: evBan, addr: a + "/32", want: want{count: 2, until: 4 * h}}},
