@@ -81,7 +81,13 @@ type Stats struct {
 
 // Limiter keeps budgets and bans per key. It is safe for concurrent use:
 // one mutex guards the tables (Check only takes it for reading, and not at
-// all while no ban is active). The zero value is not usable; use New.
+// all while no ban is active); store I/O happens outside it. The zero value
+// is not usable; use New.
+//
+// The hard cap holds as long as a key's budget stays in the table: when more
+// than MaxTracked keys are active at once, the least recently used budget is
+// forgotten (keys with attempts in flight are passed over a few times first),
+// and a forgotten key starts again with a full budget.
 type Limiter struct {
 	cfg     atomic.Pointer[settings]
 	nactive atomic.Int64 // bans marked active; 0 lets Check skip the lock

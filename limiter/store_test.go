@@ -268,3 +268,36 @@ func TestMemoryStoreBounded(t *testing.T) {
 		}
 	}
 }
+
+// fixedStore loads a fixed list of bans.
+type fixedStore struct {
+	*MemoryStore
+	bans []Ban
+}
+
+func (f fixedStore) LoadBans(time.Time) ([]Ban, error) { return f.bans, nil }
+
+func TestRestoreNormalises(t *testing.T) {
+	k := netip.MustParsePrefix("192.0.2.1/32")
+	bans := []Ban{
+		{Key: netip.MustParsePrefix("::ffff:192.0.2.1/128"), Until: t0.Add(2 * time.Hour), Count: 3}, // no Forget
+		{Key: k, Until: t0.Add(time.Hour), Count: 2},                                                 // same key, earlier: dropped
+		{Key: netip.MustParsePrefix("192.0.2.99/24"), Until: t0.Add(time.Hour)},                      // masked; Count 0 → 1
+		{Key: netip.Prefix{}, Until: t0.Add(time.Hour)},                                              // invalid: skipped
+		{Key: netip.MustParsePrefix("198.51.100.1/32")},                                              // no Until: skipped
+	}
+	l := newLimiter(t, Config{}, fixedStore{NewMemoryStore(), bans})
+	got := l.Bans(t0)
+	if len(got) != 2 || got[0].Key != netip.MustParsePrefix("192.0.2.0/24") || got[0].Count != 1 ||
+		got[1].Key != k || got[1].Count != 3 || !got[1].Forget.Equal(t0.Add(170*time.Hour)) {
+		t.Fatalf("Bans = %+v", got)
+	}
+	// Escalation goes on from the loaded count.
+	run(t, l, join(
+		guesses(2*time.Hour, "192.0.2.1", 5, 5),
+		[]step{{at: 2 * time.Hour, ev: evCheck, addr: "192.0.2.1", want: want{count: 4, until: 10 * time.Hour}}},
+	))
+	if l.LastStoreError() != nil {
+		t.Fatal(l.LastStoreError())
+	}
+}
