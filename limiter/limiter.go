@@ -61,6 +61,10 @@ type Decision struct {
 	Allowlisted bool         // the address matched Config.Allow (then Allowed is always true)
 	Ban         Ban          // the ban in force when !Allowed, or the one just made when NewBan (zero otherwise)
 	NewBan      bool         // this very call made the ban (the caller logs "ban")
+	// Busy: Attempt refused without a ban because attempts in flight hold
+	// every token left (the budget itself is not spent). The caller refuses
+	// this guess; the key is not banned for it.
+	Busy bool
 	// Remaining is the whole tokens left in the key's budget after this call
 	// that no attempt in flight holds. Attempt and Failure set it (0 when
 	// refused; Config.Failures when allowlisted); Check leaves it 0, as it
@@ -211,9 +215,11 @@ func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 // forwarded. It takes a place in the key's budget: it allows the guess iff
 // the whole tokens at now, less the attempts in flight, are at least 1, and
 // then counts one more attempt in flight, which the caller must settle with
-// Success, Failure or Release. Otherwise — the budget is spent, or attempts
-// in flight hold all of it — it bans the key (NewBan) and refuses. A banned
-// key is refused. An allowlisted address is always allowed and not counted.
+// Success, Failure or Release. When attempts in flight hold every token
+// left it refuses with Busy and no ban (concurrent logins behind one NAT
+// address must not ban it; the cap holds all the same). When the budget is
+// spent it bans the key (NewBan) and refuses. A banned key is refused. An
+// allowlisted address is always allowed and not counted.
 func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
 	addr = normAddr(addr)
 	if !addr.IsValid() {
@@ -234,10 +240,16 @@ func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
 	}
 	k := keyOf(d.Key)
 	b := l.bucketLocked(now, s, k)
-	if free := whole(b.lim.TokensAt(now)) - int(b.pending); free >= 1 {
+	tokens := whole(b.lim.TokensAt(now))
+	if free := tokens - int(b.pending); free >= 1 {
 		b.pending++
 		l.mu.Unlock()
 		d.Allowed, d.Remaining = true, free-1
+		return d
+	}
+	if tokens >= 1 {
+		l.mu.Unlock()
+		d.Busy = true
 		return d
 	}
 	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
@@ -296,6 +308,18 @@ func (l *Limiter) settle(now time.Time, addr netip.Addr, success bool) {
 // Failure or Release; a place never settled stays taken until the key's
 // budget is cleared by a ban or evicted.
 func (l *Limiter) Failure(now time.Time, addr netip.Addr) Decision {
+	return l.fail(now, addr, true)
+}
+
+// Penalize counts a failure of addr that was not preceded by Attempt (e.g.
+// a 530 reply to USER for a name the daemon refuses): it consumes one token
+// and bans the key like Failure when fewer than one is left, but frees no
+// place of an attempt in flight.
+func (l *Limiter) Penalize(now time.Time, addr netip.Addr) Decision {
+	return l.fail(now, addr, false)
+}
+
+func (l *Limiter) fail(now time.Time, addr netip.Addr, settle bool) Decision {
 	addr = normAddr(addr)
 	if !addr.IsValid() {
 		return Decision{}
@@ -322,7 +346,7 @@ func (l *Limiter) Failure(now time.Time, addr netip.Addr) Decision {
 	} else {
 		b.adapt(s, now)
 	}
-	if b.pending > 0 {
+	if settle && b.pending > 0 {
 		b.pending--
 	}
 	if !b.lim.AllowN(now, 1) {

@@ -16,23 +16,25 @@ var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 type event int
 
 const (
-	evCheck   event = iota
-	evAttempt       // Attempt
-	evFailure       // Failure (settles an earlier Attempt)
-	evGuess         // Attempt, then Failure if allowed: a failed PASS; want is the last decision
-	evSuccess       // Success
-	evRelease       // Release
-	evBan           // BanKey(prefix in addr, d, "")
-	evUnban         // Unban(prefix in addr); want.allowed is its bool
+	evCheck    event = iota
+	evAttempt        // Attempt
+	evFailure        // Failure (settles an earlier Attempt)
+	evGuess          // Attempt, then Failure if allowed: a failed PASS; want is the last decision
+	evSuccess        // Success
+	evRelease        // Release
+	evBan            // BanKey(prefix in addr, d, "")
+	evUnban          // Unban(prefix in addr); want.allowed is its bool
+	evPenalize       // Penalize (a failure with no Attempt before it)
 )
 
 func (e event) String() string {
-	return [...]string{"check", "attempt", "failure", "guess", "success", "release", "ban", "unban"}[e]
+	return [...]string{"check", "attempt", "failure", "guess", "success", "release", "ban", "unban", "penalize"}[e]
 }
 
 // want is what a step's Decision (or Ban) must be. count and until are only
 // checked when non-zero; until is an offset from t0.
 type want struct {
+	busy        bool
 	allowed     bool
 	newBan      bool
 	remaining   int
@@ -87,6 +89,8 @@ func run(t *testing.T, l *Limiter, steps []step) {
 			d = l.Attempt(now, netip.MustParseAddr(st.addr))
 		case evFailure:
 			d = l.Failure(now, netip.MustParseAddr(st.addr))
+		case evPenalize:
+			d = l.Penalize(now, netip.MustParseAddr(st.addr))
 		case evGuess:
 			a := netip.MustParseAddr(st.addr)
 			if d = l.Attempt(now, a); d.Allowed {
@@ -117,8 +121,11 @@ func run(t *testing.T, l *Limiter, steps []step) {
 			t.Fatalf("%s: got Allowed=%v NewBan=%v Remaining=%d Allowlisted=%v; want %v %v %d %v (ban %+v)",
 				name, d.Allowed, d.NewBan, d.Remaining, d.Allowlisted, w.allowed, w.newBan, w.remaining, w.allowlisted, d.Ban)
 		}
-		if d.Allowed == d.Ban.Active(now) {
+		if d.Allowed == d.Ban.Active(now) && !d.Busy {
 			t.Fatalf("%s: Allowed=%v but Ban=%+v", name, d.Allowed, d.Ban)
+		}
+		if d.Busy != w.busy {
+			t.Fatalf("%s: Busy=%v; want %v", name, d.Busy, w.busy)
 		}
 		if want := l.Key(netip.MustParseAddr(st.addr)); d.Key != want {
 			t.Fatalf("%s: Key = %v, want %v", name, d.Key, want)
@@ -149,6 +156,7 @@ func newLimiter(t testing.TB, cfg Config, store Store) *Limiter {
 var (
 	allowed   = want{allowed: true}
 	refused   = want{}
+	busy      = want{busy: true}
 	allowlist = want{allowed: true, allowlisted: true, remaining: DefaultFailures}
 )
 
@@ -246,16 +254,26 @@ func TestSteps(t *testing.T) {
 			{at: 0, ev: evAttempt, addr: a, want: rem(2)},
 			{at: 0, ev: evAttempt, addr: a, want: rem(1)},
 			{at: 0, ev: evAttempt, addr: a, want: rem(0)},
-			{at: 0, ev: evAttempt, addr: a, want: want{newBan: true, count: 1, until: h}},
-			{at: 0, ev: evAttempt, addr: a, want: want{count: 1}},
-			// The five in flight settle after the ban: nothing breaks.
-			{at: time.Second, ev: evFailure, addr: a, want: refused},
-			{at: time.Second, ev: evSuccess, addr: a},
-			{at: time.Second, ev: evRelease, addr: a},
+			// All five tokens are held, none spent: refused (Busy), not banned.
+			{at: 0, ev: evAttempt, addr: a, want: busy},
+			{at: 0, ev: evCheck, addr: a, want: want{allowed: true}},
+			// One succeeds and frees its place; the next attempt takes it.
+			{at: 0, ev: evSuccess, addr: a},
+			{at: 0, ev: evAttempt, addr: a, want: rem(0)},
+			// All five fail: the fifth spends the budget and bans.
+			{at: time.Second, ev: evFailure, addr: a, want: rem(0)},
+			{at: time.Second, ev: evFailure, addr: a, want: rem(0)},
+			{at: time.Second, ev: evFailure, addr: a, want: rem(0)},
+			{at: time.Second, ev: evFailure, addr: a, want: rem(0)},
+			{at: time.Second, ev: evFailure, addr: a, want: want{newBan: true, count: 1, until: time.Second + h}},
 			{at: time.Second, ev: evCheck, addr: a, want: refused},
-			{at: h, ev: evAttempt, addr: a, want: rem(4)},
-			{at: h, ev: evFailure, addr: a, want: rem(4)},
-			{at: h, ev: evFailure, addr: a, want: rem(3)}, // a late one from before the ban still counts
+			{at: time.Second + h, ev: evAttempt, addr: a, want: rem(4)},
+		}},
+		{"a penalty takes a token without settling an attempt", Config{Failures: 2}, []step{
+			{at: 0, ev: evAttempt, addr: a, want: rem(1)},
+			{at: 0, ev: evPenalize, addr: a, want: rem(0)},
+			{at: 0, ev: evAttempt, addr: a, want: busy}, // the first attempt still holds the last token
+			{at: 0, ev: evFailure, addr: a, want: want{newBan: true, count: 1, until: h}},
 		}},
 		{"allowlist", Config{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8:1::/48")}}, join(
 			[]step{

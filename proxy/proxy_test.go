@@ -468,3 +468,87 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	c.expectEOF()
 }
+
+// TestUserRejectsCount: a 530 to USER (a user list deny) costs a token
+// when CountUserRejects is on, and nothing when it is off.
+func TestUserRejectsCount(t *testing.T) {
+	for _, count := range []bool{true, false} {
+		t.Run(fmt.Sprint("count=", count), func(t *testing.T) {
+			f := startFake(t, func(c net.Conn, line string) bool {
+				if line == "USER root" {
+					fmt.Fprint(c, "530 Permission denied.\r\n")
+					return true
+				}
+				return false
+			})
+			p := startProxy(t, f.ln.Addr().String(), Config{CountUserRejects: count, MaxPreauthCommands: 100}, testLimits)
+			c := dial(t, p.addr)
+			c.expect(220)
+			c.send(strings.Repeat("USER root\r\n", 5) + "QUIT\r\n")
+			codes := c.replies()
+			banned := !p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")).Allowed
+			if count && (banned != true || fmt.Sprint(codes) != "[530 530 530 421]") {
+				t.Fatalf("counted: replies %v, banned %v; want [530 530 530 421], banned", codes, banned)
+			}
+			if !count && (banned || fmt.Sprint(codes) != "[530 530 530 530 530 221]") {
+				t.Fatalf("not counted: replies %v, banned %v; want five 530s and 221, not banned", codes, banned)
+			}
+		})
+	}
+}
+
+// TestPipelinedLoginNotStarved: USER and PASS in one write with one token
+// left: USER holds no token, so the PASS is forwarded and answered.
+func TestPipelinedLoginNotStarved(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, limiter.Config{Failures: 2, Window: time.Hour, BanTime: time.Hour})
+	for i, want := range []string{"[331 530 221]", "[331 230 221]"} {
+		c := dial(t, p.addr)
+		c.expect(220)
+		pass := "bad"
+		if i == 1 {
+			pass = "good"
+		}
+		c.send("USER u\r\nPASS " + pass + "\r\nQUIT\r\n")
+		if got := fmt.Sprint(c.replies()); got != want {
+			t.Fatalf("login %d: replies %s; want %s", i, got, want)
+		}
+	}
+}
+
+// TestConcurrentAttemptsBusy: when attempts in flight hold every token
+// left, one more is refused with 421 but the peer is not banned.
+func TestConcurrentAttemptsBusy(t *testing.T) {
+	release := make(chan struct{})
+	f := startFake(t, func(c net.Conn, line string) bool {
+		if line == "PASS slow" {
+			<-release
+		}
+		return false
+	})
+	defer close(release)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, limiter.Config{Failures: 1, Window: time.Hour, BanTime: time.Hour})
+	c1 := dial(t, p.addr)
+	c1.expect(220)
+	c1.send("USER u\r\nPASS slow\r\n")
+	c1.expect(331)
+	c2 := dial(t, p.addr)
+	c2.expect(220)
+	c2.send("USER u\r\n")
+	c2.expect(331)
+	// c1's attempt may not have been taken yet; wait until it has.
+	deadline := time.Now().Add(5 * time.Second)
+	for f.count("PASS slow") == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	c2.send("PASS other\r\n")
+	if r := c2.expect(421); !strings.Contains(r.Text(), "in progress") {
+		t.Fatalf("busy reply %q", r.Text())
+	}
+	if !p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")).Allowed {
+		t.Fatal("a busy refusal banned the peer")
+	}
+	if f.count("PASS other") != 0 {
+		t.Fatal("the refused PASS reached the daemon")
+	}
+}

@@ -25,7 +25,7 @@ const maxReplyLine = 16 << 10
 // or a reply of the proxy's own waiting for its turn.
 type pending struct {
 	verb    string          // the forwarded verb; "" for the greeting
-	counted bool            // an Attempt is held for it and must be settled
+	counted bool            // an Attempt is held for it (PASS, ACCT) and must be settled
 	local   *ftpproto.Reply // non-nil: the proxy's own reply, written in order
 }
 
@@ -253,17 +253,20 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		return false
 	}
 	s.log.Debug("command", "cmd", cmd.String())
-	cfg := s.srv.config()
 	switch cmd.Verb {
 	case "USER":
 		s.mu.Lock()
-		s.user = logSafe(cmd.Arg)
+		s.user = logSafe(strings.TrimSpace(cmd.Arg))
 		s.mu.Unlock()
-		counted := cfg.CountUserRejects
-		if counted && !s.attempt(cmd.Verb) {
+		// USER carries no secret: it takes no place in the budget (a
+		// pipelined USER+PASS must not hold the token its PASS needs), but
+		// a banned key goes no further, and a 530 to it is penalised.
+		if d := s.srv.lim.Check(time.Now(), s.peer.Addr()); !d.Allowed {
+			s.log.Warn("reject", "reason", "banned", "cmd", cmd.Verb, "key", d.Key.String())
+			s.finish(421, "Too many failed logins from your address; try again later.")
 			return false
 		}
-		return s.forward(cmd, pending{verb: cmd.Verb, counted: counted})
+		return s.forward(cmd, pending{verb: cmd.Verb})
 	case "PASS", "ACCT":
 		if !s.attempt(cmd.Verb) {
 			return false
@@ -311,6 +314,11 @@ func (s *session) attempt(verb string) bool {
 	d := s.srv.lim.Attempt(time.Now(), s.peer.Addr())
 	if d.Allowed {
 		return true
+	}
+	if d.Busy {
+		s.log.Warn("reject", "reason", "attempts in flight", "cmd", verb, "key", d.Key.String())
+		s.finish(421, "Too many logins in progress from your address; try again later.")
+		return false
 	}
 	s.mu.Lock()
 	if d.NewBan {
@@ -497,10 +505,8 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		switch {
 		case r.Code == 230: // no password asked (e.g. anonymous)
 			s.loginOKLocked(now, p, r)
-		case r.Code == 530 && p.counted:
-			banned = s.failedLocked(now, p.verb, r.Code, "rejected")
-		case p.counted:
-			s.srv.lim.Release(now, s.peer.Addr())
+		case r.Code == 530 && s.srv.config().CountUserRejects:
+			banned = s.failedLocked(now, p.verb, r.Code, "user rejected")
 		}
 	case "PASS", "ACCT":
 		switch {
@@ -553,7 +559,12 @@ func (s *session) loginOKLocked(now time.Time, p pending, r ftpproto.Reply) {
 // failedLocked records one failed attempt and reports whether the peer is
 // now banned. code 0 means no reply came.
 func (s *session) failedLocked(now time.Time, verb string, code int, why string) bool {
-	d := s.srv.lim.Failure(now, s.peer.Addr())
+	var d limiter.Decision
+	if verb == "USER" {
+		d = s.srv.lim.Penalize(now, s.peer.Addr())
+	} else {
+		d = s.srv.lim.Failure(now, s.peer.Addr())
+	}
 	s.log.Warn("login failed", "user", s.user, "cmd", verb, "code", code, "why", why,
 		"remaining", d.Remaining, "allowlisted", d.Allowlisted)
 	if d.NewBan {
