@@ -26,7 +26,7 @@ func TestBench(t *testing.T) {
 	mib := envInt("FTPGUARD_BENCH_MIB", 256)
 
 	d := startVsftpd(t)
-	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "warn", MaxConnsPerIP: 100})
+	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100})
 	name := fmt.Sprintf("bench-%d.bin", time.Now().UnixNano())
 	path, _ := randomFile(t, testHome, name, mib<<20)
 	t.Cleanup(func() { os.Remove(path) })

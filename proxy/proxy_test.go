@@ -552,3 +552,45 @@ func TestConcurrentAttemptsBusy(t *testing.T) {
 		t.Fatal("the refused PASS reached the daemon")
 	}
 }
+
+// TestClientHalfClose: a client that sends its commands and shuts its
+// write side (printf … | nc) still gets every reply, and its PASS is
+// settled by the daemon's answer.
+func TestClientHalfClose(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, limiter.Config{Failures: 1, Window: time.Hour, BanTime: time.Hour})
+	c := dial(t, p.addr)
+	c.send("USER u\r\nPASS good\r\nNOOP\r\n")
+	c.c.(*net.TCPConn).CloseWrite()
+	if got := fmt.Sprint(c.replies()); got != "[220 331 230 200]" {
+		t.Fatalf("replies %s; want [220 331 230 200]", got)
+	}
+	if !p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")).Allowed {
+		t.Fatal("a successful login behind a half-close was counted as a failure")
+	}
+}
+
+// TestBackendClosesAfterGreeting: the daemon says 220 and hangs up: the
+// client gets 421 and the session frees everything (goleak checks).
+func TestBackendClosesAfterGreeting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprint(c, "220 hello\r\n")
+			c.Close()
+		}
+	}()
+	p := startProxy(t, ln.Addr().String(), Config{}, testLimits)
+	c := dial(t, p.addr)
+	if got := fmt.Sprint(c.replies()); got != "[220 421]" {
+		t.Fatalf("replies %s; want [220 421]", got)
+	}
+}
