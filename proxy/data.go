@@ -17,7 +17,7 @@ func (s *session) announceAddr() netip.Addr {
 	if a := s.srv.config().PassiveAddr; a.IsValid() {
 		return a.Unmap()
 	}
-	return addrPortOf(s.client.LocalAddr()).Addr()
+	return s.ends.reached.Addr()
 }
 
 // openPassive answers the backend's 227/229 with a listener of the proxy's
@@ -75,7 +75,7 @@ func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
 // listenPassive binds a port of Config.PassivePorts on the local address
 // the client reached, trying the range from a random start.
 func (s *session) listenPassive() (*net.TCPListener, error) {
-	ip := addrPortOf(s.client.LocalAddr()).Addr()
+	ip := s.ends.local.Addr()
 	first, n := s.srv.config().PassivePorts.start()
 	r := s.srv.config().PassivePorts
 	var err error
@@ -154,21 +154,21 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 	cfg := s.srv.config()
 	defer ln.Close()
 	ln.SetDeadline(time.Now().Add(cfg.DataTimeout))
-	var c *net.TCPConn
+	var c net.Conn
 	for {
-		var err error
-		c, err = ln.AcceptTCP()
+		tc, err := ln.AcceptTCP()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				s.log.Info("no data connection", "err", err)
 			}
 			return
 		}
-		from := addrPortOf(c.RemoteAddr())
-		if from.Addr() == s.peer.Addr() {
+		var from netip.Addr
+		c, from, err = s.dataPeer(tc)
+		if err == nil && from == s.peer.Addr() {
 			break
 		}
-		s.log.Warn("reject", "reason", "data connection from foreign address", "from", from.String())
+		s.log.Warn("reject", "reason", "data connection from foreign address", "from", from.String(), "err", err)
 		c.Close()
 	}
 	ln.Close()
@@ -188,12 +188,12 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 		return
 	}
 	defer s.untrackData(bc)
-	s.relayData(c, bc.(*net.TCPConn))
+	s.relayData(c, bc)
 }
 
 // relayData copies both ways between the client's and the backend's data
 // connections until both ways have ended.
-func (s *session) relayData(client, backend *net.TCPConn) {
+func (s *session) relayData(client, backend net.Conn) {
 	s.transfers.Add(1)
 	s.client.SetReadDeadline(time.Time{})
 	defer func() {
@@ -213,9 +213,22 @@ func (s *session) relayData(client, backend *net.TCPConn) {
 }
 
 // copyHalf copies src to dst, then half-closes dst so its reader sees EOF.
-// Both are *net.TCPConn, so io.Copy lets the kernel splice.
-func copyHalf(dst, src *net.TCPConn, errc chan<- error) {
+// Between two *net.TCPConn (also behind a go-proxyproto Conn, whose
+// WriteTo hands over its socket) io.Copy lets the kernel splice.
+func copyHalf(dst, src net.Conn, errc chan<- error) {
 	_, err := io.Copy(dst, src)
-	dst.CloseWrite()
+	closeWrite(dst)
 	errc <- err
+}
+
+// closeWrite half-closes c if it can.
+func closeWrite(c net.Conn) {
+	switch c := c.(type) {
+	case interface{ CloseWrite() error }:
+		c.CloseWrite()
+	case interface{ TCPConn() (*net.TCPConn, bool) }:
+		if tc, ok := c.TCPConn(); ok {
+			tc.CloseWrite()
+		}
+	}
 }

@@ -66,6 +66,17 @@ type Config struct {
 	// CountUserRejects counts a 530 reply to USER (a user list deny, an
 	// unknown user on some daemons) as a failure of the peer.
 	CountUserRejects bool
+	// TrustedProxies are the sources (load balancers) whose PROXY protocol
+	// header (v1 or v2) names the true peer. From them a header is required;
+	// nobody else can choose its address. Empty: no PROXY protocol.
+	TrustedProxies []netip.Prefix
+	// ProxyHeaderTimeout bounds the wait for a trusted source's header.
+	// Default 5s.
+	ProxyHeaderTimeout time.Duration
+	// SendProxy, 1 or 2, sends a PROXY header of that version to the
+	// backend on each control connection, so that the daemon sees the true
+	// peer. 0: none.
+	SendProxy byte
 }
 
 func (c Config) withDefaults() Config {
@@ -83,6 +94,7 @@ func (c Config) withDefaults() Config {
 	def(&c.LoginTimeout, 30*time.Second)
 	def(&c.IdleTimeout, 10*time.Minute)
 	def(&c.DataTimeout, 30*time.Second)
+	def(&c.ProxyHeaderTimeout, defaultProxyHeaderTimeout)
 	defInt(&c.MaxConns, 2000)
 	defInt(&c.MaxConnsPerIP, 10)
 	defInt(&c.MaxPreauthCommands, 20)
@@ -151,6 +163,7 @@ func (s *Server) config() *Config { return s.cfg.Load() }
 // returns ErrServerClosed after Shutdown or Close, or the listener's error.
 // Temporary accept errors (e.g. EMFILE) are retried with a growing pause.
 func (s *Server) Serve(l net.Listener) error {
+	l = s.wrapListener(l)
 	if !s.trackListener(&l, true) {
 		return ErrServerClosed
 	}
@@ -283,8 +296,19 @@ func (s *Server) release(addr netip.Addr) {
 // handle runs one client connection from the gate to the end.
 func (s *Server) handle(c net.Conn) {
 	id := s.nextID.Add(1)
-	peer := addrPortOf(c.RemoteAddr())
+	e, err := endpointsOf(c)
+	if err != nil {
+		s.log.Warn("reject", "session", id, "reason", "PROXY header", "err", err)
+		c.Close()
+		return
+	}
+	peer := e.peer
 	log := s.log.With("session", id, "peer", peer.Addr().String())
+	if e.health {
+		log.Debug("health check")
+		refuse(c, "220 ftpguard ready.")
+		return
+	}
 	now := time.Now()
 
 	d := s.lim.Check(now, peer.Addr())
@@ -306,7 +330,7 @@ func (s *Server) handle(c net.Conn) {
 	}
 	defer s.release(peer.Addr())
 	setOOBInline(c)
-	log.Info("connect", "local", c.LocalAddr().String())
+	log.Info("connect", "local", e.reached.String(), "via_balancer", e.viaLB)
 
 	cfg := s.config()
 	ctx, cancel := context.WithTimeout(s.ctx, cfg.DialTimeout)
@@ -318,8 +342,17 @@ func (s *Server) handle(c net.Conn) {
 		refuse(c, "421 Service not available, the FTP server cannot be reached.")
 		return
 	}
+	if cfg.SendProxy != 0 {
+		bc.SetWriteDeadline(time.Now().Add(cfg.DialTimeout))
+		if err := writeProxyHeader(bc, cfg.SendProxy, e); err != nil {
+			log.Error("PROXY header to backend failed", "err", err)
+			bc.Close()
+			refuse(c, "421 Service not available, the FTP server cannot be reached.")
+			return
+		}
+	}
 
-	ss := newSession(s, c, bc, peer, log)
+	ss := newSession(s, c, bc, e, log)
 	s.mu.Lock()
 	if s.ctx.Err() != nil { // Close ran while we dialed
 		s.mu.Unlock()

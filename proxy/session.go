@@ -39,7 +39,8 @@ type session struct {
 	srv     *Server
 	client  net.Conn
 	backend net.Conn
-	peer    netip.AddrPort
+	peer    netip.AddrPort // the client's true address
+	ends    endpoints
 	log     *slog.Logger
 	start   time.Time
 
@@ -70,12 +71,13 @@ type session struct {
 	dataDone bool // the session ended: no new data legs
 }
 
-func newSession(srv *Server, client, backend net.Conn, peer netip.AddrPort, log *slog.Logger) *session {
+func newSession(srv *Server, client, backend net.Conn, e endpoints, log *slog.Logger) *session {
 	return &session{
 		srv:      srv,
 		client:   client,
 		backend:  backend,
-		peer:     peer,
+		peer:     e.peer,
+		ends:     e,
 		log:      log,
 		start:    time.Now(),
 		queue:    []pending{{verb: ""}}, // the greeting comes first
@@ -303,6 +305,12 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		}
 	case "ABOR":
 		s.closeData(false)
+	case "PROXY":
+		// A PROXY protocol header from a source not trusted to send one:
+		// an attempt to choose its own address.
+		s.log.Warn("reject", "reason", "PROXY header from untrusted source")
+		s.finish(421, "PROXY protocol not accepted from your address.")
+		return false
 	}
 	return s.forward(cmd, pending{verb: cmd.Verb})
 }
@@ -412,12 +420,9 @@ func (s *session) signalDrainedLocked() {
 // moment before the close, so that the final reply is read rather than lost
 // to the reset that closing a socket with unread input causes.
 func (s *session) linger() {
-	if tc, ok := s.client.(*net.TCPConn); ok {
-		if tc.CloseWrite() == nil {
-			tc.SetReadDeadline(time.Now().Add(time.Second))
-			io.CopyN(io.Discard, tc, 1<<20)
-		}
-	}
+	closeWrite(s.client)
+	s.client.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, s.client, 1<<20)
 	s.abort()
 }
 

@@ -11,6 +11,9 @@ import (
 // Telnet "IAC IP IAC DM" a client sends with ABOR arrives in the command
 // stream (where ftpproto strips it) instead of being lost or splitting it.
 func setOOBInline(c net.Conn) {
+	if r, ok := c.(interface{ Raw() net.Conn }); ok { // behind go-proxyproto
+		c = r.Raw()
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return

@@ -29,12 +29,21 @@ type Config struct {
 	Sessions SessionsConfig `toml:"sessions"`
 	Store    StoreConfig    `toml:"store"`
 	Log      LogConfig      `toml:"log"`
+	// ProxyProtocol is the [proxy_protocol] table.
+	ProxyProtocol ProxyProtocolConfig `toml:"proxy_protocol"`
+}
+
+// ProxyProtocolConfig is the [proxy_protocol] table.
+type ProxyProtocolConfig struct {
+	Trusted       []string      `toml:"trusted"`
+	HeaderTimeout time.Duration `toml:"header_timeout"`
 }
 
 // BackendConfig is the [backend] table.
 type BackendConfig struct {
 	Address     string        `toml:"address"`
 	DialTimeout time.Duration `toml:"dial_timeout"`
+	SendProxy   string        `toml:"send_proxy"`
 }
 
 // PassiveConfig is the [passive] table.
@@ -86,7 +95,7 @@ type LogConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:  "0.0.0.0:21",
-		Backend: BackendConfig{Address: "127.0.0.1:2121", DialTimeout: 5 * time.Second},
+		Backend: BackendConfig{Address: "127.0.0.1:2121", DialTimeout: 5 * time.Second, SendProxy: "off"},
 		Passive: PassiveConfig{Ports: "50000-50099"},
 		Limits: LimitsConfig{
 			Failures: 5, Window: 10 * time.Minute,
@@ -100,8 +109,9 @@ func DefaultConfig() Config {
 			DataTimeout: 30 * time.Second, DrainTimeout: 30 * time.Second,
 			MaxPreauthCommands: 20, MaxLine: 2048, MaxReply: 256 << 10,
 		},
-		Store: StoreConfig{Kind: "memory"},
-		Log:   LogConfig{Level: "info", Format: "text"},
+		Store:         StoreConfig{Kind: "memory"},
+		ProxyProtocol: ProxyProtocolConfig{Trusted: []string{}, HeaderTimeout: 5 * time.Second},
+		Log:           LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -197,6 +207,27 @@ func (c Config) settings() (*Settings, []keyError) {
 	checkHostPort("backend.address", c.Backend.Address)
 	positive("backend.dial_timeout", c.Backend.DialTimeout)
 
+	var sendProxy byte
+	switch c.Backend.SendProxy {
+	case "off":
+	case "v1":
+		sendProxy = 1
+	case "v2":
+		sendProxy = 2
+	default:
+		bad("backend.send_proxy", "must be \"off\", \"v1\" or \"v2\", got %q", c.Backend.SendProxy)
+	}
+	var trusted []netip.Prefix
+	for _, a := range c.ProxyProtocol.Trusted {
+		p, err := parsePrefix(a)
+		if err != nil {
+			bad("proxy_protocol.trusted", "%q is not an IP address or CIDR", a)
+			continue
+		}
+		trusted = append(trusted, p)
+	}
+	positive("proxy_protocol.header_timeout", c.ProxyProtocol.HeaderTimeout)
+
 	var passiveAddr netip.Addr
 	if c.Passive.Address != "" {
 		a, err := netip.ParseAddr(c.Passive.Address)
@@ -278,6 +309,9 @@ func (c Config) settings() (*Settings, []keyError) {
 		MaxReply:           ss.MaxReply,
 		DataTimeout:        ss.DataTimeout,
 		CountUserRejects:   l.CountUserRejects,
+		TrustedProxies:     trusted,
+		ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,
+		SendProxy:          sendProxy,
 	}
 	s.Limiter = limiter.Config{
 		Failures:      l.Failures,

@@ -69,6 +69,8 @@ func TestConfigErrors(t *testing.T) {
 		{"store", "[store]\nkind = \"redis\"\n", []string{":2 store.kind: \"redis\" is not available"}},
 		{"log", "[log]\nlevel = \"loud\"\nformat = \"xml\"\n", []string{":2 log.level:", ":3 log.format:"}},
 		{"syntax", "listen = \n", []string{":1"}},
+		{"send_proxy", "[backend]\nsend_proxy = \"v3\"\n", []string{":2 backend.send_proxy: must be \"off\", \"v1\" or \"v2\""}},
+		{"trusted", "[proxy_protocol]\ntrusted = [\"lb.example\"]\n", []string{":2 proxy_protocol.trusted: \"lb.example\" is not an IP address or CIDR"}},
 		{"all at once", "[limits]\nfailures = 0\nbogus = 1\n", []string{":2 limits.failures", ":3 limits.bogus: unknown key"}},
 	}
 	for _, tt := range tests {
