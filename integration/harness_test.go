@@ -187,6 +187,7 @@ type guardOpts struct {
 	MaxConnsPerIP int
 	LoginTimeout  string
 	LogLevel      string
+	SendProxy     string
 	Extra         string // raw TOML appended at the end (tables allowed)
 }
 
@@ -221,6 +222,7 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.BanTime, "1h")
 	def(&o.LoginTimeout, "30s")
 	def(&o.LogLevel, "debug")
+	def(&o.SendProxy, "off")
 	dir := t.TempDir()
 	pasv := 30000 + (freePort(t)%200)*50
 	conf := fmt.Sprintf(`listen = "127.0.0.1:0"
@@ -228,6 +230,7 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 [backend]
 address = %q
 dial_timeout = "2s"
+send_proxy = %q
 
 [passive]
 ports = "%d-%d"
@@ -248,7 +251,7 @@ drain_timeout = "5s"
 level = %q
 format = "json"
 %s
-`, backend, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.LogLevel, o.Extra)
+`, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

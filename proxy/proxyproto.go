@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"fmt"
 	"net"
 	"net/netip"
@@ -123,4 +125,30 @@ func writeProxyHeader(bc net.Conn, version byte, e endpoints) error {
 	}
 	_, err := h.WriteTo(bc)
 	return err
+}
+
+// proxyV2Sig opens every PROXY protocol v2 header.
+var proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
+
+// firstBytes reads from r and remembers the first bytes read, so that a
+// binary PROXY v2 header from an untrusted client (which the command
+// reader sees as a line with a NUL) can be told from other garbage.
+type firstBytes struct {
+	r   io.Reader
+	buf [12]byte
+	n   int
+}
+
+func (f *firstBytes) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if f.n < len(f.buf) {
+		f.n += copy(f.buf[f.n:], p[:n])
+	}
+	return n, err
+}
+
+// isProxyV2 reports whether the stream began with the v2 signature (as far
+// as it goes; at least up to its NUL).
+func (f *firstBytes) isProxyV2() bool {
+	return f.n >= 5 && bytes.Equal(f.buf[:f.n], proxyV2Sig[:f.n])
 }

@@ -144,3 +144,18 @@ func TestSendProxy(t *testing.T) {
 		})
 	}
 }
+
+// TestProxyV2HeaderFromUntrustedRefused: the binary v2 header is caught
+// too, though the command reader sees it as a line with a NUL.
+func TestProxyV2HeaderFromUntrustedRefused(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, testLimits)
+	c := dialWithHeader(t, p.addr, 2, "192.0.2.9:40000")
+	c.expect(220)
+	if r := c.expect(421); !strings.Contains(r.Text(), "PROXY") {
+		t.Fatalf("reply %q", r.Text())
+	}
+	if f.count("QUIT") != 0 {
+		t.Fatal("the QUIT inside the v2 signature reached the daemon")
+	}
+}

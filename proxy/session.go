@@ -61,6 +61,7 @@ type session struct {
 	replyDone bool          // relayReplies has ended
 
 	// Owned by relayCommands alone.
+	first   firstBytes // the client's reader, remembering its first bytes
 	preauth int
 	epsvAll bool
 	cbuf    []byte
@@ -81,6 +82,7 @@ func newSession(srv *Server, client, backend net.Conn, e endpoints, log *slog.Lo
 		log:      log,
 		start:    time.Now(),
 		queue:    []pending{{verb: ""}}, // the greeting comes first
+		first:    firstBytes{r: client},
 		dataConn: make(map[net.Conn]struct{}),
 	}
 }
@@ -136,7 +138,7 @@ func (s *session) settle() {
 // ---- client → backend ----
 
 func (s *session) relayCommands() {
-	cr := ftpproto.NewCommandReader(s.client, s.srv.config().MaxLine)
+	cr := ftpproto.NewCommandReader(&s.first, s.srv.config().MaxLine)
 	for {
 		s.armClientDeadline()
 		cmd, err := cr.ReadCommand()
@@ -176,6 +178,11 @@ func (s *session) commandError(err error) bool {
 	cfg := s.srv.config()
 	switch {
 	case errors.Is(err, ftpproto.ErrBadLine):
+		if s.first.isProxyV2() {
+			s.log.Warn("reject", "reason", "PROXY header from untrusted source")
+			s.finish(421, "PROXY protocol not accepted from your address.")
+			return false
+		}
 		s.log.Info("bad command", "err", err)
 		if !s.countPreauth() {
 			return false
