@@ -3,8 +3,8 @@ package proxy
 import (
 	"bytes"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
