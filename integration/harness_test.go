@@ -241,6 +241,7 @@ window = %q
 ban_time = %q
 ban_factor = %g
 max_ban_time = "168h"
+failure_delay = "0s"
 
 [sessions]
 max_conns_per_ip = %d

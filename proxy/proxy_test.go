@@ -594,3 +594,47 @@ func TestBackendClosesAfterGreeting(t *testing.T) {
 		t.Fatalf("replies %s; want [220 421]", got)
 	}
 }
+
+// TestTarpit: the reply to a failed login is held, doubling per failure of
+// the key up to the cap, while another session of the same key is not
+// slowed: its 230 overtakes the held 530.
+func TestTarpit(t *testing.T) {
+	f := startFake(t, nil)
+	cfg := Config{FailureDelay: 100 * time.Millisecond, MaxFailureDelay: 250 * time.Millisecond, Budget: 10}
+	p := startProxy(t, f.ln.Addr().String(), cfg, limiter.Config{Failures: 10, Window: time.Hour, BanTime: time.Hour})
+	for i, want := range []time.Duration{100, 200, 250, 250} {
+		c := dial(t, p.addr)
+		c.expect(220)
+		c.send("USER u\r\n")
+		c.expect(331)
+		start := time.Now()
+		c.send("PASS bad\r\n")
+		c.expect(530)
+		if got := time.Since(start); got < want*time.Millisecond {
+			t.Fatalf("failure %d: reply after %v; want it held ≥ %v", i+1, got, want*time.Millisecond)
+		}
+	}
+	// A held 530 does not hold anyone else.
+	slow, fast := dial(t, p.addr), dial(t, p.addr)
+	slow.expect(220)
+	fast.expect(220)
+	slow.send("USER u\r\nPASS bad\r\n")
+	slow.expect(331)
+	time.Sleep(20 * time.Millisecond) // the failure is being held now
+	fast.send("USER u\r\nPASS good\r\n")
+	fast.expect(331)
+	fast.expect(230)
+	held := make(chan int, 1)
+	go func() {
+		r, _ := slow.r.ReadReply()
+		held <- r.Code
+	}()
+	select {
+	case <-held:
+		t.Fatal("the held 530 came before the other session's 230 was read")
+	default:
+	}
+	if code := <-held; code != 530 {
+		t.Fatalf("held reply %d; want 530", code)
+	}
+}

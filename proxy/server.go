@@ -73,6 +73,14 @@ type Config struct {
 	// ProxyHeaderTimeout bounds the wait for a trusted source's header.
 	// Default 5s.
 	ProxyHeaderTimeout time.Duration
+	// FailureDelay holds the reply to a failed login (tarpit): this long
+	// for a key's first failure, doubled for each further one, up to
+	// MaxFailureDelay. 0: no delay. Only the failing session waits.
+	FailureDelay    time.Duration
+	MaxFailureDelay time.Duration
+	// Budget is the limiter's failures per key, to count a key's failures
+	// from Decision.Remaining for the tarpit. Default 5.
+	Budget int
 	// SendProxy, 1 or 2, sends a PROXY header of that version to the
 	// backend on each control connection, so that the daemon sees the true
 	// peer. 0: none.
@@ -100,6 +108,10 @@ func (c Config) withDefaults() Config {
 	defInt(&c.MaxPreauthCommands, 20)
 	defInt(&c.MaxLine, 2048)
 	defInt(&c.MaxReply, 256<<10)
+	defInt(&c.Budget, 5)
+	if c.MaxFailureDelay < c.FailureDelay {
+		c.MaxFailureDelay = c.FailureDelay
+	}
 	return c
 }
 

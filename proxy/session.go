@@ -49,6 +49,7 @@ type session struct {
 	closing   atomic.Bool
 	clientEOF atomic.Bool
 	closeOnce sync.Once
+	done      chan struct{} // closed by abort
 	data      sync.WaitGroup // data-connection goroutines
 
 	// mu guards the fields below and serialises writes to the client.
@@ -83,6 +84,7 @@ func newSession(srv *Server, client, backend net.Conn, e endpoints, log *slog.Lo
 		start:    time.Now(),
 		queue:    []pending{{verb: ""}}, // the greeting comes first
 		first:    firstBytes{r: client},
+		done:     make(chan struct{}),
 		dataConn: make(map[net.Conn]struct{}),
 	}
 }
@@ -115,6 +117,7 @@ func (s *session) run() {
 // end. Safe to call many times and from any goroutine.
 func (s *session) abort() {
 	s.closeOnce.Do(func() {
+		close(s.done)
 		s.closing.Store(true)
 		s.client.Close()
 		s.backend.Close()
@@ -508,8 +511,8 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		return s.writeLocked(r) // preliminary: the command awaits more
 	}
 	p := s.queue[0]
-	s.queue = s.queue[1:]
 	out, keep, banned := r, true, false
+	var hold time.Duration
 	switch p.verb {
 	case "": // greeting
 		keep = r.Code == 220
@@ -518,7 +521,7 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		case r.Code == 230: // no password asked (e.g. anonymous)
 			s.loginOKLocked(now, p, r)
 		case r.Code == 530 && s.srv.config().CountUserRejects:
-			banned = s.failedLocked(now, p.verb, r.Code, "user rejected")
+			banned, hold = s.failedLocked(now, p.verb, r.Code, "user rejected")
 		}
 	case "PASS", "ACCT":
 		switch {
@@ -527,7 +530,7 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		case r.Code < 400: // 332: account needed; ACCT is counted itself
 			s.srv.lim.Release(now, s.peer.Addr())
 		default:
-			banned = s.failedLocked(now, p.verb, r.Code, "rejected")
+			banned, hold = s.failedLocked(now, p.verb, r.Code, "rejected")
 		}
 	case "PASV", "EPSV":
 		if r.Code == 227 || r.Code == 229 {
@@ -536,6 +539,20 @@ func (s *session) reply(r ftpproto.Reply) bool {
 	case "QUIT":
 		keep = false
 	}
+	if hold > 0 && !banned {
+		// Tarpit: hold the failure reply. The entry stays at the head of
+		// the queue (so nothing overtakes it) but is settled already.
+		s.queue[0].counted = false
+		s.mu.Unlock()
+		t := time.NewTimer(hold)
+		select {
+		case <-t.C:
+		case <-s.done:
+		}
+		t.Stop()
+		s.mu.Lock()
+	}
+	s.queue = s.queue[1:]
 	if !s.writeLocked(out) {
 		return false
 	}
@@ -570,7 +587,7 @@ func (s *session) loginOKLocked(now time.Time, p pending, r ftpproto.Reply) {
 
 // failedLocked records one failed attempt and reports whether the peer is
 // now banned. code 0 means no reply came.
-func (s *session) failedLocked(now time.Time, verb string, code int, why string) bool {
+func (s *session) failedLocked(now time.Time, verb string, code int, why string) (banned bool, hold time.Duration) {
 	var d limiter.Decision
 	if verb == "USER" {
 		d = s.srv.lim.Penalize(now, s.peer.Addr())
@@ -582,7 +599,18 @@ func (s *session) failedLocked(now time.Time, verb string, code int, why string)
 	if d.NewBan {
 		s.logBanLocked(d)
 	}
-	return !d.Allowed
+	return !d.Allowed, s.srv.config().tarpit(d)
+}
+
+// tarpit is how long to hold the reply to a failed login of a key: the
+// failure delay doubled for each failure of the key within its budget
+// (1s, 2s, 4s, …), capped. Allowlisted keys are not delayed.
+func (c *Config) tarpit(d limiter.Decision) time.Duration {
+	if c.FailureDelay <= 0 || d.Allowlisted {
+		return 0
+	}
+	n := min(max(c.Budget-d.Remaining-1, 0), 20)
+	return min(c.FailureDelay<<n, c.MaxFailureDelay)
 }
 
 func (s *session) logBanLocked(d limiter.Decision) {

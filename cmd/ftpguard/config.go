@@ -65,6 +65,8 @@ type LimitsConfig struct {
 	MaxTracked       int           `toml:"max_tracked"`
 	SuccessResets    bool          `toml:"success_resets"`
 	CountUserRejects bool          `toml:"count_user_rejects"`
+	FailureDelay     time.Duration `toml:"failure_delay"`
+	MaxFailureDelay  time.Duration `toml:"max_failure_delay"`
 }
 
 // SessionsConfig is the [sessions] table.
@@ -102,6 +104,7 @@ func DefaultConfig() Config {
 			BanTime: time.Hour, BanFactor: 2, MaxBanTime: 168 * time.Hour,
 			IPv4Prefix: 32, IPv6Prefix: 64, Allow: []string{}, MaxTracked: 1_000_000,
 			CountUserRejects: true,
+			FailureDelay:     time.Second, MaxFailureDelay: 16 * time.Second,
 		},
 		Sessions: SessionsConfig{
 			MaxConns: 2000, MaxConnsPerIP: 10,
@@ -268,6 +271,12 @@ func (c Config) settings() (*Settings, []keyError) {
 		allow = append(allow, p)
 	}
 	atLeast("limits.max_tracked", l.MaxTracked, 1)
+	if l.FailureDelay < 0 {
+		bad("limits.failure_delay", "must be ≥ 0 (0 turns the tarpit off), got %v", l.FailureDelay)
+	}
+	if l.MaxFailureDelay < l.FailureDelay {
+		bad("limits.max_failure_delay", "must be ≥ failure_delay (%v), got %v", l.FailureDelay, l.MaxFailureDelay)
+	}
 
 	ss := c.Sessions
 	atLeast("sessions.max_conns", ss.MaxConns, 1)
@@ -312,6 +321,9 @@ func (c Config) settings() (*Settings, []keyError) {
 		TrustedProxies:     trusted,
 		ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,
 		SendProxy:          sendProxy,
+		FailureDelay:       l.FailureDelay,
+		MaxFailureDelay:    l.MaxFailureDelay,
+		Budget:             l.Failures,
 	}
 	s.Limiter = limiter.Config{
 		Failures:      l.Failures,
