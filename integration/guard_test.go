@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -379,4 +381,57 @@ func TestDataConnectionFromForeignIP(t *testing.T) {
 	owner.SetReadDeadline(time.Now().Add(5 * time.Second))
 	io.Copy(io.Discard, owner)
 	r.expect(226)
+}
+
+// TestReloadAndDrain: SIGHUP applies a new config without dropping an open
+// session (which then transfers), an invalid config is refused with its
+// reason while the old one stays, and SIGTERM lets the open session finish
+// its work before ftpguard exits.
+func TestReloadAndDrain(t *testing.T) {
+	d := startVsftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{Failures: 5})
+	c, err := ftpClient(t, "127.0.0.40", g.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(testUser, testPass); err != nil {
+		t.Fatal(err)
+	}
+	conf, _ := os.ReadFile(g.Config)
+	os.WriteFile(g.Config, bytes.Replace(conf, []byte("failures = 5"), []byte("failures = 1"), 1), 0o600)
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "reloaded", func() bool { return g.Count(t, "reloaded") == 1 })
+	if _, err := c.List(""); err != nil {
+		t.Fatalf("session opened before SIGHUP: %v", err)
+	}
+	// The new budget (1) applies: one failure bans 127.0.0.41.
+	r := dialRaw(t, "127.0.0.41", g.Addr)
+	r.expect(220)
+	r.send("USER "+testUser, "PASS wrong")
+	r.expect(331)
+	r.expect(530)
+	waitFor(t, "ban under the reloaded budget", func() bool { return g.Count(t, "ban", "key", "127.0.0.41/32") == 1 })
+
+	os.WriteFile(g.Config, []byte("[limits]\nfailures = -1\n"), 0o600)
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "reload rejected", func() bool { return g.Count(t, "reload rejected; keeping the old config") == 1 })
+
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "draining", func() bool { return g.Count(t, "draining") == 1 })
+	if _, err := net.DialTimeout("tcp", g.Addr, time.Second); err == nil {
+		t.Error("ftpguard still accepts while draining")
+	}
+	if _, err := c.List(""); err != nil {
+		t.Fatalf("open session during drain: %v", err)
+	}
+	c.Quit()
+	select {
+	case err := <-g.exited:
+		g.exited <- err
+		if err != nil {
+			t.Fatalf("ftpguard exited with %v after drain", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ftpguard did not exit after its last session ended")
+	}
 }
