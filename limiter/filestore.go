@@ -1,0 +1,727 @@
+package limiter
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// ErrCorruptStore is wrapped by the errors of OpenFileStore and of a
+// FileStore's methods when the file is not a store this package can read:
+// not a bbolt database, truncated, damaged pages, an unknown format version,
+// or a record that does not decode. The error names the file (and the key,
+// for a bad record). ResetFileStore moves such a file aside.
+var ErrCorruptStore = errors.New("limiter: store file is corrupt")
+
+// DefaultLockTimeout is the FileStoreOptions.LockTimeout used when it is zero.
+const DefaultLockTimeout = 2 * time.Second
+
+// The file's layout, format version 1. Three buckets:
+//
+//	meta:   "version" → one byte, fileFormat
+//	bans:   prefix key → ban record
+//	forget: forget time + prefix key → empty (an index of bans by forget time)
+//
+// A prefix key is the family (4 or 6), the prefix length and the masked
+// address bytes (4 or 16), so one network has exactly one key. A ban record
+// is recVersion, then Until, Since and Forget as big-endian UnixNano, then
+// Count as a varint and Reason as a uvarint length and its bytes: about 30
+// bytes. The forget index holds, for each record, the time it may be
+// dropped (Forget, or Until if Forget is zero) as a big-endian UnixNano with
+// the sign bit flipped (so that keys sort by time), then the prefix key.
+// SaveBan walks it from the start to prune, so pruning never scans the bans.
+var (
+	bucketMeta   = []byte("meta")
+	bucketBans   = []byte("bans")
+	bucketForget = []byte("forget")
+	keyVersion   = []byte("version")
+)
+
+const (
+	fileFormat = 1 // the meta bucket's version: the buckets and their keys
+	recVersion = 1 // the first byte of a ban record
+
+	// pruneBatch bounds the records one SaveBan forgets, so the latency of
+	// a save stays flat however many bans expired since the last one.
+	pruneBatch = 64
+
+	// zeroNano stands for the zero time.Time, which has no UnixNano.
+	zeroNano = math.MinInt64
+
+	// resetLockTimeout is how long ResetFileStore waits for the file lock.
+	resetLockTimeout = 500 * time.Millisecond
+)
+
+// FileStoreOptions tunes OpenFileStore. The zero value gives the defaults.
+type FileStoreOptions struct {
+	// LockTimeout bounds the wait for the file's exclusive lock, which
+	// another process using the same file (another ftpguard) holds
+	// (default DefaultLockTimeout; a negative value also means the default).
+	// OpenFileStore then fails with an error that names the file.
+	LockTimeout time.Duration
+}
+
+// FileStore is a Store kept in a bbolt file (go.etcd.io/bbolt): bans and
+// their escalation counts survive a restart of the process and of the host.
+// Every SaveBan and DeleteBan is a transaction committed with fdatasync, so
+// it is durable when it returns: a crash (kill -9, power loss on a disk that
+// honours flushes) right after loses nothing. The price is a disk flush per
+// ban, which is fine for bans (they are rare; budgets are not stored).
+//
+// Keys are stored normalised as the Limiter makes them (masked, IPv4-mapped
+// IPv6 turned into IPv4). Times are stored as UnixNano and come back in UTC,
+// without monotonic reading; times after 2262 are saved as 2262 (a ban that
+// long is forever). Records past their Forget time are pruned without a full
+// scan: each SaveBan drops at most 64 of those due first.
+//
+// One process at a time may open a file: OpenFileStore takes an exclusive
+// lock (flock), so a second ftpguard on the same file fails to start. If
+// the process panics or faults on a damaged file (bbolt maps it in memory),
+// the panic is recovered and the call returns an error wrapping
+// ErrCorruptStore; the store then refuses further calls with that error, as
+// bbolt's state may be broken.
+//
+// A FileStore is safe for concurrent use. The zero value is not usable; use
+// OpenFileStore. After Close, methods return ErrStoreClosed.
+type FileStore struct {
+	path   string
+	db     *bolt.DB
+	mu     sync.RWMutex // held for reading by calls, for writing by Close
+	closed bool
+	broken atomic.Pointer[error] // set when a call recovered a panic
+}
+
+var _ Store = (*FileStore)(nil)
+
+// OpenFileStore opens the store in the file at path, creating it with mode
+// 0600 if it does not exist. Its directory must exist. A zero-length file is
+// treated as a new store (a file created but never written, e.g. by touch).
+//
+// It fails with an error naming the file if another process holds the file
+// (after opt.LockTimeout), and with an error wrapping ErrCorruptStore if the
+// file is not a store this package can read: not a bbolt database, truncated,
+// with damaged pages, or of an unknown format version. OpenFileStore reads
+// every page of the file once to find damage before the proxy relies on it;
+// it does not decode records (LoadBans reports bad ones and still returns
+// the others). ResetFileStore is the way out of a corrupt file.
+func OpenFileStore(path string, opt FileStoreOptions) (*FileStore, error) {
+	timeout := opt.LockTimeout
+	if timeout <= 0 {
+		timeout = DefaultLockTimeout
+	}
+	dir := filepath.Dir(path)
+	if st, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("limiter: directory of store file %s: %w", path, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("limiter: directory of store file %s: %s is not a directory", path, dir)
+	}
+	if poisoned.has(path) {
+		return nil, fmt.Errorf("%w: %s: bbolt failed on it earlier in this process, which holds its lock until it exits", ErrCorruptStore, path)
+	}
+	created := false
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		created = true
+	}
+	db, err := openBolt(path, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		return nil, err
+	}
+	f := &FileStore{path: path, db: db}
+	if err := f.validate(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if created {
+		// bbolt flushes the file but not its directory entry: without
+		// this, a new store could vanish in a power loss.
+		if err := syncDir(dir); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("limiter: sync directory of store file %s: %w", path, err)
+		}
+	}
+	return f, nil
+}
+
+// openBolt opens the bbolt database at path, turning a panic or a memory
+// fault (SIGBUS/SIGSEGV on a truncated or damaged file: bbolt reads it
+// through mmap, and v1.5.0 reads the freelist page within Open) into an
+// error wrapping ErrCorruptStore.
+func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	var (
+		file    *os.File
+		openErr error
+	)
+	opts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		file, openErr = os.OpenFile(name, flag, perm)
+		return file, openErr
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			// Open panicked after taking the lock and mapping the
+			// file. The mapping (tens of KiB) is lost with the DB, and
+			// it keeps the lock held even once the file is closed.
+			if file != nil {
+				poisoned.add(file)
+				file.Close()
+			}
+			db, err = nil, fmt.Errorf("%w: %s: %v", ErrCorruptStore, path, r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	db, err = bolt.Open(path, 0o600, opts)
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("limiter: store file %s is locked by another process (another ftpguard running?): %w", path, err)
+	case openErr != nil || isIOError(err):
+		return nil, fmt.Errorf("limiter: open store file %s: %w", path, err)
+	default: // bad meta pages, "file size too small", …
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorruptStore, path, err)
+	}
+}
+
+// poisoned is the set of files on which bbolt panicked within Open in this
+// process: bbolt's mapping of such a file, which cannot be unmapped, holds
+// its lock (flock) until the process exits. OpenFileStore reports them as
+// corrupt at once, rather than as locked after LockTimeout, and
+// ResetFileStore moves them although they are locked.
+var poisoned fileSet
+
+// fileSet is a set of files, by identity (device and inode on Unix).
+type fileSet struct {
+	mu    sync.Mutex
+	files []os.FileInfo
+}
+
+func (s *fileSet) add(f *os.File) {
+	if st, err := f.Stat(); err == nil {
+		s.mu.Lock()
+		s.files = append(s.files, st)
+		s.mu.Unlock()
+	}
+}
+
+func (s *fileSet) has(path string) bool {
+	st, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.ContainsFunc(s.files, func(fi os.FileInfo) bool { return os.SameFile(fi, st) })
+}
+
+// isIOError reports whether err came from the operating system rather than
+// from bbolt finding the file's content invalid.
+func isIOError(err error) bool {
+	var (
+		pe    *fs.PathError
+		errno syscall.Errno
+	)
+	return errors.As(err, &pe) || errors.As(err, &errno)
+}
+
+// validate checks the file (a new one gets its buckets) and reads every page.
+func (f *FileStore) validate() error {
+	empty := false
+	err := f.view(func(tx *bolt.Tx) error {
+		if st, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("limiter: open store file %s: %w", f.path, err)
+		} else if st.Size() < tx.Size() {
+			return f.corrupt("truncated to %d bytes; the database needs %d", st.Size(), tx.Size())
+		}
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			n := 0
+			if err := tx.ForEach(func([]byte, *bolt.Bucket) error { n++; return nil }); err != nil {
+				return err
+			}
+			if n > 0 {
+				return f.corrupt("a bbolt database but not an ftpguard store (no %q bucket)", bucketMeta)
+			}
+			empty = true
+			return nil
+		}
+		if v := meta.Get(keyVersion); len(v) != 1 || v[0] != fileFormat {
+			return f.corrupt("format version %x unknown (this ftpguard reads %d; written by a newer one?)", v, fileFormat)
+		}
+		for _, name := range [][]byte{bucketBans, bucketForget} {
+			b := tx.Bucket(name)
+			if b == nil {
+				return f.corrupt("no %q bucket", name)
+			}
+			// Touch every page now, so that damage shows here
+			// rather than in the middle of serving.
+			c := b.Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			}
+		}
+		return nil
+	})
+	if err != nil || !empty {
+		return err
+	}
+	return f.update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucket(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keyVersion, []byte{fileFormat}); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(bucketBans); err != nil {
+			return err
+		}
+		_, err = tx.CreateBucket(bucketForget)
+		return err
+	})
+}
+
+// Path returns the file's path, as given to OpenFileStore.
+func (f *FileStore) Path() string { return f.path }
+
+// SaveBan records b as the ban of b.Key, replacing any earlier one, and
+// forgets at most 64 records whose forget time is not after b.Since (none
+// if Since is zero), in the same transaction. It is durable when it returns. An invalid b.Key is an
+// error wrapping ErrInvalidPrefix.
+func (f *FileStore) SaveBan(b Ban) error {
+	p, err := normPrefix(b.Key)
+	if err != nil {
+		return err
+	}
+	b.Key = p
+	k := encodePrefix(p)
+	v := encodeBan(b)
+	ik := indexKey(b.forget(), k)
+	err = f.update(func(tx *bolt.Tx) error {
+		bans, forget, err := f.buckets(tx)
+		if err != nil {
+			return err
+		}
+		if !b.Since.IsZero() {
+			if err := prune(bans, forget, b.Since, pruneBatch); err != nil {
+				return err
+			}
+		}
+		if old := bans.Get(k); old != nil {
+			// An old record that does not decode leaves its index
+			// entry dangling; prune drops it when it comes due.
+			if ob, err := decodeBan(p, old); err == nil {
+				if err := forget.Delete(indexKey(ob.forget(), k)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := bans.Put(k, v); err != nil {
+			return err
+		}
+		return forget.Put(ik, []byte{})
+	})
+	if err != nil {
+		return fmt.Errorf("limiter: save ban of %v in %s: %w", p, f.path, err)
+	}
+	return nil
+}
+
+// DeleteBan removes the ban of key, if any; it is durable when it returns.
+// An invalid key is an error wrapping ErrInvalidPrefix.
+func (f *FileStore) DeleteBan(key netip.Prefix) error {
+	p, err := normPrefix(key)
+	if err != nil {
+		return err
+	}
+	k := encodePrefix(p)
+	err = f.update(func(tx *bolt.Tx) error {
+		bans, forget, err := f.buckets(tx)
+		if err != nil {
+			return err
+		}
+		old := bans.Get(k)
+		if old == nil {
+			return nil
+		}
+		if ob, err := decodeBan(p, old); err == nil {
+			if err := forget.Delete(indexKey(ob.forget(), k)); err != nil {
+				return err
+			}
+		}
+		return bans.Delete(k)
+	})
+	if err != nil {
+		return fmt.Errorf("limiter: delete ban of %v in %s: %w", p, f.path, err)
+	}
+	return nil
+}
+
+// LoadBans returns the bans whose forget time (Forget, or Until if Forget is
+// zero) is after now, sorted by Until; the zero now returns every ban. It
+// reads the whole file, then deletes the records it found stale.
+//
+// A record that does not decode is skipped: LoadBans then returns the bans
+// it could read together with an error wrapping ErrCorruptStore that names
+// the file and the first bad key (the Limiter still enforces the bans it is
+// given).
+func (f *FileStore) LoadBans(now time.Time) ([]Ban, error) {
+	var (
+		out     []Ban
+		stale   []Ban
+		corrupt error
+	)
+	err := f.view(func(tx *bolt.Tx) error {
+		bans, _, err := f.buckets(tx)
+		if err != nil {
+			return err
+		}
+		c := bans.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			b, err := f.decode(k, v)
+			if err != nil {
+				if corrupt == nil {
+					corrupt = err
+				}
+				continue
+			}
+			if !now.IsZero() && !now.Before(b.forget()) {
+				stale = append(stale, b)
+				continue
+			}
+			out = append(out, b)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("limiter: load bans from %s: %w", f.path, err)
+	}
+	slices.SortFunc(out, compareBans)
+	if len(stale) > 0 {
+		if err := f.forgetStale(now, stale); err != nil {
+			corrupt = errors.Join(corrupt, err)
+		}
+	}
+	return out, corrupt
+}
+
+// forgetStale deletes the records of stale that are still stale at now (a
+// SaveBan may have replaced some since they were read).
+func (f *FileStore) forgetStale(now time.Time, stale []Ban) error {
+	err := f.update(func(tx *bolt.Tx) error {
+		bans, forget, err := f.buckets(tx)
+		if err != nil {
+			return err
+		}
+		for _, sb := range stale {
+			k := encodePrefix(sb.Key)
+			b, err := decodeBan(sb.Key, bans.Get(k))
+			if err != nil || now.Before(b.forget()) {
+				continue
+			}
+			if err := forget.Delete(indexKey(b.forget(), k)); err != nil {
+				return err
+			}
+			if err := bans.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("limiter: prune bans in %s: %w", f.path, err)
+	}
+	return nil
+}
+
+// Close closes the file and releases its lock. Later calls return
+// ErrStoreClosed; closing again does nothing.
+func (f *FileStore) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	if err := f.db.Close(); err != nil {
+		return fmt.Errorf("limiter: close store file %s: %w", f.path, err)
+	}
+	return nil
+}
+
+// ResetFileStore moves the file at path aside, to path + ".corrupt-" + the
+// UTC time (and a counter if that name is taken), and returns the new name.
+// It is the way out of a file that OpenFileStore reports as corrupt (config
+// [store] on_corrupt = "reset"): the next OpenFileStore starts an empty
+// store, so the bans and escalation counts of the old file are lost (the old
+// file is kept for inspection, e.g. with the bbolt command).
+//
+// It refuses to move a file that another process holds open (a running
+// ftpguard), waiting at most half a second for the lock. It does not look at
+// the file's content: it moves a good store too.
+func ResetFileStore(path string) (moved string, err error) {
+	if _, err := os.Lstat(path); err != nil {
+		return "", fmt.Errorf("limiter: reset store file %s: %w", path, err)
+	}
+	// Probe the lock: a read-only open takes a shared lock, which fails
+	// while another process holds the exclusive one. A file on which
+	// bbolt panicked in this process stays locked by this process.
+	if !poisoned.has(path) {
+		db, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: resetLockTimeout})
+		if errors.Is(err, berrors.ErrTimeout) {
+			return "", fmt.Errorf("limiter: reset store file: %w", err)
+		}
+		if db != nil {
+			db.Close()
+		}
+	}
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	moved = path + ".corrupt-" + stamp
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(moved); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		moved = fmt.Sprintf("%s.corrupt-%s.%d", path, stamp, i)
+	}
+	if err := os.Rename(path, moved); err != nil {
+		return "", fmt.Errorf("limiter: reset store file %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return moved, fmt.Errorf("limiter: reset store file %s: sync directory: %w", path, err)
+	}
+	return moved, nil
+}
+
+// view runs fn in a read transaction; see guard.
+func (f *FileStore) view(fn func(*bolt.Tx) error) error {
+	return f.guard(func() error { return f.db.View(fn) })
+}
+
+// update runs fn in a write transaction, committed with fdatasync; see guard.
+func (f *FileStore) update(fn func(*bolt.Tx) error) error {
+	return f.guard(func() error { return f.db.Update(fn) })
+}
+
+// guard runs op unless the store is closed or broken. A panic or a memory
+// fault in op (bbolt on a damaged page) becomes an error wrapping
+// ErrCorruptStore, and the store is broken from then on: bbolt rolls back
+// the transaction, but its in-memory state is no longer to be trusted.
+func (f *FileStore) guard(op func() error) (err error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return ErrStoreClosed
+	}
+	if p := f.broken.Load(); p != nil {
+		return *p
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s: %v", ErrCorruptStore, f.path, r)
+			sticky := err
+			f.broken.CompareAndSwap(nil, &sticky)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return op()
+}
+
+// buckets returns the bans and forget buckets of tx.
+func (f *FileStore) buckets(tx *bolt.Tx) (bans, forget *bolt.Bucket, err error) {
+	bans, forget = tx.Bucket(bucketBans), tx.Bucket(bucketForget)
+	if bans == nil || forget == nil {
+		return nil, nil, f.corrupt("a bucket is missing")
+	}
+	return bans, forget, nil
+}
+
+// corrupt returns an error wrapping ErrCorruptStore that names the file.
+func (f *FileStore) corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrCorruptStore, f.path, fmt.Sprintf(format, args...))
+}
+
+// decode decodes the record v of key k, or returns an error naming both.
+func (f *FileStore) decode(k, v []byte) (Ban, error) {
+	p, err := decodePrefix(k)
+	if err != nil {
+		return Ban{}, f.corrupt("key %s: %v", hex.EncodeToString(k), err)
+	}
+	b, err := decodeBan(p, v)
+	if err != nil {
+		return Ban{}, f.corrupt("key %v: %v", p, err)
+	}
+	return b, nil
+}
+
+// prune forgets at most n records whose forget time is not after now,
+// those due first, walking the forget index from its start.
+func prune(bans, forget *bolt.Bucket, now time.Time, n int) error {
+	bound := indexTime(now)
+	var due [][]byte
+	c := forget.Cursor()
+	for k, _ := c.First(); k != nil && len(due) < n; k, _ = c.Next() {
+		if len(k) >= 8 && binary.BigEndian.Uint64(k) > bound {
+			break
+		}
+		due = append(due, bytes.Clone(k)) // k is not valid after a Delete
+	}
+	for _, ik := range due {
+		if err := forget.Delete(ik); err != nil {
+			return err
+		}
+		if len(ik) < 8 {
+			continue
+		}
+		// Delete the record only if this entry is its index entry.
+		k := ik[8:]
+		p, err := decodePrefix(k)
+		if err != nil {
+			continue
+		}
+		b, err := decodeBan(p, bans.Get(k))
+		if err != nil || !bytes.Equal(indexKey(b.forget(), k), ik) {
+			continue
+		}
+		if err := bans.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encodePrefix returns the key of the normalised prefix p.
+func encodePrefix(p netip.Prefix) []byte {
+	a := p.Addr()
+	if a.Is4() {
+		a4 := a.As4()
+		return append([]byte{4, byte(p.Bits())}, a4[:]...)
+	}
+	a16 := a.As16()
+	return append([]byte{6, byte(p.Bits())}, a16[:]...)
+}
+
+// decodePrefix decodes a key made by encodePrefix, which must be canonical.
+func decodePrefix(k []byte) (netip.Prefix, error) {
+	var a netip.Addr
+	switch {
+	case len(k) == 6 && k[0] == 4:
+		a = netip.AddrFrom4([4]byte(k[2:]))
+	case len(k) == 18 && k[0] == 6:
+		a = netip.AddrFrom16([16]byte(k[2:]))
+	default:
+		return netip.Prefix{}, errors.New("not a prefix key")
+	}
+	p := netip.PrefixFrom(a, int(k[1]))
+	if np, err := normPrefix(p); err != nil || np != p {
+		return netip.Prefix{}, fmt.Errorf("prefix %v is not canonical", p)
+	}
+	return p, nil
+}
+
+// encodeBan returns the record of b (its key is not in it).
+func encodeBan(b Ban) []byte {
+	v := make([]byte, 0, 1+3*8+2*binary.MaxVarintLen64+len(b.Reason))
+	v = append(v, recVersion)
+	v = binary.BigEndian.AppendUint64(v, uint64(nanos(b.Until)))
+	v = binary.BigEndian.AppendUint64(v, uint64(nanos(b.Since)))
+	v = binary.BigEndian.AppendUint64(v, uint64(nanos(b.Forget)))
+	v = binary.AppendVarint(v, int64(b.Count))
+	v = binary.AppendUvarint(v, uint64(len(b.Reason)))
+	return append(v, b.Reason...)
+}
+
+// decodeBan decodes the record v of the ban of p.
+func decodeBan(p netip.Prefix, v []byte) (Ban, error) {
+	if len(v) == 0 {
+		return Ban{}, errors.New("empty record")
+	}
+	if v[0] != recVersion {
+		return Ban{}, fmt.Errorf("record version %d unknown", v[0])
+	}
+	if len(v) < 1+3*8 {
+		return Ban{}, errors.New("short record")
+	}
+	b := Ban{Key: p}
+	b.Until = fromNanos(int64(binary.BigEndian.Uint64(v[1:])))
+	b.Since = fromNanos(int64(binary.BigEndian.Uint64(v[9:])))
+	b.Forget = fromNanos(int64(binary.BigEndian.Uint64(v[17:])))
+	v = v[25:]
+	count, n := binary.Varint(v)
+	if n <= 0 || int64(int(count)) != count {
+		return Ban{}, errors.New("bad count")
+	}
+	b.Count, v = int(count), v[n:]
+	size, n := binary.Uvarint(v)
+	if n <= 0 || size != uint64(len(v)-n) {
+		return Ban{}, errors.New("bad reason length")
+	}
+	b.Reason = string(v[n:])
+	return b, nil
+}
+
+// indexKey returns the forget index key of the record with key k.
+func indexKey(forget time.Time, k []byte) []byte {
+	ik := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(k)), indexTime(forget))
+	return append(ik, k...)
+}
+
+// indexTime maps t to a uint64 that sorts as t does.
+func indexTime(t time.Time) uint64 { return uint64(nanos(t)) ^ 1<<63 }
+
+var (
+	minNanoTime = time.Unix(0, math.MinInt64+1)
+	maxNanoTime = time.Unix(0, math.MaxInt64)
+)
+
+// nanos returns t as UnixNano, zeroNano for the zero time, and saturates
+// times outside the range of UnixNano (years 1678 to 2262).
+func nanos(t time.Time) int64 {
+	switch {
+	case t.IsZero():
+		return zeroNano
+	case t.Before(minNanoTime):
+		return math.MinInt64 + 1
+	case t.After(maxNanoTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// fromNanos is the inverse of nanos, in UTC.
+func fromNanos(n int64) time.Time {
+	if n == zeroNano {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// syncDir flushes the directory dir, so that a file created or renamed in
+// it survives a power loss. Windows cannot flush a directory.
+func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
