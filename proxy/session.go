@@ -49,7 +49,7 @@ type session struct {
 	closing   atomic.Bool
 	clientEOF atomic.Bool
 	closeOnce sync.Once
-	done      chan struct{} // closed by abort
+	done      chan struct{}  // closed by abort
 	data      sync.WaitGroup // data-connection goroutines
 
 	// mu guards the fields below and serialises writes to the client.
