@@ -1,0 +1,633 @@
+package limiter
+
+// Per-username budgets, against distributed guessing: a botnet that spreads
+// the guesses for one account over thousands of addresses stays under every
+// per-key budget, but not under the account's own.
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"math"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Defaults that NewUsers and Reload put in place of zero UserConfig fields
+// (Failures has none: zero turns per-user budgets off).
+const (
+	DefaultUserWindow     = time.Hour
+	DefaultKnownGoodTTL   = 720 * time.Hour
+	DefaultUserMaxTracked = 100_000
+)
+
+// MaxUserName is the number of bytes of a username that Users stores. A
+// longer name is stored as its first MaxUserName−8 bytes followed by a 64-bit
+// hash of the whole name (seeded per Users, so names cannot be chosen to
+// collide), and marked as hashed so that it never equals a short name. Each
+// stored name thus takes a fixed MaxUserName+1 bytes however long the names
+// an attacker sends.
+const MaxUserName = 64
+
+// maxNamesPerKeyLimit bounds UserConfig.MaxNamesPerKey, and so the size of
+// each per-key name set (MaxNamesPerKey+1 entries of 16 bytes).
+const maxNamesPerKeyLimit = 1000
+
+// userSweepBatch bounds the dead entries (full budgets, expired pairs, stale
+// name sets) that one call drops from the tail of each table.
+const userSweepBatch = 16
+
+// UserConfig holds the settings of per-username budgets. The field comments
+// give the config-file key ([user_limits] section) and the default.
+//
+// The zero UserConfig turns per-user budgets off (Failures is 0); any other
+// zero field means "use the default". Validate reports out-of-range values;
+// NewUsers and Reload call it.
+type UserConfig struct {
+	// Failures is the budget of one username: failed guesses for it, over
+	// all addresses, before guesses for it from keys that are not known-good
+	// are refused. It is the burst of a token bucket (golang.org/x/time/rate)
+	// refilled over Window (user_limits.failures; 0, the default, turns
+	// per-user budgets off: every call allows and nothing is recorded).
+	Failures int
+	// Window is the time over which an emptied username budget is fully
+	// refilled, so one token comes back every Window/Failures. It is also the
+	// span over which MaxNamesPerKey counts names (user_limits.window;
+	// default 1h).
+	Window time.Duration
+	// KnownGoodTTL is how long a (username, key) pair that logged in is
+	// remembered after its latest success; such a key is never throttled for
+	// that username (user_limits.known_good_ttl; default 720h).
+	KnownGoodTTL time.Duration
+	// MaxNamesPerKey is how many distinct usernames one key may try within
+	// Window before it is refused as a sprayer (user_limits.max_names_per_key;
+	// default 0: no cap; at most 1000).
+	MaxNamesPerKey int
+	// MaxTracked bounds each of the three tables: usernames with budget
+	// state, known-good pairs and per-key name sets. Beyond it the least
+	// recently used entry is forgotten (user_limits.max_tracked; default
+	// 100,000).
+	MaxTracked int
+}
+
+// Validate reports whether c is usable: each bad setting gives one
+// *ConfigError naming its config-file key (e.g. "limiter:
+// user_limits.failures must be ≥ 0"); several are joined with errors.Join.
+// Zero fields are valid.
+func (c UserConfig) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &ConfigError{Key: "user_limits." + key, Reason: fmt.Sprintf(format, args...)})
+	}
+	switch {
+	case c.Failures < 0:
+		bad("failures", "must be ≥ 0")
+	case c.Failures > math.MaxInt32:
+		bad("failures", "must be ≤ %d", math.MaxInt32)
+	}
+	if c.Window < 0 {
+		bad("window", "must be > 0")
+	}
+	if c.KnownGoodTTL < 0 {
+		bad("known_good_ttl", "must be > 0")
+	}
+	switch {
+	case c.MaxNamesPerKey < 0:
+		bad("max_names_per_key", "must be ≥ 0")
+	case c.MaxNamesPerKey > maxNamesPerKeyLimit:
+		bad("max_names_per_key", "must be ≤ %d", maxNamesPerKeyLimit)
+	}
+	switch {
+	case c.MaxTracked < 0:
+		bad("max_tracked", "must be ≥ 1")
+	case c.MaxTracked > math.MaxInt32:
+		bad("max_tracked", "must be ≤ %d", math.MaxInt32)
+	}
+	return errors.Join(errs...)
+}
+
+// userSettings is a validated UserConfig with defaults applied. It is
+// immutable once built; Reload swaps in a new one.
+type userSettings struct {
+	UserConfig
+	limit rate.Limit // Failures per Window, in tokens per second
+}
+
+func newUserSettings(c UserConfig) *userSettings {
+	if c.Window == 0 {
+		c.Window = DefaultUserWindow
+	}
+	if c.KnownGoodTTL == 0 {
+		c.KnownGoodTTL = DefaultKnownGoodTTL
+	}
+	if c.MaxTracked == 0 {
+		c.MaxTracked = DefaultUserMaxTracked
+	}
+	return &userSettings{UserConfig: c, limit: rate.Limit(float64(c.Failures) / c.Window.Seconds())}
+}
+
+func (s *userSettings) off() bool { return s.Failures == 0 }
+
+// UserDecision is the answer of Check and Failure. The zero UserDecision
+// neither throttles nor refuses (it is what every call returns while per-user
+// budgets are off).
+type UserDecision struct {
+	// Throttled: the username's budget is spent and the key is not
+	// known-good for it. The caller answers 530 locally, never forwards.
+	Throttled bool
+	// KnownGood: the key logged in to this username within KnownGoodTTL.
+	// Such a guess is always forwarded: Throttled and TooManyNames are false.
+	KnownGood bool
+	// TooManyNames: the key has tried more than MaxNamesPerKey distinct
+	// usernames within Window (spraying). The caller refuses.
+	TooManyNames bool
+	// Remaining is the whole tokens left in the username's budget (after
+	// the failure, for Failure); 0 while budgets are off.
+	Remaining int
+}
+
+// UserStats is a snapshot of a Users' tables and counters.
+type UserStats struct {
+	Users        int    // usernames with budget state (a full budget needs none)
+	KnownGood    int    // remembered (username, key) pairs, including expired ones not yet dropped
+	Keys         int    // keys with a set of recently tried usernames
+	Throttled    uint64 // Check calls that returned Throttled
+	TooManyNames uint64 // Check calls that returned TooManyNames
+	Evicted      uint64 // live entries forgotten (any table) to stay within MaxTracked
+}
+
+// uname is a username as stored: the name itself when it has at most
+// MaxUserName bytes (n is its length), otherwise its first MaxUserName−8
+// bytes and a seeded hash of the whole (n is uHashed). It holds no pointer,
+// so a caller's string is never retained.
+type uname struct {
+	b [MaxUserName]byte
+	n uint8
+}
+
+const uHashed = MaxUserName + 1
+
+// upair is the key of the known-good table.
+type upair struct {
+	name uname
+	key  bkey
+}
+
+// useen is one username tried by a key: the name's hash and when it was
+// last tried (nanoseconds since uEpoch).
+type useen struct {
+	h  uint64
+	at int64
+}
+
+// uNames is the set of usernames a key tried within Window, at most
+// MaxNamesPerKey+1 entries.
+type uNames struct {
+	seen []useen
+	last int64 // latest at in seen
+}
+
+// uEpoch is the origin of the int64 times in uNames. time.Time.Sub
+// saturates, so no time overflows.
+var uEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func unano(t time.Time) int64 { return int64(t.Sub(uEpoch)) }
+
+// Users keeps per-username budgets, the (username, key) pairs that logged in,
+// and the usernames each key tried recently. It is safe for concurrent use:
+// one mutex guards everything. The zero value is not usable; use NewUsers.
+//
+// A username's budget is only approximate under concurrency: Check does not
+// reserve a token, so guesses for one username that are in flight together
+// may all pass Check before their Failures land (the per-key Limiter still
+// caps each key).
+//
+// Memory is bounded by MaxTracked entries per table, each of a fixed size
+// (usernames are bounded to MaxUserName bytes, name sets to
+// MaxNamesPerKey+1 entries). An entry that carries no information any more
+// (a full budget, an expired pair, a name set older than Window) is dropped
+// before a live one is evicted, so a live budget is forgotten only when more
+// than MaxTracked usernames failed within about Window. "Recently used"
+// means: a budget's latest Failure, a pair's latest Success (so the pair
+// evicted is the one due to expire first), a key's latest recorded Check.
+type Users struct {
+	mu   sync.Mutex
+	cfg  *userSettings
+	seed maphash.Seed
+
+	budgets ulru[uname, rate.Limiter] // touched on Failure: the tail failed longest ago
+	good    ulru[upair, int64]        // expiry (unano); touched on Success: the tail expires first
+	keys    ulru[bkey, uNames]        // touched when the key tries a name
+
+	throttled, tooMany, evicted uint64
+}
+
+// NewUsers returns a Users with the configuration cfg, or the error of
+// cfg.Validate.
+func NewUsers(cfg UserConfig) (*Users, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	u := &Users{cfg: newUserSettings(cfg), seed: maphash.MakeSeed()}
+	u.budgets.init()
+	u.good.init()
+	u.keys.init()
+	return u, nil
+}
+
+// Reload applies cfg, keeping all state: budgets keep their tokens (capped at
+// a smaller Failures), known-good pairs keep their expiry, and tables beyond a
+// smaller MaxTracked are cut down at once. An invalid cfg changes nothing.
+// With Failures 0 the state is kept, unused, until budgets are on again.
+func (u *Users) Reload(cfg UserConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s := newUserSettings(cfg)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.cfg = s
+	for u.budgets.len() > s.MaxTracked {
+		u.budgets.remove(u.budgets.oldest())
+		u.evicted++
+	}
+	for u.good.len() > s.MaxTracked {
+		u.good.remove(u.good.oldest())
+		u.evicted++
+	}
+	for u.keys.len() > s.MaxTracked {
+		u.keys.remove(u.keys.oldest())
+		u.evicted++
+	}
+	return nil
+}
+
+// Check is called before a PASS for user from an address whose key is key (a
+// Limiter.Key) is forwarded. It records that key tried user (for
+// MaxNamesPerKey; not if the pair is known-good) and takes no token.
+//
+// user is compared byte for byte (the caller trims spaces); unknown
+// usernames count like any other. A key that is known-good for user is
+// never Throttled nor TooManyNames. Otherwise the key is TooManyNames while
+// it has tried more than MaxNamesPerKey distinct usernames within Window,
+// counting this one, whichever name it tries (a name tried again does not
+// add to the count).
+func (u *Users) Check(now time.Time, user string, key netip.Prefix) UserDecision {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := u.cfg
+	if s.off() {
+		return UserDecision{}
+	}
+	u.tidyLocked(now, s)
+	name, h := u.canon(user)
+	k := keyOf(key.Masked())
+	var d UserDecision
+	d.KnownGood = u.knownGoodLocked(now, name, k, key.IsValid())
+	d.Remaining = s.Failures
+	if e := u.budgets.get(name); e != nil {
+		d.Remaining = u.remainingLocked(now, s, &e.val)
+	}
+	if d.KnownGood {
+		return d
+	}
+	if s.MaxNamesPerKey > 0 {
+		d.TooManyNames = u.recordLocked(now, s, k, h)
+	}
+	d.Throttled = d.Remaining < 1
+	if d.Throttled {
+		u.throttled++
+	}
+	if d.TooManyNames {
+		u.tooMany++
+	}
+	return d
+}
+
+// Failure records a failed guess for user from key: it consumes one token
+// of the username's budget. It is called for throttled guesses answered
+// locally too, so that the budget stays spent while the attack lasts: a
+// failure that finds less than one whole token empties the budget (the
+// fraction refilled so far is lost, but no debt is run up), so the budget
+// is full again Window after the guesses stop. The decision is as for
+// Check, after the failure; Failure records no name for MaxNamesPerKey and
+// counts nothing in UserStats.Throttled.
+func (u *Users) Failure(now time.Time, user string, key netip.Prefix) UserDecision {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := u.cfg
+	if s.off() {
+		return UserDecision{}
+	}
+	u.tidyLocked(now, s)
+	name, _ := u.canon(user)
+	k := keyOf(key.Masked())
+	e := u.budgets.get(name)
+	if e == nil {
+		if u.budgets.len() >= s.MaxTracked {
+			u.budgets.remove(u.budgets.oldest())
+			u.evicted++
+		}
+		e = u.budgets.add(name)
+		e.val = *rate.NewLimiter(s.limit, s.Failures)
+	} else {
+		u.budgets.touch(e)
+		uadapt(&e.val, s, now)
+	}
+	if !e.val.AllowN(now, 1) {
+		e.val = *rate.NewLimiter(s.limit, s.Failures)
+		e.val.AllowN(now, s.Failures) // empty as of now
+	}
+	d := UserDecision{
+		KnownGood: u.knownGoodLocked(now, name, k, key.IsValid()),
+		Remaining: max(0, whole(e.val.TokensAt(now))),
+	}
+	if !d.KnownGood {
+		d.Throttled = d.Remaining < 1
+		if s.MaxNamesPerKey > 0 {
+			if ks := u.keys.get(k); ks != nil {
+				d.TooManyNames = countSince(ks.val.seen, unano(now)-int64(s.Window)) > s.MaxNamesPerKey
+			}
+		}
+	}
+	return d
+}
+
+// Success remembers that key logged in to user: the pair is known-good until
+// now+KnownGoodTTL (each success extends it), and user no longer counts
+// among the names key tried. It does not refill the username's budget.
+// An invalid key is never remembered.
+func (u *Users) Success(now time.Time, user string, key netip.Prefix) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := u.cfg
+	if s.off() || !key.IsValid() {
+		return
+	}
+	u.tidyLocked(now, s)
+	name, h := u.canon(user)
+	k := keyOf(key.Masked())
+	p := upair{name, k}
+	e := u.good.get(p)
+	if e == nil {
+		if u.good.len() >= s.MaxTracked {
+			u.good.remove(u.good.oldest())
+			u.evicted++
+		}
+		e = u.good.add(p)
+	} else {
+		u.good.touch(e)
+	}
+	e.val = unano(now.Add(s.KnownGoodTTL))
+	if ks := u.keys.get(k); ks != nil {
+		seen := ks.val.seen
+		for i := range seen {
+			if seen[i].h == h {
+				seen[i] = seen[len(seen)-1]
+				ks.val.seen = seen[:len(seen)-1]
+				break
+			}
+		}
+	}
+}
+
+// Stats returns a snapshot of the tables and counters.
+func (u *Users) Stats() UserStats {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return UserStats{
+		Users:        u.budgets.len(),
+		KnownGood:    u.good.len(),
+		Keys:         u.keys.len(),
+		Throttled:    u.throttled,
+		TooManyNames: u.tooMany,
+		Evicted:      u.evicted,
+	}
+}
+
+// canon returns the stored form of user and a seeded hash of all its bytes.
+func (u *Users) canon(user string) (uname, uint64) {
+	h := maphash.String(u.seed, user)
+	var n uname
+	if len(user) <= MaxUserName {
+		n.n = uint8(copy(n.b[:], user))
+		return n, h
+	}
+	copy(n.b[:MaxUserName-8], user)
+	for i := range 8 {
+		n.b[MaxUserName-8+i] = byte(h >> (8 * i))
+	}
+	n.n = uHashed
+	return n, h
+}
+
+// knownGoodLocked reports whether (name, k) logged in within KnownGoodTTL,
+// dropping the pair if it expired.
+func (u *Users) knownGoodLocked(now time.Time, name uname, k bkey, valid bool) bool {
+	if !valid {
+		return false
+	}
+	e := u.good.get(upair{name, k})
+	if e == nil {
+		return false
+	}
+	if unano(now) < e.val {
+		return true
+	}
+	u.good.remove(e)
+	return false
+}
+
+// remainingLocked is the whole tokens in lim at now under s.
+func (u *Users) remainingLocked(now time.Time, s *userSettings, lim *rate.Limiter) int {
+	uadapt(lim, s, now)
+	return max(0, whole(lim.TokensAt(now)))
+}
+
+// recordLocked records that k tried the name with hash h at now and reports
+// whether k has tried more than MaxNamesPerKey distinct names within Window.
+func (u *Users) recordLocked(now time.Time, s *userSettings, k bkey, h uint64) bool {
+	at := unano(now)
+	e := u.keys.get(k)
+	if e == nil {
+		if u.keys.len() >= s.MaxTracked {
+			u.keys.remove(u.keys.oldest())
+			u.evicted++
+		}
+		e = u.keys.add(k)
+		e.val = uNames{seen: e.val.seen[:0]} // an evicted entry's array is reused
+	} else {
+		u.keys.touch(e)
+	}
+	ks := &e.val
+	// Forget the names tried Window ago or more, and any beyond the cap of
+	// a Reload that lowered it (the oldest go first).
+	cutoff := at - int64(s.Window)
+	seen := ks.seen[:0]
+	found := false
+	for _, x := range ks.seen {
+		if x.at > cutoff {
+			if x.h == h {
+				x.at, found = max(x.at, at), true
+			}
+			seen = append(seen, x)
+		}
+	}
+	for len(seen) > s.MaxNamesPerKey+1 {
+		i := oldestSeen(seen)
+		seen[i] = seen[len(seen)-1]
+		seen = seen[:len(seen)-1]
+	}
+	switch {
+	case found:
+	case len(seen) <= s.MaxNamesPerKey:
+		seen = append(seen, useen{h: h, at: at})
+	default:
+		// Full at MaxNamesPerKey+1: the newest name takes the place of the
+		// oldest, so the key stays refused while it keeps spraying, and at
+		// most Window after it stops.
+		seen[oldestSeen(seen)] = useen{h: h, at: at}
+	}
+	ks.seen = seen
+	ks.last = max(ks.last, at)
+	return len(seen) > s.MaxNamesPerKey
+}
+
+func oldestSeen(seen []useen) int {
+	j := 0
+	for i := range seen {
+		if seen[i].at < seen[j].at {
+			j = i
+		}
+	}
+	return j
+}
+
+func countSince(seen []useen, cutoff int64) int {
+	n := 0
+	for _, x := range seen {
+		if x.at > cutoff {
+			n++
+		}
+	}
+	return n
+}
+
+// tidyLocked drops a few dead entries from the least recently used end of
+// each table: budgets that are full again, pairs that expired, name sets
+// whose newest name is Window old. The work per call is bounded.
+func (u *Users) tidyLocked(now time.Time, s *userSettings) {
+	at := unano(now)
+	for range userSweepBatch {
+		e := u.budgets.oldest()
+		if e == nil {
+			break
+		}
+		uadapt(&e.val, s, now)
+		if whole(e.val.TokensAt(now)) < s.Failures {
+			break
+		}
+		u.budgets.remove(e)
+	}
+	for range userSweepBatch {
+		e := u.good.oldest()
+		if e == nil || e.val > at {
+			break
+		}
+		u.good.remove(e)
+	}
+	for range userSweepBatch {
+		e := u.keys.oldest()
+		if e == nil || e.val.last > at-int64(s.Window) {
+			break
+		}
+		u.keys.remove(e)
+	}
+}
+
+// uadapt applies the limits of s (after a Reload) to lim, keeping its tokens
+// (capped at the new burst).
+func uadapt(lim *rate.Limiter, s *userSettings, now time.Time) {
+	if lim.Limit() != s.limit {
+		lim.SetLimitAt(now, s.limit)
+	}
+	if lim.Burst() != s.Failures {
+		lim.SetBurstAt(now, s.Failures)
+	}
+}
+
+// ulru is a map whose entries are also kept in a doubly linked list by use,
+// most recent first. The entry last removed is kept for the next add, so a
+// full table that evicts one entry per add does not allocate. Not safe for
+// concurrent use.
+type ulru[K comparable, V any] struct {
+	m     map[K]*uentry[K, V]
+	root  uentry[K, V] // sentinel: root.next is the most recently used, root.prev the least
+	spare *uentry[K, V]
+}
+
+type uentry[K comparable, V any] struct {
+	key        K
+	val        V
+	prev, next *uentry[K, V]
+}
+
+func (l *ulru[K, V]) init() {
+	l.m = make(map[K]*uentry[K, V])
+	l.root.prev, l.root.next = &l.root, &l.root
+}
+
+func (l *ulru[K, V]) len() int { return len(l.m) }
+
+// get returns the entry of k, or nil. It does not mark it used.
+func (l *ulru[K, V]) get(k K) *uentry[K, V] { return l.m[k] }
+
+// oldest returns the least recently used entry, or nil.
+func (l *ulru[K, V]) oldest() *uentry[K, V] {
+	if l.root.prev == &l.root {
+		return nil
+	}
+	return l.root.prev
+}
+
+// add inserts k (which must not be present) as the most recently used and
+// returns its entry. The entry's val may hold a removed entry's value: the
+// caller sets it.
+func (l *ulru[K, V]) add(k K) *uentry[K, V] {
+	e := l.spare
+	if e != nil {
+		l.spare = nil
+	} else {
+		e = new(uentry[K, V])
+	}
+	e.key = k
+	l.m[k] = e
+	l.pushFront(e)
+	return e
+}
+
+// remove drops e, which must be in l.
+func (l *ulru[K, V]) remove(e *uentry[K, V]) {
+	delete(l.m, e.key)
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+	l.spare = e
+}
+
+// touch marks e the most recently used.
+func (l *ulru[K, V]) touch(e *uentry[K, V]) {
+	if l.root.next == e {
+		return
+	}
+	e.prev.next, e.next.prev = e.next, e.prev
+	l.pushFront(e)
+}
+
+func (l *ulru[K, V]) pushFront(e *uentry[K, V]) {
+	e.prev, e.next = &l.root, l.root.next
+	l.root.next.prev = e
+	l.root.next = e
+}
