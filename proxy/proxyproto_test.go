@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/ftpguard/ftpguard/limiter"
 )
 
 // dialWithHeader connects to addr and sends a PROXY header naming src.
@@ -157,5 +159,41 @@ func TestProxyV2HeaderFromUntrustedRefused(t *testing.T) {
 	}
 	if f.count("QUIT") != 0 {
 		t.Fatal("the QUIT inside the v2 signature reached the daemon")
+	}
+}
+
+// TestUserBudget: guesses for one account from many addresses (each under
+// its own budget) stop reaching the daemon once the account's budget is
+// spent; the owner, known-good from an earlier login, still gets through.
+func TestUserBudget(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), trusting("127.0.0.0/8"), limiter.Config{Failures: 5, Window: time.Hour, BanTime: time.Hour})
+	users, err := limiter.NewUsers(limiter.UserConfig{Failures: 3, Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.srv.SetUsers(users)
+	login := func(src, pass string) int {
+		c := dialWithHeader(t, p.addr, 2, src)
+		c.expect(220)
+		c.send("USER victim\r\nPASS " + pass + "\r\n")
+		c.expect(331)
+		r, _ := c.r.ReadReply()
+		c.c.Close()
+		return r.Code
+	}
+	if code := login("198.51.100.1:1000", "good"); code != 230 {
+		t.Fatalf("owner's first login: %d", code)
+	}
+	for i := 0; i < 10; i++ {
+		if code := login(fmt.Sprintf("203.0.113.%d:1000", i+1), "guess"); code != 530 {
+			t.Fatalf("guess %d: %d; want 530", i, code)
+		}
+	}
+	if n := f.count("PASS guess"); n != 3 {
+		t.Fatalf("the daemon saw %d guesses; want 3 (the account's budget)", n)
+	}
+	if code := login("198.51.100.1:1001", "good"); code != 230 {
+		t.Fatalf("owner during the attack: %d; want 230", code)
 	}
 }

@@ -118,9 +118,10 @@ func (c Config) withDefaults() Config {
 // Server proxies FTP sessions to one backend. Make it with New; it is safe
 // for concurrent use, and one Server may Serve several listeners.
 type Server struct {
-	lim *limiter.Limiter
-	log *slog.Logger
-	cfg atomic.Pointer[Config]
+	lim   *limiter.Limiter
+	users *limiter.Users // per-username budgets; nil: off
+	log   *slog.Logger
+	cfg   atomic.Pointer[Config]
 
 	nextID   atomic.Uint64
 	shutdown atomic.Bool
@@ -161,6 +162,11 @@ func New(cfg Config, lim *limiter.Limiter, log *slog.Logger) (*Server, error) {
 	s.SetConfig(cfg)
 	return s, nil
 }
+
+// SetUsers turns on per-username budgets (call before Serve): a username
+// whose budget is spent is answered 530 by the proxy, without reaching the
+// daemon, for every key that has not logged in to it before.
+func (s *Server) SetUsers(u *limiter.Users) { s.users = u }
 
 // SetConfig replaces the settings. Sessions already open pick up new
 // timeouts and limits at their next decision; none is dropped.

@@ -26,6 +26,7 @@ const maxReplyLine = 16 << 10
 type pending struct {
 	verb    string          // the forwarded verb; "" for the greeting
 	counted bool            // an Attempt is held for it (PASS, ACCT) and must be settled
+	user    string          // the username a PASS was for
 	local   *ftpproto.Reply // non-nil: the proxy's own reply, written in order
 }
 
@@ -130,9 +131,13 @@ func (s *session) abort() {
 func (s *session) settle() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := time.Now()
 	for _, p := range s.queue {
 		if p.counted {
-			s.failedLocked(time.Now(), p.verb, 0, "no reply")
+			if u := s.srv.users; u != nil && p.verb == "PASS" {
+				u.Failure(now, p.user, s.srv.lim.Key(s.peer.Addr()))
+			}
+			s.failedLocked(now, p.verb, 0, "no reply")
 		}
 	}
 	s.queue = nil
@@ -280,10 +285,13 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		}
 		return s.forward(cmd, pending{verb: cmd.Verb})
 	case "PASS", "ACCT":
+		if cmd.Verb == "PASS" && s.refusedForUser() {
+			return !s.closing.Load()
+		}
 		if !s.attempt(cmd.Verb) {
 			return false
 		}
-		return s.forward(cmd, pending{verb: cmd.Verb, counted: true})
+		return s.forward(cmd, pending{verb: cmd.Verb, counted: true, user: s.user})
 	case "AUTH":
 		return s.replyLocal(ftpproto.NewReply(534, "Request denied for policy reason: TLS is not offered by this server."))
 	case "REIN":
@@ -323,6 +331,47 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		return false
 	}
 	return s.forward(cmd, pending{verb: cmd.Verb})
+}
+
+// refusedForUser applies the per-username budgets before a PASS: a
+// username whose budget is spent (distributed guessing), or one more name
+// than a key may try (spraying), is answered 530 by the proxy after the
+// tarpit delay, never forwarded, and still costs the key a token. It
+// reports whether the PASS was answered here.
+func (s *session) refusedForUser() bool {
+	u := s.srv.users
+	if u == nil {
+		return false
+	}
+	now := time.Now()
+	key := s.srv.lim.Key(s.peer.Addr())
+	ud := u.Check(now, s.user, key)
+	if !ud.Throttled && !ud.TooManyNames {
+		return false
+	}
+	reason := "user budget spent"
+	if ud.TooManyNames {
+		reason = "too many usernames from key"
+	}
+	u.Failure(now, s.user, key)
+	s.mu.Lock()
+	banned, hold := s.failedOrPenalizedLocked(now, "PASS", 530, reason, true)
+	s.mu.Unlock()
+	if banned {
+		s.finish(421, "Too many failed logins from your address; closing control connection.")
+		return true
+	}
+	s.awaitReplies(2 * time.Second)
+	if hold = max(hold, s.srv.config().FailureDelay); hold > 0 {
+		t := time.NewTimer(hold)
+		select {
+		case <-t.C:
+		case <-s.done:
+		}
+		t.Stop()
+	}
+	s.replyLocal(ftpproto.NewReply(530, "Login incorrect."))
+	return true
 }
 
 // attempt takes a place in the peer's budget before a login command is
@@ -530,6 +579,9 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		case r.Code < 400: // 332: account needed; ACCT is counted itself
 			s.srv.lim.Release(now, s.peer.Addr())
 		default:
+			if u := s.srv.users; u != nil && p.verb == "PASS" {
+				u.Failure(now, p.user, s.srv.lim.Key(s.peer.Addr()))
+			}
 			banned, hold = s.failedLocked(now, p.verb, r.Code, "rejected")
 		}
 	case "PASV", "EPSV":
@@ -577,6 +629,9 @@ func (s *session) loginOKLocked(now time.Time, p pending, r ftpproto.Reply) {
 	if p.counted {
 		s.srv.lim.Success(now, s.peer.Addr())
 	}
+	if u := s.srv.users; u != nil && p.verb == "PASS" {
+		u.Success(now, p.user, s.srv.lim.Key(s.peer.Addr()))
+	}
 	if r.Code == 230 || r.Code == 202 {
 		if !s.loggedIn.Swap(true) {
 			s.log.Info("login ok", "user", s.user)
@@ -588,8 +643,14 @@ func (s *session) loginOKLocked(now time.Time, p pending, r ftpproto.Reply) {
 // failedLocked records one failed attempt and reports whether the peer is
 // now banned. code 0 means no reply came.
 func (s *session) failedLocked(now time.Time, verb string, code int, why string) (banned bool, hold time.Duration) {
+	return s.failedOrPenalizedLocked(now, verb, code, why, verb == "USER")
+}
+
+// failedOrPenalizedLocked records a failure: of an attempt (Failure), or
+// with no attempt taken before it (penalty: Penalize).
+func (s *session) failedOrPenalizedLocked(now time.Time, verb string, code int, why string, penalty bool) (banned bool, hold time.Duration) {
 	var d limiter.Decision
-	if verb == "USER" {
+	if penalty {
 		d = s.srv.lim.Penalize(now, s.peer.Addr())
 	} else {
 		d = s.srv.lim.Failure(now, s.peer.Addr())
