@@ -46,6 +46,7 @@ type banRec struct {
 	due    time.Time // when the sweep must look at it: Until while active, then Forget
 	idx    int       // position in the heap
 	seq    uint64    // version, so that store writes made out of order are not lost
+	synced bool      // this version is known to be in the store (saved or loaded)
 }
 
 // banHeap orders records by due; container/heap drives it.

@@ -61,6 +61,15 @@ type Config struct {
 	// (success_resets; default false: whoever knows one account must not be
 	// able to reset the budget for guessing others).
 	SuccessResets bool
+	// FailClosed makes a limiter on a shared store (SharedBudgets) refuse
+	// connections (Check) and guesses (Attempt) with Decision.StoreDown
+	// while the store is unreachable ([store] fail_closed; default false).
+	// The default, fail-open, keeps the service available to legitimate
+	// users through a store outage at a bounded cost: bans already known
+	// stay enforced locally, every limiter still applies the budget to the
+	// attempts it sees, and bans made meanwhile are shared when the store
+	// is back. Without a shared store it has no effect.
+	FailClosed bool
 }
 
 // ConfigError is the error Validate returns for one bad setting; Validate

@@ -18,6 +18,12 @@
 // (and its next ban is longer). Bans go to a Store (NewMemoryStore, or a
 // persistent one) and New loads them back.
 //
+// A store that implements SharedBudgets (RedisShared) also keeps the budgets,
+// shared by every limiter on it: N proxies in front of one daemon then allow
+// a key the failures one would, and a ban made by one is enforced by all
+// within milliseconds. Check still never waits on the store; when the store
+// is down, decisions go on locally (or refuse, with Config.FailClosed).
+//
 // Every method takes the current time as now: the package never reads the
 // clock, so tests are tables of steps. Memory is bounded: at most
 // Config.MaxTracked keys hold budget state (the least recently used is
@@ -25,6 +31,7 @@
 package limiter
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -70,6 +77,9 @@ type Decision struct {
 	// refused; Config.Failures when allowlisted); Check leaves it 0, as it
 	// does not look at budgets.
 	Remaining int
+	// StoreDown: Check or Attempt refused because Config.FailClosed is set
+	// and the shared store is unreachable (no ban is involved).
+	StoreDown bool
 }
 
 // Stats is a snapshot of a Limiter's tables and counters.
@@ -80,13 +90,30 @@ type Stats struct {
 	Evicted     uint64 // budgets forgotten to stay within MaxTracked
 	BansEvicted uint64 // ban records dropped to stay within MaxTracked
 	StoreErrors uint64 // failed Store calls
-	BansCreated uint64 // bans made (budget and admin)
+	BansCreated uint64 // bans made (budget and admin) by this limiter
+	// SharedDown: the store keeps shared budgets (SharedBudgets) and is
+	// unreachable or unsubscribed: decisions are local until it is back.
+	SharedDown bool
+	// Unsynced is the ban changes made while the shared store was down and
+	// not yet written to it.
+	Unsynced int
 }
 
 // Limiter keeps budgets and bans per key. It is safe for concurrent use:
 // one mutex guards the tables (Check only takes it for reading, and not at
 // all while no ban is active); store I/O happens outside it. The zero value
 // is not usable; use New.
+//
+// With a store that implements SharedBudgets (RedisShared), budgets are
+// shared with the other limiters on that store: Attempt, Failure,
+// Penalize, Success and Release wait for one call to the store (bounded by
+// the store's timeout), while Check still only reads the local ban table,
+// which a subscription keeps up to date with the bans of the other
+// limiters. When the store fails, decisions go on with the local budget
+// (which counts this limiter's own attempts all along), the error is
+// counted, Stats reports SharedDown, and bans made meanwhile are written
+// when the store is back; Config.FailClosed refuses instead. Call Close to
+// stop the subscription.
 //
 // The hard cap holds as long as a key's budget stays in the table: when more
 // than MaxTracked keys are active at once, the least recently used budget is
@@ -108,6 +135,18 @@ type Limiter struct {
 	store        Store
 	storeErrors  atomic.Uint64
 	lastStoreErr atomic.Pointer[error]
+
+	// Shared budgets (nil shared: none); see shared.go.
+	shared     SharedBudgets
+	sharedDown atomic.Bool // the circuit is open: decisions are local
+	subUp      atomic.Bool // the subscription to other limiters' bans is up
+	resync     chan struct{}
+	queueMu    sync.Mutex            // guards queue, and closing the circuit
+	queue      map[bkey]netip.Prefix // ban changes to write once the store is back
+	unbanned   map[bkey]bool         // keys unbanned during a resync's load (nil: none under way); under mu
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their
@@ -120,6 +159,10 @@ type Limiter struct {
 // load does not make New fail: the limiter starts without those bans, and
 // the error is counted and reported by LastStoreError. New fails only for a
 // cfg that does not Validate.
+//
+// If store implements SharedBudgets, New also starts the goroutines that
+// keep the ban table in step with the other limiters on the store; Close
+// stops them.
 func New(cfg Config, store Store) (*Limiter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -140,6 +183,10 @@ func New(cfg Config, store Store) (*Limiter, error) {
 	}
 	l.nactive.Store(int64(l.bans.active))
 	l.mu.Unlock()
+	if sb, ok := store.(SharedBudgets); ok {
+		l.sharedDown.Store(err != nil) // until the first reconcile
+		l.startShared(sb)
+	}
 	return l, nil
 }
 
@@ -164,7 +211,7 @@ func (l *Limiter) restoreLocked(s *settings, b Ban) {
 	if !l.makeRoomLocked(s) {
 		return
 	}
-	l.bans.insert(&banRec{ban: b, key: k, active: true, due: b.Until})
+	l.bans.insert(&banRec{ban: b, key: k, active: true, due: b.Until, synced: true})
 }
 
 // Key returns the key of addr: addr without zone and unmapped from IPv4-mapped
@@ -180,8 +227,10 @@ func (l *Limiter) Key(addr netip.Addr) netip.Prefix {
 
 // Check is the connect gate: it refuses addr iff a ban covers it at now. It
 // is the fast path, run for every connection: it does not touch budgets, does
-// no store I/O and does not allocate. A ban found over is dropped here. The
-// invalid Addr is refused.
+// no store I/O (not even with a shared store) and does not allocate. A ban
+// found over is dropped here. The invalid Addr is refused. With
+// Config.FailClosed, it also refuses (StoreDown) while the shared store is
+// down.
 func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 	addr = normAddr(addr)
 	if !addr.IsValid() {
@@ -191,6 +240,10 @@ func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 	d := Decision{Key: s.key(addr), Allowed: true}
 	if s.allowed(addr) {
 		d.Allowlisted = true
+		return d
+	}
+	if s.FailClosed && l.sharedDown.Load() {
+		d.Allowed, d.StoreDown = false, true
 		return d
 	}
 	if l.nactive.Load() == 0 {
@@ -220,6 +273,10 @@ func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 // address must not ban it; the cap holds all the same). When the budget is
 // spent it bans the key (NewBan) and refuses. A banned key is refused. An
 // allowlisted address is always allowed and not counted.
+//
+// With a shared store the budget is the one shared by every limiter on it;
+// when the store is down the local one decides, or with Config.FailClosed
+// the attempt is refused (StoreDown).
 func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
 	addr = normAddr(addr)
 	if !addr.IsValid() {
@@ -238,25 +295,41 @@ func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
 		d.Ban = r.ban
 		return d
 	}
-	k := keyOf(d.Key)
-	b := l.bucketLocked(now, s, k)
+	if l.sharedUp() {
+		l.mu.Unlock()
+		return l.attemptShared(now, s, addr, d)
+	}
+	if l.shared != nil && s.FailClosed {
+		l.mu.Unlock()
+		d.StoreDown = true
+		return d
+	}
+	d, seq := l.attemptLocked(now, s, d)
+	l.mu.Unlock()
+	if d.NewBan {
+		l.saveBan(d.Ban, seq)
+	}
+	return d
+}
+
+// attemptLocked decides an attempt of d.Key, neither allowlisted nor
+// banned, on the local budget; for a new ban it returns its version, for
+// saveBan once l.mu is released.
+func (l *Limiter) attemptLocked(now time.Time, s *settings, d Decision) (Decision, uint64) {
+	b := l.bucketLocked(now, s, keyOf(d.Key))
 	tokens := whole(b.lim.TokensAt(now))
 	if free := tokens - int(b.pending); free >= 1 {
 		b.pending++
-		l.mu.Unlock()
 		d.Allowed, d.Remaining = true, free-1
-		return d
+		return d, 0
 	}
 	if tokens >= 1 {
-		l.mu.Unlock()
 		d.Busy = true
-		return d
+		return d, 0
 	}
 	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
-	l.mu.Unlock()
-	l.saveBan(ban, seq)
 	d.Ban, d.NewBan = ban, true
-	return d
+	return d, seq
 }
 
 // Success settles an attempt of addr that logged in (a 2xx reply): it
@@ -279,20 +352,29 @@ func (l *Limiter) settle(now time.Time, addr netip.Addr, success bool) {
 		return
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	s := l.tickLocked(now)
 	if s.allowed(addr) {
+		l.mu.Unlock()
 		return
 	}
-	b := l.budgets.get(keyOf(s.key(addr)))
-	if b == nil {
-		return
+	key := s.key(addr)
+	if b := l.budgets.get(keyOf(key)); b != nil {
+		if b.pending > 0 {
+			b.pending--
+		}
+		if success && s.SuccessResets {
+			b.reset(s)
+		}
 	}
-	if b.pending > 0 {
-		b.pending--
-	}
-	if success && s.SuccessResets {
-		b.reset(s)
+	l.mu.Unlock()
+	if l.sharedUp() {
+		o := OutcomeRelease
+		if success {
+			o = OutcomeSuccess
+		}
+		if _, err := l.shared.SharedSettle(context.Background(), key, now, o, s.params()); err != nil {
+			l.sharedFailed(err)
+		}
 	}
 }
 
@@ -355,6 +437,24 @@ func (l *Limiter) fail(now time.Time, addr netip.Addr, settle bool) Decision {
 		// credit, so that every failure is counted. Rare; allocates.
 		b.lim.ReserveN(now, 1)
 	}
+	if l.sharedUp() {
+		// The local budget has counted the failure (for the local
+		// decisions made if the store goes down); the shared one decides.
+		l.mu.Unlock()
+		return l.failShared(now, s, addr, d, settle)
+	}
+	d, seq := l.failLocked(now, s, d, b, cover)
+	l.mu.Unlock()
+	if d.NewBan {
+		l.saveBan(d.Ban, seq)
+	}
+	return d
+}
+
+// failLocked decides a failure already taken from the local budget b of
+// d.Key (cover: the ban of another prefix covering the address, or nil);
+// for a new ban it returns its version, for saveBan once l.mu is released.
+func (l *Limiter) failLocked(now time.Time, s *settings, d Decision, b *bucket, cover *banRec) (Decision, uint64) {
 	if left := whole(b.lim.TokensAt(now)); left >= 1 {
 		// Under a ban of a wider or narrower prefix (BanKey), the guess
 		// still counts against the key's own budget.
@@ -363,14 +463,11 @@ func (l *Limiter) fail(now time.Time, addr netip.Addr, settle bool) Decision {
 		} else {
 			d.Allowed, d.Remaining = true, max(0, left-int(b.pending))
 		}
-		l.mu.Unlock()
-		return d
+		return d, 0
 	}
 	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
-	l.mu.Unlock()
-	l.saveBan(ban, seq)
 	d.Ban, d.NewBan = ban, true
-	return d
+	return d, seq
 }
 
 // BanKey bans the prefix key from now for d (d ≤ 0: the escalated ban time,
@@ -416,6 +513,9 @@ func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
 	if r != nil {
 		l.bans.remove(r)
 		l.syncLocked()
+	}
+	if l.unbanned != nil {
+		l.unbanned[keyOf(p)] = true
 	}
 	l.seq++
 	seq := l.seq
@@ -482,7 +582,16 @@ func (l *Limiter) Stats() Stats {
 		BansEvicted: l.bansEvicted,
 		BansCreated: l.bansCreated,
 		StoreErrors: l.storeErrors.Load(),
+		SharedDown:  l.shared != nil && l.sharedDown.Load(),
+		Unsynced:    l.unsynced(),
 	}
+}
+
+// unsynced is the length of the queue of ban changes.
+func (l *Limiter) unsynced() int {
+	l.queueMu.Lock()
+	defer l.queueMu.Unlock()
+	return len(l.queue)
 }
 
 // LastStoreError returns the latest error from the store (wrapping ErrStore),
@@ -582,7 +691,7 @@ func (l *Limiter) banLocked(now time.Time, s *settings, p netip.Prefix, d time.D
 		l.bans.insert(r)
 	}
 	l.seq++
-	r.seq = l.seq
+	r.seq, r.synced = l.seq, false
 	l.bansCreated++
 	l.budgets.remove(k)
 	l.syncLocked()
@@ -602,10 +711,26 @@ func (l *Limiter) saveBan(ban Ban, seq uint64) error {
 	if !current {
 		return nil
 	}
+	if l.shared != nil && l.queueIfDown(ban.Key) {
+		return fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, ErrSharedDown)
+	}
 	if err := l.store.SaveBan(ban); err != nil {
+		if l.shared != nil {
+			l.enqueue(ban.Key)
+		}
 		return l.storeFailed(fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, err))
 	}
+	l.markSynced(keyOf(ban.Key), seq)
 	return nil
+}
+
+// markSynced records that version seq of the ban of k is in the store.
+func (l *Limiter) markSynced(k bkey, seq uint64) {
+	l.mu.Lock()
+	if r := l.bans.recs[k]; r != nil && r.seq == seq {
+		r.synced = true
+	}
+	l.mu.Unlock()
 }
 
 // deleteBan deletes the ban of p from the store unless p was banned again
@@ -620,7 +745,13 @@ func (l *Limiter) deleteBan(p netip.Prefix, seq uint64) error {
 	if superseded {
 		return nil
 	}
+	if l.shared != nil && l.queueIfDown(p) {
+		return fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, ErrSharedDown)
+	}
 	if err := l.store.DeleteBan(p); err != nil {
+		if l.shared != nil {
+			l.enqueue(p)
+		}
 		return l.storeFailed(fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, err))
 	}
 	return nil

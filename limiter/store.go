@@ -9,8 +9,9 @@ import (
 
 // Store persists bans and their escalation counts, so that they survive a
 // restart (a file store) or are shared by several proxies (Redis). The
-// limiter keeps budgets itself; a Store only ever sees bans, at most one per
-// key: the key's latest. Implementations must be safe for concurrent use.
+// limiter keeps budgets itself, unless the Store also implements
+// SharedBudgets; a Store as such only ever sees bans, at most one per key:
+// the key's latest. Implementations must be safe for concurrent use.
 type Store interface {
 	// SaveBan records b as the ban of b.Key, replacing any earlier one. It
 	// is durable when it returns (for persistent stores). The store keeps b

@@ -1,0 +1,617 @@
+package limiter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// Defaults of RedisOptions.
+const (
+	DefaultRedisPrefix     = "ftpguard:"
+	DefaultRedisTimeout    = 200 * time.Millisecond
+	DefaultRedisAttemptTTL = 2 * time.Minute
+)
+
+// redisKeepalive is how long the subscription may stay silent before it is
+// pinged; a second silence of as long drops the connection (a peer gone
+// without a reset would otherwise leave bans unpropagated for good).
+const redisKeepalive = 10 * time.Second
+
+// redisLoadBatch bounds the ban records read in one round trip by LoadBans.
+const redisLoadBatch = 512
+
+// Backoff of the subscription's reconnects.
+const (
+	redisMinBackoff = 50 * time.Millisecond
+	redisMaxBackoff = time.Second
+)
+
+// RedisOptions configures a RedisShared. Zero fields take their defaults.
+type RedisOptions struct {
+	// URL is the server, "redis://[user:password@]host:port/db" or
+	// "rediss://…" for TLS ([store] url). Required.
+	URL string
+	// Prefix starts every key and the channel the store uses (default
+	// "ftpguard:"); instances that share budgets use the same one.
+	Prefix string
+	// Timeout bounds each call, dial included (default 200ms): the longest
+	// a PASS waits on Redis before the limiter decides locally.
+	Timeout time.Duration
+	// AttemptTTL is how long an attempt in flight holds its place in a
+	// shared budget if it is never settled (its instance died): longer than
+	// any PASS takes to be answered (login_timeout), default 2m.
+	AttemptTTL time.Duration
+	// Logger receives call failures and subscription changes (nil:
+	// slog.Default()).
+	Logger *slog.Logger
+}
+
+// RedisShared is a Store on Redis that also keeps budgets shared by every
+// limiter on the same server and Prefix (it implements SharedBudgets). Give
+// each Limiter its own RedisShared: it tells its limiter's attempts in
+// flight from those of others.
+//
+// Layout, for a key K such as "192.0.2.7/32" (all under Prefix):
+//
+//	ban:K   hash {u until, s since, f forget (Unix ms), c count, r reason},
+//	        expiring (PEXPIREAT) at its Forget time: nothing scans for old bans
+//	bans    sorted set of K by Forget time, for LoadBans (pruned as bans are made)
+//	b:K     hash {t tokens, l last refill (Unix ms)}, expiring once full again
+//	p:K     sorted set of the attempts in flight, "<instance>:<n>" by deadline
+//	bans    also the pub/sub channel of ban events ("B|…" and "U|…")
+//	epoch   a random value set when first missing: a new one means the server
+//	        lost its data (restart without persistence), so that limiters write
+//	        their bans back rather than take the missing ones for unbans
+//
+// Every decision is one Lua script (EVALSHA, falling back to EVAL), so it
+// is atomic: no two limiters both take a key's last token or both make its
+// n-th ban; a ban is written and published in the same script.
+//
+// Time: the scripts use the now the limiter is given (Unix ms), not the
+// server's TIME, like every limiter method: decisions stay step-testable,
+// and a budget ban lasts exactly as long as a local one. Instances must
+// therefore keep their clocks in step (NTP); a clock behind the latest
+// refill only refills nothing. Record expiries (PEXPIREAT at Forget) are
+// absolute, so the limiter's now must be wall-clock time, as the proxy's is.
+//
+// A place held by an attempt in flight is a member of p:K whose score is
+// its deadline (now + AttemptTTL); members past their deadline are dropped
+// before each decision. Settling removes the oldest member of this store's
+// instance, so places are released by whoever took them and an instance
+// that dies frees its places within AttemptTTL.
+//
+// Safe for concurrent use. Use NewRedisShared; the zero value is not usable.
+type RedisShared struct {
+	client     *redis.Client
+	prefix     string
+	channel    string
+	index      string
+	timeout    time.Duration
+	attemptTTL time.Duration
+	id         string // this instance, in attempt ids and events
+	seq        atomic.Uint64
+	log        *slog.Logger
+	epoch      string       // the epoch seen at the latest subscription (Subscribe's goroutine only)
+	logged     atomic.Int64 // Unix ns of the latest failure logged
+	unlogged   atomic.Int64 // failures not logged since
+}
+
+var _ SharedBudgets = (*RedisShared)(nil)
+
+// NewRedisShared returns a RedisShared for opt. It does not contact the
+// server (a limiter starting while Redis is down works locally and catches
+// up); it fails only for invalid options.
+func NewRedisShared(opt RedisOptions) (*RedisShared, error) {
+	if opt.URL == "" {
+		return nil, errors.New("limiter: redis: url is required")
+	}
+	o, err := redis.ParseURL(opt.URL)
+	if err != nil {
+		return nil, fmt.Errorf("limiter: redis: url: %w", err)
+	}
+	if opt.Timeout < 0 || opt.AttemptTTL < 0 {
+		return nil, errors.New("limiter: redis: timeout and attempt_ttl must be ≥ 0")
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultRedisPrefix
+	}
+	if opt.Timeout == 0 {
+		opt.Timeout = DefaultRedisTimeout
+	}
+	if opt.AttemptTTL == 0 {
+		opt.AttemptTTL = DefaultRedisAttemptTTL
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = opt.Timeout, opt.Timeout, opt.Timeout, opt.Timeout
+	o.ContextTimeoutEnabled = true
+	// No retries: the scripts are not idempotent (a retried attempt whose
+	// reply was lost would take two places), and a retry would overrun the
+	// time a PASS may wait. The limiter decides locally instead.
+	o.MaxRetries = -1
+	o.DialerRetries = 1
+	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	var id [8]byte
+	rand.Read(id[:])
+	if o.ClientName == "" {
+		o.ClientName = "ftpguard-" + hex.EncodeToString(id[:]) // for CLIENT LIST
+	}
+	return &RedisShared{
+		client:     redis.NewClient(o),
+		prefix:     opt.Prefix,
+		channel:    opt.Prefix + "bans",
+		index:      opt.Prefix + "bans",
+		timeout:    opt.Timeout,
+		attemptTTL: opt.AttemptTTL,
+		id:         hex.EncodeToString(id[:]),
+		log:        opt.Logger,
+	}, nil
+}
+
+// redisLib holds what the budget scripts share. KEYS: 1 b:K, 2 p:K, 3 ban:K,
+// 4 the ban index. ARGV: 1 now (ms), 2 refill rate (tokens/ms), 3 burst, 4
+// ban time (ms), 5 ban factor, 6 max ban time (ms), 7 K, 8 channel, 9
+// instance, 10 attempt TTL (ms), then the script's own.
+const redisLib = `
+local now = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local function ms(x) return string.format('%.0f', x) end
+-- the active ban of K, as a reply, or nil
+local function banned()
+  local b = redis.call('HMGET', KEYS[3], 'u', 'c', 's', 'f', 'r')
+  if b[1] and tonumber(b[1]) > now then
+    return {2, 0, tonumber(b[1]), tonumber(b[2]), tonumber(b[3]), tonumber(b[4]), b[5]}
+  end
+  return nil
+end
+-- the tokens of K at now (refilled), and the time of the refill
+local function tokens()
+  local t = redis.call('HMGET', KEYS[1], 't', 'l')
+  local tok, last = tonumber(t[1]), tonumber(t[2])
+  if not tok then return burst, now end
+  if now > last then
+    tok = math.min(burst, tok + (now - last) * rate)
+    last = now
+  elseif tok > burst then
+    tok = burst
+  end
+  return tok, last
+end
+local function whole(tok) return math.floor(tok + 1e-6) end
+local function store(tok, last)
+  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tok), 'l', ms(last))
+  redis.call('PEXPIRE', KEYS[1], ms(math.ceil((burst - tok) / rate) + 1000))
+end
+-- the attempts in flight, once those past their deadline are dropped
+local function pending()
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now))
+  return redis.call('ZCARD', KEYS[2])
+end
+-- bans K: the count follows the ban record until its Forget time
+local function ban()
+  local cnt = 1
+  local old = redis.call('HMGET', KEYS[3], 'c', 'f')
+  if old[1] and now < tonumber(old[2]) then cnt = tonumber(old[1]) + 1 end
+  local maxd = tonumber(ARGV[6])
+  local d = tonumber(ARGV[4]) * tonumber(ARGV[5]) ^ (cnt - 1)
+  if not (d < maxd) then d = maxd end
+  local u = now + math.floor(d)
+  local f = u + maxd
+  redis.call('HSET', KEYS[3], 'u', ms(u), 's', ms(now), 'f', ms(f), 'c', cnt, 'r', 'budget')
+  redis.call('PEXPIREAT', KEYS[3], ms(f))
+  redis.call('ZADD', KEYS[4], ms(f), ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms(now))
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('PUBLISH', ARGV[8], table.concat({'B', ARGV[9], ARGV[7], ms(u), ms(now), ms(f), cnt, 'budget'}, '|'))
+  return {3, 0, u, cnt, now, f, 'budget'}
+end
+`
+
+// redisAttempt: ARGV 11 is the attempt's number. Replies {0 allowed,
+// remaining}, {1 busy, 0}, {2 banned, …ban} or {3 new ban, …ban}.
+var redisAttempt = redis.NewScript(redisLib + `
+local b = banned()
+if b then return b end
+local tok, last = tokens()
+local p = pending()
+local w = whole(tok)
+if w - p >= 1 then
+  local ttl = tonumber(ARGV[10])
+  redis.call('ZADD', KEYS[2], ms(now + ttl), ARGV[9] .. ':' .. ARGV[11])
+  redis.call('PEXPIRE', KEYS[2], ms(ttl))
+  store(tok, last)
+  return {0, w - p - 1}
+end
+if w >= 1 then return {1, 0} end
+return ban()
+`)
+
+// redisSettle: ARGV 11 is the Outcome, 12 "1" if a success refills.
+var redisSettle = redis.NewScript(redisLib + `
+local o = tonumber(ARGV[11])
+if o ~= 3 then
+  local pre = ARGV[9] .. ':'
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if string.sub(m, 1, #pre) == pre then
+      redis.call('ZREM', KEYS[2], m)
+      break
+    end
+  end
+end
+if o <= 1 then
+  if o == 1 and ARGV[12] == '1' then redis.call('DEL', KEYS[1]) end
+  return {0, 0}
+end
+local b = banned()
+if b then return b end
+local tok, last = tokens()
+tok = tok - 1
+local p = pending()
+local w = whole(tok)
+if w >= 1 then
+  store(tok, last)
+  return {0, math.max(0, w - p)}
+end
+return ban()
+`)
+
+// redisSaveBan writes a ban unless the record holds a later one. KEYS: ban:K,
+// index, b:K, p:K. ARGV: until, since, forget, count, reason, K, channel,
+// instance.
+var redisSaveBan = redis.NewScript(`
+local old = redis.call('HGET', KEYS[1], 's')
+if old and tonumber(old) > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'u', ARGV[1], 's', ARGV[2], 'f', ARGV[3], 'c', ARGV[4], 'r', ARGV[5])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('PUBLISH', ARGV[7], table.concat({'B', ARGV[8], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}, '|'))
+return 1
+`)
+
+// redisEpoch returns {epoch, 1 if it was just created}. KEYS: epoch; ARGV:
+// a new value.
+var redisEpoch = redis.NewScript(`
+local e = redis.call('GET', KEYS[1])
+if e then return {e, 0} end
+redis.call('SET', KEYS[1], ARGV[1])
+return {ARGV[1], 1}
+`)
+
+// redisDeleteBan: KEYS ban:K, index; ARGV K, channel, instance.
+var redisDeleteBan = redis.NewScript(`
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], table.concat({'U', ARGV[3], ARGV[1]}, '|'))
+return 1
+`)
+
+// budgetKeys returns the keys of the budget scripts for key.
+func (r *RedisShared) budgetKeys(key string) []string {
+	return []string{r.prefix + "b:" + key, r.prefix + "p:" + key, r.prefix + "ban:" + key, r.index}
+}
+
+// budgetArgs returns ARGV 1–10 of the budget scripts, with room for more.
+func (r *RedisShared) budgetArgs(key string, now time.Time, p BudgetParams) []any {
+	ms := float64(time.Millisecond)
+	return append(make([]any, 0, 12),
+		now.UnixMilli(),
+		float64(p.Failures)/(float64(p.Window)/ms),
+		p.Failures,
+		float64(p.BanTime)/ms,
+		p.BanFactor,
+		p.MaxBanTime.Milliseconds(),
+		key,
+		r.channel,
+		r.id,
+		r.attemptTTL.Milliseconds(),
+	)
+}
+
+// SharedAttempt takes a place in the shared budget of key (see
+// SharedBudgets and the RedisShared layout).
+func (r *RedisShared) SharedAttempt(ctx context.Context, key netip.Prefix, now time.Time, p BudgetParams) (SharedResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	k := key.String()
+	args := append(r.budgetArgs(k, now, p), r.seq.Add(1))
+	v, err := redisAttempt.Run(ctx, r.client, r.budgetKeys(k), args...).Slice()
+	if err != nil {
+		return SharedResult{}, r.failed("attempt", key, err)
+	}
+	return parseResult(key, v)
+}
+
+// SharedSettle settles an attempt (or counts a penalty) in the shared
+// budget of key.
+func (r *RedisShared) SharedSettle(ctx context.Context, key netip.Prefix, now time.Time, o Outcome, p BudgetParams) (SharedResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	k := key.String()
+	resets := "0"
+	if p.SuccessResets {
+		resets = "1"
+	}
+	args := append(r.budgetArgs(k, now, p), int(o), resets)
+	v, err := redisSettle.Run(ctx, r.client, r.budgetKeys(k), args...).Slice()
+	if err != nil {
+		return SharedResult{}, r.failed("settle", key, err)
+	}
+	return parseResult(key, v)
+}
+
+// parseResult reads the reply of a budget script.
+func parseResult(key netip.Prefix, v []any) (SharedResult, error) {
+	num := func(i int) int64 {
+		n, _ := v[i].(int64)
+		return n
+	}
+	if len(v) < 2 {
+		return SharedResult{}, fmt.Errorf("%w: redis: bad script reply %v", ErrStore, v)
+	}
+	res := SharedResult{Verdict: SharedVerdict(num(0)), Remaining: int(num(1))}
+	if res.Verdict >= SharedBanned {
+		if len(v) < 7 {
+			return SharedResult{}, fmt.Errorf("%w: redis: bad script reply %v", ErrStore, v)
+		}
+		reason, _ := v[6].(string)
+		res.Ban = Ban{Key: key, Until: time.UnixMilli(num(2)), Count: int(num(3)), Reason: reason,
+			Since: time.UnixMilli(num(4)), Forget: time.UnixMilli(num(5))}
+	}
+	return res, nil
+}
+
+// SaveBan writes b as the ban of b.Key, expiring at b.Forget, unless Redis
+// holds a later ban of the key (made elsewhere meanwhile), and publishes it.
+// Like a ban made by a budget, it clears the key's shared budget.
+func (r *RedisShared) SaveBan(b Ban) error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	k := b.Key.String()
+	forget := b.forget()
+	keys := []string{r.prefix + "ban:" + k, r.index, r.prefix + "b:" + k, r.prefix + "p:" + k}
+	err := redisSaveBan.Run(ctx, r.client, keys, b.Until.UnixMilli(), b.Since.UnixMilli(),
+		forget.UnixMilli(), max(b.Count, 1), b.Reason, k, r.channel, r.id).Err()
+	if err != nil {
+		return r.failed("save ban", b.Key, err)
+	}
+	return nil
+}
+
+// DeleteBan removes the ban of key and publishes the unban.
+func (r *RedisShared) DeleteBan(key netip.Prefix) error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	k := key.String()
+	err := redisDeleteBan.Run(ctx, r.client, []string{r.prefix + "ban:" + k, r.index}, k, r.channel, r.id).Err()
+	if err != nil {
+		return r.failed("delete ban", key, err)
+	}
+	return nil
+}
+
+// LoadBans returns the bans whose Forget time is after now (the zero now:
+// all), sorted by Until. Each round trip is bounded by the timeout.
+func (r *RedisShared) LoadBans(now time.Time) ([]Ban, error) {
+	lo := "-inf"
+	if !now.IsZero() {
+		lo = "(" + strconv.FormatInt(now.UnixMilli(), 10)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	keys, err := r.client.ZRangeByScore(ctx, r.index, &redis.ZRangeBy{Min: lo, Max: "+inf"}).Result()
+	cancel()
+	if err != nil {
+		return nil, r.failed("load bans", netip.Prefix{}, err)
+	}
+	out := make([]Ban, 0, len(keys))
+	for batch := range slices.Chunk(keys, redisLoadBatch) {
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		pipe := r.client.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, len(batch))
+		for i, k := range batch {
+			cmds[i] = pipe.HGetAll(ctx, r.prefix+"ban:"+k)
+		}
+		_, err := pipe.Exec(ctx)
+		cancel()
+		if err != nil {
+			return nil, r.failed("load bans", netip.Prefix{}, err)
+		}
+		for i, c := range cmds {
+			if b, ok := parseBanRecord(batch[i], c.Val()); ok && (now.IsZero() || now.Before(b.Forget)) {
+				out = append(out, b)
+			}
+		}
+	}
+	slices.SortFunc(out, compareBans)
+	return out, nil
+}
+
+// parseBanRecord reads the hash of the ban of key (empty: gone meanwhile).
+func parseBanRecord(key string, h map[string]string) (Ban, bool) {
+	p, err := netip.ParsePrefix(key)
+	if err != nil {
+		return Ban{}, false
+	}
+	field := func(f string) (int64, bool) {
+		n, err := strconv.ParseInt(h[f], 10, 64)
+		return n, err == nil
+	}
+	u, ok1 := field("u")
+	s, ok2 := field("s")
+	f, ok3 := field("f")
+	c, ok4 := field("c")
+	if !ok1 || !ok2 || !ok3 || !ok4 {
+		return Ban{}, false
+	}
+	return Ban{Key: p, Until: time.UnixMilli(u), Count: int(c), Reason: h["r"],
+		Since: time.UnixMilli(s), Forget: time.UnixMilli(f)}, true
+}
+
+// parseEvent reads a message of the channel: "B|instance|K|until|since|
+// forget|count|reason" or "U|instance|K". It returns the instance too.
+func parseEvent(payload string) (string, BanEvent, bool) {
+	f := strings.SplitN(payload, "|", 8)
+	if len(f) < 3 {
+		return "", BanEvent{}, false
+	}
+	p, err := netip.ParsePrefix(f[2])
+	if err != nil {
+		return "", BanEvent{}, false
+	}
+	switch {
+	case f[0] == "U":
+		return f[1], BanEvent{Kind: EventUnban, Ban: Ban{Key: p}}, true
+	case f[0] == "B" && len(f) == 8:
+		b, ok := parseBanRecord(f[2], map[string]string{"u": f[3], "s": f[4], "f": f[5], "c": f[6], "r": f[7]})
+		return f[1], BanEvent{Kind: EventBan, Ban: b}, ok
+	}
+	return "", BanEvent{}, false
+}
+
+// Subscribe delivers the ban events of other instances until ctx ends (see
+// SharedBudgets). Each broken subscription is reported (EventLost) and
+// replaced by a new one, after a backoff of 50ms doubling up to 1s.
+func (r *RedisShared) Subscribe(ctx context.Context, fn func(BanEvent)) {
+	backoff := redisMinBackoff
+	lost := false
+	for {
+		up, err := r.subscribeOnce(ctx, fn)
+		if ctx.Err() != nil {
+			return
+		}
+		if up {
+			backoff = redisMinBackoff
+			r.log.Warn("redis: subscription lost", "channel", r.channel, "err", err)
+		} else if !lost {
+			r.log.Warn("redis: cannot subscribe", "channel", r.channel, "err", err)
+		}
+		lost = true
+		fn(BanEvent{Kind: EventLost, Err: err})
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, redisMaxBackoff)
+	}
+}
+
+// subscribeOnce runs one subscription until it breaks; up reports whether
+// it was established.
+func (r *RedisShared) subscribeOnce(ctx context.Context, fn func(BanEvent)) (up bool, err error) {
+	ps := r.client.Subscribe(ctx)
+	defer ps.Close()
+	stop := context.AfterFunc(ctx, func() { ps.Close() }) // unblocks Receive
+	defer stop()
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	err = ps.Subscribe(sctx, r.channel)
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	pinged := false
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, redisKeepalive)
+		if err != nil {
+			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && !pinged {
+				pinged = true
+				if err := ps.Ping(ctx); err != nil {
+					return up, err
+				}
+				continue
+			}
+			return up, err
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				fresh, err := r.checkEpoch(ctx)
+				if err != nil {
+					return up, err
+				}
+				if !up {
+					r.log.Info("redis: subscribed", "channel", r.channel, "fresh", fresh)
+				}
+				up = true
+				fn(BanEvent{Kind: EventResync, Fresh: fresh})
+			}
+		case *redis.Message:
+			if from, ev, ok := parseEvent(m.Payload); ok && from != r.id {
+				fn(ev)
+			}
+		}
+	}
+}
+
+// checkEpoch reports whether the server's data is new since the previous
+// subscription.
+func (r *RedisShared) checkEpoch(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	var nonce [8]byte
+	rand.Read(nonce[:])
+	v, err := redisEpoch.Run(ctx, r.client, []string{r.prefix + "epoch"}, hex.EncodeToString(nonce[:])).Slice()
+	if err != nil {
+		return false, r.failed("epoch", netip.Prefix{}, err)
+	}
+	if len(v) != 2 {
+		return false, fmt.Errorf("limiter: redis: bad epoch reply %v", v)
+	}
+	e, _ := v[0].(string)
+	created, _ := v[1].(int64)
+	fresh := created == 1 || r.epoch != "" && e != r.epoch
+	r.epoch = e
+	return fresh, nil
+}
+
+// Ping reports whether the server answers within the timeout.
+func (r *RedisShared) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		return r.failed("ping", netip.Prefix{}, err)
+	}
+	return nil
+}
+
+// Close closes the connections; later calls fail.
+func (r *RedisShared) Close() error {
+	if err := r.client.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+		return fmt.Errorf("limiter: redis: close: %w", err)
+	}
+	return nil
+}
+
+// failed logs a failed call (at most one a second, with the count of
+// those not logged) and returns its error, prefixed.
+func (r *RedisShared) failed(op string, key netip.Prefix, err error) error {
+	if key.IsValid() {
+		err = fmt.Errorf("limiter: redis: %s %v: %w", op, key, err)
+	} else {
+		err = fmt.Errorf("limiter: redis: %s: %w", op, err)
+	}
+	now, last := time.Now().UnixNano(), r.logged.Load()
+	if now-last >= int64(time.Second) && r.logged.CompareAndSwap(last, now) {
+		r.log.Warn("redis: call failed", "err", err, "unlogged", r.unlogged.Swap(0))
+	} else {
+		r.unlogged.Add(1)
+	}
+	return err
+}
