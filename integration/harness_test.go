@@ -188,6 +188,7 @@ type guardOpts struct {
 	LoginTimeout  string
 	LogLevel      string
 	SendProxy     string
+	Dir           string // config and state directory; "" = a new one
 	Extra         string // raw TOML appended at the end (tables allowed)
 }
 
@@ -223,7 +224,10 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.LoginTimeout, "30s")
 	def(&o.LogLevel, "debug")
 	def(&o.SendProxy, "off")
-	dir := t.TempDir()
+	dir := o.Dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	pasv := 30000 + (freePort(t)%200)*50
 	conf := fmt.Sprintf(`listen = "127.0.0.1:0"
 

@@ -330,6 +330,11 @@ func (s *Server) handle(c net.Conn) {
 	now := time.Now()
 
 	d := s.lim.Check(now, peer.Addr())
+	if d.StoreDown {
+		log.Warn("reject", "reason", "store unreachable (fail_closed)")
+		refuse(c, "421 Service temporarily unavailable, try again later.")
+		return
+	}
 	if !d.Allowed {
 		log.Info("reject", "reason", "banned", "key", d.Key.String(), "until", d.Ban.Until.Format(time.RFC3339))
 		refuse(c, fmt.Sprintf("421 Service not available: %s is banned for repeated login failures.", peer.Addr()))

@@ -382,6 +382,11 @@ func (s *session) attempt(verb string) bool {
 	if d.Allowed {
 		return true
 	}
+	if d.StoreDown {
+		s.log.Warn("reject", "reason", "store unreachable (fail_closed)", "cmd", verb)
+		s.finish(421, "Service temporarily unavailable, try again later.")
+		return false
+	}
 	if d.Busy {
 		s.log.Warn("reject", "reason", "attempts in flight", "cmd", verb, "key", d.Key.String())
 		s.finish(421, "Too many logins in progress from your address; try again later.")

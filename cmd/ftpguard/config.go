@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +33,17 @@ type Config struct {
 	Log      LogConfig      `toml:"log"`
 	// ProxyProtocol is the [proxy_protocol] table.
 	ProxyProtocol ProxyProtocolConfig `toml:"proxy_protocol"`
+	// UserLimits is the [user_limits] table.
+	UserLimits UserLimitsConfig `toml:"user_limits"`
+}
+
+// UserLimitsConfig is the [user_limits] table: per-username budgets.
+type UserLimitsConfig struct {
+	Failures       int           `toml:"failures"`
+	Window         time.Duration `toml:"window"`
+	KnownGoodTTL   time.Duration `toml:"known_good_ttl"`
+	MaxNamesPerKey int           `toml:"max_names_per_key"`
+	MaxTracked     int           `toml:"max_tracked"`
 }
 
 // ProxyProtocolConfig is the [proxy_protocol] table.
@@ -84,7 +97,13 @@ type SessionsConfig struct {
 
 // StoreConfig is the [store] table.
 type StoreConfig struct {
-	Kind string `toml:"kind"`
+	Kind       string        `toml:"kind"`
+	Path       string        `toml:"path"`
+	OnCorrupt  string        `toml:"on_corrupt"`
+	URL        string        `toml:"url"`
+	Prefix     string        `toml:"prefix"`
+	Timeout    time.Duration `toml:"timeout"`
+	FailClosed bool          `toml:"fail_closed"`
 }
 
 // LogConfig is the [log] table.
@@ -112,9 +131,12 @@ func DefaultConfig() Config {
 			DataTimeout: 30 * time.Second, DrainTimeout: 30 * time.Second,
 			MaxPreauthCommands: 20, MaxLine: 2048, MaxReply: 256 << 10,
 		},
-		Store:         StoreConfig{Kind: "memory"},
+		Store: StoreConfig{Kind: "file", Path: "ftpguard.db", OnCorrupt: "fail",
+			Prefix: "ftpguard:", Timeout: 200 * time.Millisecond},
 		ProxyProtocol: ProxyProtocolConfig{Trusted: []string{}, HeaderTimeout: 5 * time.Second},
-		Log:           LogConfig{Level: "info", Format: "text"},
+		UserLimits: UserLimitsConfig{Failures: 20, Window: time.Hour, KnownGoodTTL: 720 * time.Hour,
+			MaxNamesPerKey: 10, MaxTracked: 100_000},
+		Log: LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -125,6 +147,7 @@ type Settings struct {
 	Listen   string
 	Proxy    proxy.Config
 	Limiter  limiter.Config
+	Users    limiter.UserConfig
 	LogLevel slog.Level
 }
 
@@ -164,6 +187,9 @@ func LoadConfig(path string) (*Settings, error) {
 	var errs []keyError
 	for _, k := range md.Undecoded() {
 		errs = append(errs, keyError{k.String(), "unknown key"})
+	}
+	if cfg.Store.Path != "" && !filepath.IsAbs(cfg.Store.Path) {
+		cfg.Store.Path = filepath.Join(filepath.Dir(path), cfg.Store.Path)
 	}
 	st, verrs := cfg.settings()
 	errs = append(errs, verrs...)
@@ -291,10 +317,20 @@ func (c Config) settings() (*Settings, []keyError) {
 
 	switch c.Store.Kind {
 	case "memory":
-	case "file", "redis":
-		bad("store.kind", "%q is not available in this version; use \"memory\"", c.Store.Kind)
+	case "file":
+		if c.Store.Path == "" {
+			bad("store.path", "must name the state file for kind = \"file\"")
+		}
+	case "redis":
+		if u, err := url.Parse(c.Store.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			bad("store.url", "must be \"redis://host:port/db\" (or rediss://) for kind = \"redis\", got %q", c.Store.URL)
+		}
+		positive("store.timeout", c.Store.Timeout)
 	default:
-		bad("store.kind", "must be \"memory\", got %q", c.Store.Kind)
+		bad("store.kind", "must be \"memory\", \"file\" or \"redis\", got %q", c.Store.Kind)
+	}
+	if c.Store.OnCorrupt != "fail" && c.Store.OnCorrupt != "reset" {
+		bad("store.on_corrupt", "must be \"fail\" or \"reset\", got %q", c.Store.OnCorrupt)
 	}
 
 	if err := s.LogLevel.UnmarshalText([]byte(c.Log.Level)); err != nil {
@@ -337,12 +373,40 @@ func (c Config) settings() (*Settings, []keyError) {
 		MaxTracked:    l.MaxTracked,
 		SuccessResets: l.SuccessResets,
 	}
+	u := c.UserLimits
+	s.Users = limiter.UserConfig{Failures: u.Failures, Window: u.Window, KnownGoodTTL: u.KnownGoodTTL,
+		MaxNamesPerKey: u.MaxNamesPerKey, MaxTracked: u.MaxTracked}
+	atLeast("user_limits.failures", u.Failures, 0)
+	positive("user_limits.window", u.Window)
+	positive("user_limits.known_good_ttl", u.KnownGoodTTL)
+	atLeast("user_limits.max_names_per_key", u.MaxNamesPerKey, 0)
+	atLeast("user_limits.max_tracked", u.MaxTracked, 1)
+	s.Limiter.FailClosed = c.Store.FailClosed
 	if len(errs) == 0 {
-		if err := s.Limiter.Validate(); err != nil {
-			bad("limits", "%v", err)
+		for _, v := range []error{s.Limiter.Validate(), s.Users.Validate()} {
+			var ce *limiter.ConfigError
+			for _, e := range unjoin(v) {
+				if errors.As(e, &ce) {
+					key := ce.Key
+					if !strings.Contains(key, ".") {
+						key = "limits." + key
+					}
+					bad(key, "%s", ce.Reason)
+				} else if e != nil {
+					bad("limits", "%v", e)
+				}
+			}
 		}
 	}
 	return s, errs
+}
+
+// unjoin splits an errors.Join result.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // parsePortRange parses "50000-50099" (or a single port).

@@ -30,7 +30,9 @@ func TestExampleConfigLoads(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatalf("defaults invalid: %v", errs)
 	}
-	if got, want := st.File, def.File; !reflect.DeepEqual(got, want) {
+	got, want := st.File, def.File
+	want.Store.Path = "../../ftpguard.db" // relative paths are taken from the config file's directory
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("config.example.toml differs from the defaults:\n got %+v\nwant %+v", got, want)
 	}
 }
@@ -66,7 +68,9 @@ func TestConfigErrors(t *testing.T) {
 		{"privileged passive port", "[passive]\nports = \"21-30\"\n", []string{":2 passive.ports: must be"}},
 		{"listen", "listen = \"nowhere\"\n", []string{":1 listen: must be host:port"}},
 		{"backend", "[backend]\naddress = \"127.0.0.1:99999\"\n", []string{":2 backend.address: port must be"}},
-		{"store", "[store]\nkind = \"redis\"\n", []string{":2 store.kind: \"redis\" is not available"}},
+		{"store kind", "[store]\nkind = \"sqlite\"\n", []string{":2 store.kind: must be \"memory\", \"file\" or \"redis\""}},
+		{"redis url", "[store]\nkind = \"redis\"\nurl = \"http://x\"\n", []string{":3 store.url: must be \"redis://host:port/db\""}},
+		{"on_corrupt", "[store]\non_corrupt = \"ignore\"\n", []string{":2 store.on_corrupt: must be \"fail\" or \"reset\""}},
 		{"log", "[log]\nlevel = \"loud\"\nformat = \"xml\"\n", []string{":2 log.level:", ":3 log.format:"}},
 		{"syntax", "listen = \n", []string{":1"}},
 		{"send_proxy", "[backend]\nsend_proxy = \"v3\"\n", []string{":2 backend.send_proxy: must be \"off\", \"v1\" or \"v2\""}},

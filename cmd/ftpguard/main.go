@@ -96,14 +96,36 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	level.Set(st.LogLevel)
 	log := newLogger(stderr, st.File.Log.Format, level)
 
-	lim, err := limiter.New(st.Limiter, limiter.NewMemoryStore())
+	store, err := openStore(st.File.Store, log)
 	if err != nil {
 		return err
+	}
+	lim, err := limiter.New(st.Limiter, store)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	defer lim.Close()
+	if err := lim.LastStoreError(); err != nil {
+		switch {
+		case st.File.Store.Kind == "redis":
+			// Redis unreachable at start: decide locally until it is back.
+			log.Error("shared store unreachable at start; deciding locally until it is back", "err", err)
+		case errors.Is(err, limiter.ErrCorruptStore) && st.File.Store.OnCorrupt == "reset":
+			log.Error("state file has bad records; starting with the bans that could be read", "err", err)
+		default:
+			return fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the state file, or set [store] on_corrupt = \"reset\"", err)
+		}
 	}
 	srv, err := proxy.New(st.Proxy, lim, log)
 	if err != nil {
 		return err
 	}
+	users, err := limiter.NewUsers(st.Users)
+	if err != nil {
+		return err
+	}
+	srv.SetUsers(users)
 	ln, err := net.Listen("tcp", st.Listen)
 	if err != nil {
 		return err
@@ -125,7 +147,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 			return err
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(path, st.Listen, lim, srv, level, log)
+				reload(path, st.Listen, lim, users, srv, level, log)
 				continue
 			}
 			drain := st.File.Sessions.DrainTimeout
@@ -143,10 +165,13 @@ func run(path string, st *Settings, stderr io.Writer) error {
 }
 
 // reload applies a re-read config; an invalid one is logged and ignored.
-func reload(path, listen string, lim *limiter.Limiter, srv *proxy.Server, level *slog.LevelVar, log *slog.Logger) {
+func reload(path, listen string, lim *limiter.Limiter, users *limiter.Users, srv *proxy.Server, level *slog.LevelVar, log *slog.Logger) {
 	st, err := LoadConfig(path)
 	if err == nil {
 		err = lim.Reload(st.Limiter)
+	}
+	if err == nil {
+		err = users.Reload(st.Users)
 	}
 	if err != nil {
 		log.Error("reload rejected; keeping the old config", "err", err)
@@ -158,6 +183,36 @@ func reload(path, listen string, lim *limiter.Limiter, srv *proxy.Server, level 
 	srv.SetConfig(st.Proxy)
 	level.Set(st.LogLevel)
 	log.Info("reloaded", "config", path)
+}
+
+// openStore opens the ban store the config names. A corrupt state file
+// stops the start (bans must not be forgotten silently) unless on_corrupt
+// is "reset": then it is moved aside, logged, and a new one is made.
+func openStore(c StoreConfig, log *slog.Logger) (limiter.Store, error) {
+	switch c.Kind {
+	case "file":
+		fs, err := limiter.OpenFileStore(c.Path, limiter.FileStoreOptions{})
+		if errors.Is(err, limiter.ErrCorruptStore) && c.OnCorrupt == "reset" {
+			moved, merr := limiter.ResetFileStore(c.Path)
+			if merr != nil {
+				return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
+			}
+			log.Error("state file corrupt; moved aside, starting with no bans", "err", err, "moved_to", moved)
+			fs, err = limiter.OpenFileStore(c.Path, limiter.FileStoreOptions{})
+		}
+		if errors.Is(err, limiter.ErrCorruptStore) {
+			return nil, fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the file, or set [store] on_corrupt = \"reset\"", err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		log.Info("state file", "path", fs.Path())
+		return fs, nil
+	case "redis":
+		return limiter.NewRedisShared(limiter.RedisOptions{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log})
+	default:
+		return limiter.NewMemoryStore(), nil
+	}
 }
 
 func newLogger(w io.Writer, format string, level slog.Leveler) *slog.Logger {
