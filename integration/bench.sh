@@ -6,4 +6,4 @@
 #   FTPGUARD_BENCH_RUNS (7), FTPGUARD_BENCH_LOGINS (300), FTPGUARD_BENCH_MIB (256)
 set -euo pipefail
 cd "$(dirname "$0")"
-FTPGUARD_BENCH=1 go test -count=1 -run '^TestBench$' -v . | grep -vE '^(=== RUN|--- PASS|PASS$|ok )'
+FTPGUARD_BENCH=1 go test -count=1 -run '^TestBench' -v . | grep -vE '^(=== RUN|--- PASS|PASS$|ok )'

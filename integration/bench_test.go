@@ -96,3 +96,98 @@ func envInt(k string, def int) int {
 	}
 	return def
 }
+
+// TestBenchStores measures connects/s (connect, greeting, QUIT) and
+// logins/s through ftpguard with the memory, file and Redis stores, as
+// ratios to memory, and the time from a ban on one instance to its refusal
+// by another sharing Redis. Runs only with FTPGUARD_BENCH=1.
+func TestBenchStores(t *testing.T) {
+	if os.Getenv("FTPGUARD_BENCH") != "1" {
+		t.Skip("set FTPGUARD_BENCH=1 (or run integration/bench.sh) to measure")
+	}
+	runs := envInt("FTPGUARD_BENCH_RUNS", 7)
+	n := envInt("FTPGUARD_BENCH_CONNECTS", 500)
+	logins := envInt("FTPGUARD_BENCH_LOGINS", 300) / 2
+	d := startVsftpd(t)
+	url, _ := startRedis(t)
+	redisExtra := fmt.Sprintf("[store]\nkind = \"redis\"\nurl = %q\n", url)
+	base := guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100}
+	kinds := []string{"memory", "file", "redis"}
+	guards := map[string]*guard{}
+	for _, k := range kinds {
+		o := base
+		o.Extra = fmt.Sprintf("[store]\nkind = %q\n", k)
+		if k == "redis" {
+			o.Extra = redisExtra
+		}
+		guards[k] = startGuard(t, d.Addr, o)
+	}
+	connects := func(addr string) float64 {
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			r := dialRaw(t, "127.0.0.70", addr)
+			r.expect(220)
+			r.send("QUIT")
+			r.expect(221)
+			r.c.Close()
+		}
+		return float64(n) / time.Since(start).Seconds()
+	}
+	loginRate := func(addr string) float64 {
+		start := time.Now()
+		for i := 0; i < logins; i++ {
+			c, err := ftpClient(t, "127.0.0.71", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Login(testUser, testPass); err != nil {
+				t.Fatal(err)
+			}
+			c.Quit()
+		}
+		return float64(logins) / time.Since(start).Seconds()
+	}
+	cr, lr := map[string][]float64{}, map[string][]float64{}
+	for i := 0; i < runs; i++ {
+		for _, k := range kinds {
+			cr[k] = append(cr[k], connects(guards[k].Addr))
+			lr[k] = append(lr[k], loginRate(guards[k].Addr))
+		}
+	}
+	fmt.Printf("ftpguard store bench: %d interleaved runs; medians (min..max); ratio to memory\n", runs)
+	for _, k := range kinds {
+		fmt.Printf("%-7s connects %7.0f/s (%.0f..%.0f) ratio %.3f   logins %6.1f/s (%.1f..%.1f) ratio %.3f\n", k,
+			median(cr[k]), slices.Min(cr[k]), slices.Max(cr[k]), median(cr[k])/median(cr["memory"]),
+			median(lr[k]), slices.Min(lr[k]), slices.Max(lr[k]), median(lr[k])/median(lr["memory"]))
+	}
+
+	// Ban propagation: a ban made on a (budget 1) refused by b.
+	o := base
+	o.Failures = 1
+	o.Extra = redisExtra
+	a, b := startGuard(t, d.Addr, o), startGuard(t, d.Addr, o)
+	var lat []float64
+	for i := 1; i <= 15; i++ {
+		src := fmt.Sprintf("127.0.2.%d", i)
+		r := dialRaw(t, src, a.Addr)
+		r.expect(220)
+		r.send("USER "+testUser, "PASS wrong")
+		r.expect(331)
+		r.expect(530) // the ban is made (and published) before this reply
+		start := time.Now()
+		for {
+			p := dialRaw(t, src, b.Addr)
+			code, _ := p.reply()
+			p.c.Close()
+			if code == 421 {
+				break
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Fatal("ban never reached the other instance")
+			}
+		}
+		lat = append(lat, float64(time.Since(start).Microseconds()))
+	}
+	fmt.Printf("ban propagation a→b (until b's greeting is 421, %d bans): median %.0f µs (%.0f..%.0f)\n",
+		len(lat), median(lat), slices.Min(lat), slices.Max(lat))
+}

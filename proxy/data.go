@@ -168,7 +168,7 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 		if err == nil && from == s.peer.Addr() {
 			break
 		}
-		s.log.Warn("reject", "reason", "data connection from foreign address", "from", from.String(), "err", err)
+		s.srv.reject(s.log, "data connection from foreign address", "from", from.String(), "err", err)
 		c.Close()
 	}
 	ln.Close()
@@ -201,8 +201,9 @@ func (s *session) relayData(client, backend net.Conn) {
 		s.armClientDeadline()
 	}()
 	errc := make(chan error, 2)
-	go copyHalf(backend, client, errc) // upload
-	go copyHalf(client, backend, errc) // download
+	obs := s.srv.obs
+	go copyHalf(backend, client, errc, func(n int64) { obs.Bytes(true, n) })  // upload
+	go copyHalf(client, backend, errc, func(n int64) { obs.Bytes(false, n) }) // download
 	for range 2 {
 		if err := <-errc; err != nil {
 			// A reset or a closed leg: end both ways at once.
@@ -215,8 +216,9 @@ func (s *session) relayData(client, backend net.Conn) {
 // copyHalf copies src to dst, then half-closes dst so its reader sees EOF.
 // Between two *net.TCPConn (also behind a go-proxyproto Conn, whose
 // WriteTo hands over its socket) io.Copy lets the kernel splice.
-func copyHalf(dst, src net.Conn, errc chan<- error) {
-	_, err := io.Copy(dst, src)
+func copyHalf(dst, src net.Conn, errc chan<- error, count func(int64)) {
+	n, err := io.Copy(dst, src)
+	count(n)
 	closeWrite(dst)
 	errc <- err
 }

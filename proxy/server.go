@@ -118,6 +118,7 @@ func (c Config) withDefaults() Config {
 // Server proxies FTP sessions to one backend. Make it with New; it is safe
 // for concurrent use, and one Server may Serve several listeners.
 type Server struct {
+	obs   Observer
 	lim   *limiter.Limiter
 	users *limiter.Users // per-username budgets; nil: off
 	log   *slog.Logger
@@ -151,6 +152,7 @@ func New(cfg Config, lim *limiter.Limiter, log *slog.Logger) (*Server, error) {
 		log = slog.Default()
 	}
 	s := &Server{
+		obs:       nopObserver{},
 		lim:       lim,
 		log:       log,
 		listeners: make(map[*net.Listener]struct{}),
@@ -161,6 +163,25 @@ func New(cfg Config, lim *limiter.Limiter, log *slog.Logger) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.SetConfig(cfg)
 	return s, nil
+}
+
+// SetObserver makes o receive the proxy's events (call before Serve).
+func (s *Server) SetObserver(o Observer) {
+	if o == nil {
+		o = nopObserver{}
+	}
+	s.obs = o
+}
+
+// reject logs a refusal (connection, command or data connection) and
+// reports it to the observer.
+func (s *Server) reject(log *slog.Logger, reason string, args ...any) {
+	level := slog.LevelWarn
+	if reason == "banned" {
+		level = slog.LevelInfo // one line per refused connection of a banned peer: routine
+	}
+	log.Log(context.Background(), level, "reject", append([]any{"reason", reason}, args...)...)
+	s.obs.Reject(reason)
 }
 
 // SetUsers turns on per-username budgets (call before Serve): a username
@@ -316,7 +337,7 @@ func (s *Server) handle(c net.Conn) {
 	id := s.nextID.Add(1)
 	e, err := endpointsOf(c)
 	if err != nil {
-		s.log.Warn("reject", "session", id, "reason", "PROXY header", "err", err)
+		s.reject(s.log, "PROXY header", "session", id, "err", err)
 		c.Close()
 		return
 	}
@@ -331,17 +352,17 @@ func (s *Server) handle(c net.Conn) {
 
 	d := s.lim.Check(now, peer.Addr())
 	if d.StoreDown {
-		log.Warn("reject", "reason", "store unreachable (fail_closed)")
+		s.reject(log, "store unreachable (fail_closed)")
 		refuse(c, "421 Service temporarily unavailable, try again later.")
 		return
 	}
 	if !d.Allowed {
-		log.Info("reject", "reason", "banned", "key", d.Key.String(), "until", d.Ban.Until.Format(time.RFC3339))
+		s.reject(log, "banned", "key", d.Key.String(), "until", d.Ban.Until.Format(time.RFC3339))
 		refuse(c, fmt.Sprintf("421 Service not available: %s is banned for repeated login failures.", peer.Addr()))
 		return
 	}
 	if reason := s.acquire(peer.Addr()); reason != "" {
-		log.Info("reject", "reason", reason)
+		s.reject(log, reason)
 		msg := "421 Too many connections, try again later."
 		if reason == "max_conns_per_ip" {
 			msg = "421 Too many connections from your address."
@@ -360,6 +381,7 @@ func (s *Server) handle(c net.Conn) {
 	start := time.Now()
 	bc, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Backend)
 	cancel()
+	s.obs.BackendDial(time.Since(start), err)
 	if err != nil {
 		log.Error("backend unreachable", "backend", cfg.Backend, "err", err, "after", time.Since(start).Round(time.Millisecond))
 		refuse(c, "421 Service not available, the FTP server cannot be reached.")
@@ -385,6 +407,8 @@ func (s *Server) handle(c net.Conn) {
 	}
 	s.sessions[ss] = struct{}{}
 	s.mu.Unlock()
+	s.obs.SessionStart()
+	defer s.obs.SessionEnd()
 	ss.run()
 	s.mu.Lock()
 	delete(s.sessions, ss)

@@ -187,7 +187,7 @@ func (s *session) commandError(err error) bool {
 	switch {
 	case errors.Is(err, ftpproto.ErrBadLine):
 		if s.first.isProxyV2() {
-			s.log.Warn("reject", "reason", "PROXY header from untrusted source")
+			s.srv.reject(s.log, "PROXY header from untrusted source")
 			s.finish(421, "PROXY protocol not accepted from your address.")
 			return false
 		}
@@ -198,7 +198,7 @@ func (s *session) commandError(err error) bool {
 		s.replyLocal(ftpproto.NewReply(500, "Syntax error: invalid byte in command line."))
 		return true
 	case errors.Is(err, ftpproto.ErrLineTooLong):
-		s.log.Warn("reject", "reason", "line too long", "max_line", cfg.MaxLine)
+		s.srv.reject(s.log, "line too long", "max_line", cfg.MaxLine)
 		s.finish(500, "Command line too long; closing control connection.")
 		return false
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -253,7 +253,7 @@ func (s *session) countPreauth() bool {
 	}
 	s.preauth++
 	if max := s.srv.config().MaxPreauthCommands; s.preauth > max {
-		s.log.Warn("reject", "reason", "max_preauth_commands", "max", max)
+		s.srv.reject(s.log, "max_preauth_commands", "max", max)
 		s.finish(421, "Too many commands before login; closing control connection.")
 		return false
 	}
@@ -279,7 +279,7 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		// pipelined USER+PASS must not hold the token its PASS needs), but
 		// a banned key goes no further, and a 530 to it is penalised.
 		if d := s.srv.lim.Check(time.Now(), s.peer.Addr()); !d.Allowed {
-			s.log.Warn("reject", "reason", "banned", "cmd", cmd.Verb, "key", d.Key.String())
+			s.srv.reject(s.log, "banned", "cmd", cmd.Verb, "key", d.Key.String())
 			s.finish(421, "Too many failed logins from your address; try again later.")
 			return false
 		}
@@ -326,7 +326,7 @@ func (s *session) command(cmd ftpproto.Command) bool {
 	case "PROXY":
 		// A PROXY protocol header from a source not trusted to send one:
 		// an attempt to choose its own address.
-		s.log.Warn("reject", "reason", "PROXY header from untrusted source")
+		s.srv.reject(s.log, "PROXY header from untrusted source")
 		s.finish(421, "PROXY protocol not accepted from your address.")
 		return false
 	}
@@ -353,6 +353,7 @@ func (s *session) refusedForUser() bool {
 	if ud.TooManyNames {
 		reason = "too many usernames from key"
 	}
+	s.srv.reject(s.log, reason, "user", s.user, "user_remaining", ud.Remaining)
 	u.Failure(now, s.user, key)
 	s.mu.Lock()
 	banned, hold := s.failedOrPenalizedLocked(now, "PASS", 530, reason, true)
@@ -383,12 +384,12 @@ func (s *session) attempt(verb string) bool {
 		return true
 	}
 	if d.StoreDown {
-		s.log.Warn("reject", "reason", "store unreachable (fail_closed)", "cmd", verb)
+		s.srv.reject(s.log, "store unreachable (fail_closed)", "cmd", verb)
 		s.finish(421, "Service temporarily unavailable, try again later.")
 		return false
 	}
 	if d.Busy {
-		s.log.Warn("reject", "reason", "attempts in flight", "cmd", verb, "key", d.Key.String())
+		s.srv.reject(s.log, "attempts in flight", "cmd", verb, "key", d.Key.String())
 		s.finish(421, "Too many logins in progress from your address; try again later.")
 		return false
 	}
@@ -396,7 +397,7 @@ func (s *session) attempt(verb string) bool {
 	if d.NewBan {
 		s.logBanLocked(d)
 	}
-	s.log.Warn("reject", "reason", "budget exhausted", "cmd", verb, "user", s.user, "key", d.Key.String())
+	s.srv.reject(s.log, "budget exhausted", "cmd", verb, "user", s.user, "key", d.Key.String())
 	s.mu.Unlock()
 	s.finish(421, "Too many failed logins from your address; try again later.")
 	return false
@@ -640,6 +641,7 @@ func (s *session) loginOKLocked(now time.Time, p pending, r ftpproto.Reply) {
 	if r.Code == 230 || r.Code == 202 {
 		if !s.loggedIn.Swap(true) {
 			s.log.Info("login ok", "user", s.user)
+			s.srv.obs.Login(true)
 		}
 		s.armClientDeadline()
 	}
@@ -662,6 +664,7 @@ func (s *session) failedOrPenalizedLocked(now time.Time, verb string, code int, 
 	}
 	s.log.Warn("login failed", "user", s.user, "cmd", verb, "code", code, "why", why,
 		"remaining", d.Remaining, "allowlisted", d.Allowlisted)
+	s.srv.obs.Login(false)
 	if d.NewBan {
 		s.logBanLocked(d)
 	}
@@ -680,6 +683,7 @@ func (c *Config) tarpit(d limiter.Decision) time.Duration {
 }
 
 func (s *session) logBanLocked(d limiter.Decision) {
+	s.srv.obs.Ban()
 	s.log.Warn("ban", "key", d.Key.String(), "user", s.user, "until", d.Ban.Until.Format(time.RFC3339),
 		"for", d.Ban.Until.Sub(time.Now()).Round(time.Second), "count", d.Ban.Count, "reason", d.Ban.Reason)
 }
