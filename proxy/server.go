@@ -81,6 +81,10 @@ type Config struct {
 	// Budget is the limiter's failures per key, to count a key's failures
 	// from Decision.Remaining for the tarpit. Default 5.
 	Budget int
+	// Observe is the safe first-rollout mode: everything is counted, logged
+	// and reported, but no one is refused or closed for a ban, a budget or
+	// a user budget; the log says what would have been done.
+	Observe bool
 	// SendProxy, 1 or 2, sends a PROXY header of that version to the
 	// backend on each control connection, so that the daemon sees the true
 	// peer. 0: none.
