@@ -1,0 +1,57 @@
+package integration
+
+import (
+	"fmt"
+	"testing"
+)
+
+// TestDistributedGuessing: 50 addresses (127.0.1.1–127.0.1.50), each under
+// its per-address budget, guess one account. The guesses that reach the
+// daemon stay within the account's budget, while the owner, logging in
+// from its known address, keeps getting in throughout.
+func TestDistributedGuessing(t *testing.T) {
+	const userBudget = 10
+	d := startVsftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{Failures: 5, Extra: fmt.Sprintf("[user_limits]\nfailures = %d\n", userBudget)})
+	owner := func() {
+		t.Helper()
+		c, err := ftpClient(t, "127.0.0.80", g.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Quit()
+		if err := c.Login(testUser, testPass); err != nil {
+			t.Fatalf("owner's login during the attack: %v", err)
+		}
+	}
+	owner() // the owner's address becomes known-good
+	guesses, refusedLocally := 0, 0
+	for round := 0; round < 2; round++ {
+		for i := 1; i <= 50; i++ {
+			r := dialRaw(t, fmt.Sprintf("127.0.1.%d", i), g.Addr)
+			r.expect(220)
+			r.send("USER "+testUser, fmt.Sprintf("PASS botnet-%d-%d", round, i))
+			r.expect(331)
+			if code, _ := r.reply(); code != 530 {
+				t.Fatalf("guess from 127.0.1.%d: %d; want 530", i, code)
+			}
+			r.c.Close()
+			guesses++
+			if i%10 == 0 {
+				owner()
+			}
+		}
+	}
+	waitFor(t, "every refusal logged", func() bool {
+		refusedLocally = g.Count(t, "reject", "reason", "user budget spent")
+		return refusedLocally+d.FailedLogins(t) >= guesses
+	})
+	if n := d.FailedLogins(t); n > userBudget {
+		t.Fatalf("the daemon saw %d failed logins from 50 addresses; want ≤ %d (the account's budget)", n, userBudget)
+	}
+	if g.Count(t, "ban") != 0 {
+		t.Fatal("an address under its own budget was banned")
+	}
+	t.Logf("%d guesses from 50 addresses: %d reached vsftpd (user budget %d), %d answered 530 by ftpguard; owner logged in %d times",
+		guesses, d.FailedLogins(t), userBudget, refusedLocally, 11)
+}
