@@ -638,3 +638,28 @@ func TestTarpit(t *testing.T) {
 		t.Fatalf("held reply %d; want 530", code)
 	}
 }
+
+// TestObserveMode: everything is counted and the would-be refusals are
+// logged, but nothing is refused: every guess reaches the daemon, and the
+// banned peer still connects.
+func TestObserveMode(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{Observe: true, FailureDelay: time.Second, MaxPreauthCommands: 50}, limiter.Config{Failures: 2, Window: time.Hour, BanTime: time.Hour})
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send(strings.Repeat("USER u\r\nPASS bad\r\n", 5) + "QUIT\r\n")
+	if got := fmt.Sprint(c.replies()); got != "[331 530 331 530 331 530 331 530 331 530 221]" {
+		t.Fatalf("replies %s", got)
+	}
+	if n := f.count("PASS bad"); n != 5 {
+		t.Fatalf("daemon saw %d guesses; want all 5 in observe mode", n)
+	}
+	if p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")).Allowed {
+		t.Fatal("the limiter did not record the ban that would have been made")
+	}
+	dial(t, p.addr).expect(220)
+	logs := p.logs.String()
+	if !strings.Contains(logs, "observe: would reject") || !strings.Contains(logs, "msg=ban") {
+		t.Fatalf("want ban and would-reject events:\n%s", logs)
+	}
+}

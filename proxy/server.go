@@ -188,6 +188,19 @@ func (s *Server) reject(log *slog.Logger, reason string, args ...any) {
 	s.obs.Reject(reason)
 }
 
+// enforce reports whether a refusal for reason is carried out. In observe
+// mode it is not: the log says what would have been done, and the session
+// goes on. Otherwise the refusal is logged and reported (see reject).
+func (s *Server) enforce(log *slog.Logger, reason string, args ...any) bool {
+	if s.config().Observe {
+		log.Warn("observe: would reject", append([]any{"reason", reason}, args...)...)
+		s.obs.Reject("observe")
+		return false
+	}
+	s.reject(log, reason, args...)
+	return true
+}
+
 // SetUsers turns on per-username budgets (call before Serve): a username
 // whose budget is spent is answered 530 by the proxy, without reaching the
 // daemon, for every key that has not logged in to it before.
@@ -317,7 +330,7 @@ func (s *Server) acquire(addr netip.Addr) string {
 		return "shutting down"
 	case s.conns >= cfg.MaxConns:
 		return "max_conns"
-	case s.perIP[addr] >= cfg.MaxConnsPerIP:
+	case s.perIP[addr] >= cfg.MaxConnsPerIP && !cfg.Observe:
 		return "max_conns_per_ip"
 	}
 	s.conns++
@@ -355,15 +368,17 @@ func (s *Server) handle(c net.Conn) {
 	now := time.Now()
 
 	d := s.lim.Check(now, peer.Addr())
-	if d.StoreDown {
-		s.reject(log, "store unreachable (fail_closed)")
-		refuse(c, "421 Service temporarily unavailable, try again later.")
-		return
-	}
-	if !d.Allowed {
-		s.reject(log, "banned", "key", d.Key.String(), "until", d.Ban.Until.Format(time.RFC3339))
-		refuse(c, fmt.Sprintf("421 Service not available: %s is banned for repeated login failures.", peer.Addr()))
-		return
+	switch {
+	case d.StoreDown:
+		if s.enforce(log, "store unreachable (fail_closed)") {
+			refuse(c, "421 Service temporarily unavailable, try again later.")
+			return
+		}
+	case !d.Allowed:
+		if s.enforce(log, "banned", "key", d.Key.String(), "until", d.Ban.Until.Format(time.RFC3339)) {
+			refuse(c, fmt.Sprintf("421 Service not available: %s is banned for repeated login failures.", peer.Addr()))
+			return
+		}
 	}
 	if reason := s.acquire(peer.Addr()); reason != "" {
 		s.reject(log, reason)

@@ -278,8 +278,8 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		// USER carries no secret: it takes no place in the budget (a
 		// pipelined USER+PASS must not hold the token its PASS needs), but
 		// a banned key goes no further, and a 530 to it is penalised.
-		if d := s.srv.lim.Check(time.Now(), s.peer.Addr()); !d.Allowed {
-			s.srv.reject(s.log, "banned", "cmd", cmd.Verb, "key", d.Key.String())
+		if d := s.srv.lim.Check(time.Now(), s.peer.Addr()); !d.Allowed && !d.StoreDown &&
+			s.srv.enforce(s.log, "banned", "cmd", cmd.Verb, "key", d.Key.String()) {
 			s.finish(421, "Too many failed logins from your address; try again later.")
 			return false
 		}
@@ -353,10 +353,13 @@ func (s *session) refusedForUser() bool {
 	if ud.TooManyNames {
 		reason = "too many usernames from key"
 	}
-	s.srv.reject(s.log, reason, "user", s.user, "user_remaining", ud.Remaining)
+	if !s.srv.enforce(s.log, reason, "user", s.user, "user_remaining", ud.Remaining) {
+		return false // observe mode: forwarded, counted on its reply
+	}
 	u.Failure(now, s.user, key)
 	s.mu.Lock()
 	banned, hold := s.failedOrPenalizedLocked(now, "PASS", 530, reason, true)
+	banned = banned && !s.srv.config().Observe
 	s.mu.Unlock()
 	if banned {
 		s.finish(421, "Too many failed logins from your address; closing control connection.")
@@ -383,24 +386,29 @@ func (s *session) attempt(verb string) bool {
 	if d.Allowed {
 		return true
 	}
-	if d.StoreDown {
-		s.srv.reject(s.log, "store unreachable (fail_closed)", "cmd", verb)
-		s.finish(421, "Service temporarily unavailable, try again later.")
-		return false
-	}
-	if d.Busy {
-		s.srv.reject(s.log, "attempts in flight", "cmd", verb, "key", d.Key.String())
-		s.finish(421, "Too many logins in progress from your address; try again later.")
-		return false
-	}
-	s.mu.Lock()
 	if d.NewBan {
+		s.mu.Lock()
 		s.logBanLocked(d)
+		s.mu.Unlock()
 	}
-	s.srv.reject(s.log, "budget exhausted", "cmd", verb, "user", s.user, "key", d.Key.String())
-	s.mu.Unlock()
-	s.finish(421, "Too many failed logins from your address; try again later.")
-	return false
+	switch {
+	case d.StoreDown:
+		if s.srv.enforce(s.log, "store unreachable (fail_closed)", "cmd", verb) {
+			s.finish(421, "Service temporarily unavailable, try again later.")
+			return false
+		}
+	case d.Busy:
+		if s.srv.enforce(s.log, "attempts in flight", "cmd", verb, "key", d.Key.String()) {
+			s.finish(421, "Too many logins in progress from your address; try again later.")
+			return false
+		}
+	default:
+		if s.srv.enforce(s.log, "budget exhausted", "cmd", verb, "user", s.user, "key", d.Key.String()) {
+			s.finish(421, "Too many failed logins from your address; try again later.")
+			return false
+		}
+	}
+	return true // observe mode: forwarded all the same, and still counted
 }
 
 // forward queues p and sends cmd's canonical form to the backend: never
@@ -621,6 +629,10 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		s.queue = s.queue[1:]
 	}
 	s.signalDrainedLocked()
+	if banned && s.srv.config().Observe {
+		s.log.Warn("observe: would reject", "reason", "banned", "cmd", p.verb)
+		banned = false
+	}
 	if banned {
 		s.writeLocked(ftpproto.NewReply(421, "Too many failed logins from your address; closing control connection."))
 		return false
@@ -675,7 +687,7 @@ func (s *session) failedOrPenalizedLocked(now time.Time, verb string, code int, 
 // failure delay doubled for each failure of the key within its budget
 // (1s, 2s, 4s, …), capped. Allowlisted keys are not delayed.
 func (c *Config) tarpit(d limiter.Decision) time.Duration {
-	if c.FailureDelay <= 0 || d.Allowlisted {
+	if c.FailureDelay <= 0 || d.Allowlisted || c.Observe {
 		return 0
 	}
 	n := min(max(c.Budget-d.Remaining-1, 0), 20)
