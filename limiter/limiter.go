@@ -147,6 +147,8 @@ type Limiter struct {
 	stop       context.CancelFunc
 	wg         sync.WaitGroup
 	closeOnce  sync.Once
+
+	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their
@@ -308,6 +310,7 @@ func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
 	l.mu.Unlock()
 	if d.NewBan {
 		l.saveBan(d.Ban, seq)
+		l.notify(BanChange{Ban: d.Ban})
 	}
 	return d
 }
@@ -447,6 +450,7 @@ func (l *Limiter) fail(now time.Time, addr netip.Addr, settle bool) Decision {
 	l.mu.Unlock()
 	if d.NewBan {
 		l.saveBan(d.Ban, seq)
+		l.notify(BanChange{Ban: d.Ban})
 	}
 	return d
 }
@@ -493,7 +497,9 @@ func (l *Limiter) BanKey(now time.Time, key netip.Prefix, d time.Duration, reaso
 	}
 	ban, seq := l.banLocked(now, s, p, d, reason)
 	l.mu.Unlock()
-	return ban, l.saveBan(ban, seq)
+	err = l.saveBan(ban, seq)
+	l.notify(BanChange{Ban: ban})
+	return ban, err
 }
 
 // Unban lifts the ban of the prefix key (as given to BanKey, or a Ban's Key)
@@ -510,7 +516,9 @@ func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
 	l.mu.Lock()
 	r := l.bans.recs[keyOf(p)]
 	lifted := r != nil && r.active && l.clock.Before(r.ban.Until)
+	var old Ban
 	if r != nil {
+		old = r.ban
 		l.bans.remove(r)
 		l.syncLocked()
 	}
@@ -520,7 +528,11 @@ func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
 	l.seq++
 	seq := l.seq
 	l.mu.Unlock()
-	return lifted, l.deleteBan(p, seq)
+	err = l.deleteBan(p, seq)
+	if lifted {
+		l.notify(BanChange{Ban: old, Lifted: true})
+	}
+	return lifted, err
 }
 
 // Bans returns the bans in force at now, sorted by Until.

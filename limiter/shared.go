@@ -169,8 +169,11 @@ func (l *Limiter) onEvent(ev BanEvent) {
 		}
 		ev.Ban.Key = p
 		l.mu.Lock()
-		l.installLocked(l.cfg.Load(), ev.Ban)
+		learned := l.installLocked(l.cfg.Load(), ev.Ban) && ev.Ban.Active(l.clock)
 		l.mu.Unlock()
+		if learned {
+			l.notify(BanChange{Ban: ev.Ban, Remote: true})
+		}
 	case EventUnban:
 		p, err := normPrefix(ev.Ban.Key)
 		if err != nil {
@@ -178,7 +181,11 @@ func (l *Limiter) onEvent(ev BanEvent) {
 		}
 		l.mu.Lock()
 		r := l.bans.recs[keyOf(p)]
+		var lifted []BanChange
 		if r != nil && r.synced {
+			if r.active && r.ban.Active(l.clock) {
+				lifted = append(lifted, BanChange{Ban: r.ban, Lifted: true, Remote: true})
+			}
 			l.bans.remove(r)
 			l.syncLocked()
 			l.seq++
@@ -187,6 +194,7 @@ func (l *Limiter) onEvent(ev BanEvent) {
 			l.unbanned[keyOf(p)] = true
 		}
 		l.mu.Unlock()
+		l.notify(lifted...)
 		if r != nil && !r.synced {
 			// Our write of this ban is under way or queued: whether it
 			// landed before the unban or after, only the store can tell. A
@@ -347,6 +355,7 @@ func (l *Limiter) resyncBans() error {
 		return fmt.Errorf("%w: load bans: %w", ErrStore, err)
 	}
 	seen := make(map[bkey]bool, len(bans))
+	var changes []BanChange                              // for the hook
 	for chunk := range slices.Chunk(bans, resyncBatch) { // Check waits one chunk at most
 		l.mu.Lock()
 		s := l.cfg.Load()
@@ -358,19 +367,27 @@ func (l *Limiter) resyncBans() error {
 			b.Key = p
 			if k := keyOf(p); !l.unbanned[k] {
 				seen[k] = true
-				l.installLocked(s, b)
+				if l.installLocked(s, b) && b.Active(l.clock) {
+					changes = append(changes, BanChange{Ban: b, Remote: true})
+				}
 			}
 		}
 		l.mu.Unlock()
+		l.notify(changes...)
+		changes = changes[:0]
 	}
 	l.mu.Lock()
 	for k, r := range l.bans.recs {
 		if r.synced && r.seq <= seq0 && !seen[k] {
+			if r.active && r.ban.Active(l.clock) {
+				changes = append(changes, BanChange{Ban: r.ban, Lifted: true, Remote: true})
+			}
 			l.bans.remove(r)
 		}
 	}
 	l.syncLocked()
 	l.mu.Unlock()
+	l.notify(changes...)
 	return nil
 }
 
@@ -481,10 +498,11 @@ func (l *Limiter) attemptShared(now time.Time, s *settings, addr netip.Addr, d D
 		l.mu.Unlock()
 		if d.NewBan {
 			l.saveBan(d.Ban, seq)
+			l.notify(BanChange{Ban: d.Ban})
 		}
 		return d
 	}
-	defer l.mu.Unlock()
+	var change *BanChange
 	switch res.Verdict {
 	case SharedAllowed:
 		// The local budget keeps this limiter's places, for the local
@@ -495,12 +513,19 @@ func (l *Limiter) attemptShared(now time.Time, s *settings, addr netip.Addr, d D
 	case SharedBusy:
 		d.Busy = true
 	case SharedBanned:
-		l.installLocked(s, res.Ban)
+		if l.installLocked(s, res.Ban) && res.Ban.Active(l.clock) {
+			change = &BanChange{Ban: res.Ban, Remote: true}
+		}
 		d.Ban = res.Ban
 	case SharedNewBan:
 		l.installLocked(s, res.Ban)
 		l.bansCreated++
 		d.Ban, d.NewBan = res.Ban, true
+		change = &BanChange{Ban: res.Ban}
+	}
+	l.mu.Unlock()
+	if change != nil {
+		l.notify(*change)
 	}
 	return d
 }
@@ -532,10 +557,11 @@ func (l *Limiter) failShared(now time.Time, s *settings, addr netip.Addr, d Deci
 		l.mu.Unlock()
 		if d.NewBan {
 			l.saveBan(d.Ban, seq)
+			l.notify(BanChange{Ban: d.Ban})
 		}
 		return d
 	}
-	defer l.mu.Unlock()
+	var change *BanChange
 	switch res.Verdict {
 	case SharedAllowed, SharedBusy:
 		// Under a ban of another prefix (BanKey), the guess counted against
@@ -546,12 +572,19 @@ func (l *Limiter) failShared(now time.Time, s *settings, addr netip.Addr, d Deci
 			d.Allowed, d.Remaining = true, res.Remaining
 		}
 	case SharedBanned:
-		l.installLocked(s, res.Ban)
+		if l.installLocked(s, res.Ban) && res.Ban.Active(l.clock) {
+			change = &BanChange{Ban: res.Ban, Remote: true}
+		}
 		d.Ban = res.Ban
 	case SharedNewBan:
 		l.installLocked(s, res.Ban)
 		l.bansCreated++
 		d.Ban, d.NewBan = res.Ban, true
+		change = &BanChange{Ban: res.Ban}
+	}
+	l.mu.Unlock()
+	if change != nil {
+		l.notify(*change)
 	}
 	return d
 }
