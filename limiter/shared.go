@@ -355,7 +355,8 @@ func (l *Limiter) resyncBans() error {
 		return fmt.Errorf("%w: load bans: %w", ErrStore, err)
 	}
 	seen := make(map[bkey]bool, len(bans))
-	var changes []BanChange                              // for the hook
+	// changes are reported to the hook once the lock is released.
+	var changes []BanChange
 	for chunk := range slices.Chunk(bans, resyncBatch) { // Check waits one chunk at most
 		l.mu.Lock()
 		s := l.cfg.Load()
