@@ -188,14 +188,19 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 		return
 	}
 	defer s.untrackData(bc)
-	s.relayData(c, bc)
+	cc, err := s.secureData(c)
+	if err != nil {
+		s.log.Info("TLS handshake on data connection failed", "err", err)
+		return
+	}
+	s.relayData(cc, bc)
 }
 
 // relayData copies both ways between the client's and the backend's data
 // connections until both ways have ended.
 func (s *session) relayData(client, backend net.Conn) {
 	s.transfers.Add(1)
-	s.client.SetReadDeadline(time.Time{})
+	s.raw.SetReadDeadline(time.Time{})
 	defer func() {
 		s.transfers.Add(-1)
 		s.armClientDeadline()

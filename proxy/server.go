@@ -11,6 +11,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,15 @@ type Config struct {
 	// Budget is the limiter's failures per key, to count a key's failures
 	// from Decision.Remaining for the tarpit. Default 5.
 	Budget int
+	// TLS, when set, terminates FTPS at the proxy: AUTH TLS on the control
+	// port (explicit), or ServeImplicitTLS listeners; PROT P secures the
+	// data connections with the client. Nil: AUTH is answered 534.
+	TLS *tls.Config
+	// RequireTLS refuses USER/PASS before AUTH TLS (530).
+	RequireTLS bool
+	// Active accepts PORT/EPRT (for the client's own address and a port ≥
+	// 1024 only). False: they are answered 502.
+	Active bool
 	// Observe is the safe first-rollout mode: everything is counted, logged
 	// and reported, but no one is refused or closed for a ban, a budget or
 	// a user budget; the log says what would have been done.
@@ -218,7 +228,18 @@ func (s *Server) config() *Config { return s.cfg.Load() }
 // Serve accepts connections on l and serves each in its own goroutine. It
 // returns ErrServerClosed after Shutdown or Close, or the listener's error.
 // Temporary accept errors (e.g. EMFILE) are retried with a growing pause.
-func (s *Server) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error { return s.serve(l, false) }
+
+// ServeImplicitTLS is Serve for implicit FTPS (e.g. port 990): TLS from the
+// first byte, with Config.TLS; data connections are protected by default.
+func (s *Server) ServeImplicitTLS(l net.Listener) error {
+	if s.config().TLS == nil {
+		return errors.New("proxy: implicit TLS without a TLS config")
+	}
+	return s.serve(l, true)
+}
+
+func (s *Server) serve(l net.Listener, implicit bool) error {
 	l = s.wrapListener(l)
 	if !s.trackListener(&l, true) {
 		return ErrServerClosed
@@ -245,7 +266,7 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		pause = 0
-		go s.handle(c)
+		go s.handle(c, implicit)
 	}
 }
 
@@ -350,7 +371,7 @@ func (s *Server) release(addr netip.Addr) {
 }
 
 // handle runs one client connection from the gate to the end.
-func (s *Server) handle(c net.Conn) {
+func (s *Server) handle(c net.Conn, implicit bool) {
 	id := s.nextID.Add(1)
 	e, err := endpointsOf(c)
 	if err != nil {
@@ -396,6 +417,19 @@ func (s *Server) handle(c net.Conn) {
 	log.Info("connect", "local", e.reached.String(), "via_balancer", e.viaLB)
 
 	cfg := s.config()
+	client := c
+	if implicit {
+		tc := tls.Server(c, cfg.TLS)
+		hctx, hcancel := context.WithTimeout(s.ctx, cfg.LoginTimeout)
+		err := tc.HandshakeContext(hctx)
+		hcancel()
+		if err != nil {
+			log.Info("TLS handshake failed", "err", err)
+			c.Close()
+			return
+		}
+		client = tc
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, cfg.DialTimeout)
 	start := time.Now()
 	bc, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Backend)
@@ -416,7 +450,11 @@ func (s *Server) handle(c net.Conn) {
 		}
 	}
 
-	ss := newSession(s, c, bc, e, log)
+	ss := newSession(s, c, client, bc, e, log)
+	if implicit {
+		ss.tlsOn.Store(true)
+		ss.protP.Store(true)
+	}
 	s.mu.Lock()
 	if s.ctx.Err() != nil { // Close ran while we dialed
 		s.mu.Unlock()

@@ -38,7 +38,8 @@ type pending struct {
 // pipelined commands are each seen and each attempt is settled once.
 type session struct {
 	srv     *Server
-	client  net.Conn
+	raw     net.Conn // the client's socket (behind go-proxyproto, maybe)
+	client  net.Conn // raw, or the TLS conn over it after AUTH TLS; guarded by mu once TLS can start
 	backend net.Conn
 	peer    netip.AddrPort // the client's true address
 	ends    endpoints
@@ -48,6 +49,8 @@ type session struct {
 	loggedIn  atomic.Bool
 	transfers atomic.Int32
 	closing   atomic.Bool
+	tlsOn     atomic.Bool // the control connection is TLS
+	protP     atomic.Bool // PROT P: data connections with the client are TLS
 	clientEOF atomic.Bool
 	closeOnce sync.Once
 	done      chan struct{}  // closed by abort
@@ -64,6 +67,7 @@ type session struct {
 
 	// Owned by relayCommands alone.
 	first   firstBytes // the client's reader, remembering its first bytes
+	cr      *ftpproto.CommandReader
 	preauth int
 	epsvAll bool
 	cbuf    []byte
@@ -74,9 +78,10 @@ type session struct {
 	dataDone bool // the session ended: no new data legs
 }
 
-func newSession(srv *Server, client, backend net.Conn, e endpoints, log *slog.Logger) *session {
+func newSession(srv *Server, raw, client, backend net.Conn, e endpoints, log *slog.Logger) *session {
 	return &session{
 		srv:      srv,
+		raw:      raw,
 		client:   client,
 		backend:  backend,
 		peer:     e.peer,
@@ -120,7 +125,7 @@ func (s *session) abort() {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		s.closing.Store(true)
-		s.client.Close()
+		s.raw.Close()
 		s.backend.Close()
 		s.closeData(true)
 	})
@@ -146,10 +151,10 @@ func (s *session) settle() {
 // ---- client → backend ----
 
 func (s *session) relayCommands() {
-	cr := ftpproto.NewCommandReader(&s.first, s.srv.config().MaxLine)
+	s.cr = ftpproto.NewCommandReader(&s.first, s.srv.config().MaxLine)
 	for {
 		s.armClientDeadline()
-		cmd, err := cr.ReadCommand()
+		cmd, err := s.cr.ReadCommand()
 		if err != nil {
 			if s.commandError(err) {
 				continue
@@ -177,7 +182,7 @@ func (s *session) armClientDeadline() {
 	default:
 		d = time.Now().Add(cfg.IdleTimeout)
 	}
-	s.client.SetReadDeadline(d)
+	s.raw.SetReadDeadline(d)
 }
 
 // commandError handles a failed command read and reports whether the
@@ -270,6 +275,11 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		return false
 	}
 	s.log.Debug("command", "cmd", cmd.String())
+	if cmd.Verb == "USER" || cmd.Verb == "PASS" || cmd.Verb == "ACCT" {
+		if s.srv.config().RequireTLS && !s.tlsOn.Load() {
+			return s.replyLocal(ftpproto.NewReply(530, "TLS required: use AUTH TLS before logging in."))
+		}
+	}
 	switch cmd.Verb {
 	case "USER":
 		s.mu.Lock()
@@ -293,14 +303,13 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		}
 		return s.forward(cmd, pending{verb: cmd.Verb, counted: true, user: s.user})
 	case "AUTH":
-		return s.replyLocal(ftpproto.NewReply(534, "Request denied for policy reason: TLS is not offered by this server."))
+		return s.startTLS(cmd)
+	case "PBSZ", "PROT", "CCC":
+		return s.tlsCommand(cmd)
 	case "REIN":
 		return s.replyLocal(ftpproto.NewReply(502, "REIN not implemented."))
 	case "PORT", "EPRT":
-		if s.epsvAll {
-			return s.replyLocal(ftpproto.NewReply(503, "EPSV ALL in effect; "+cmd.Verb+" refused."))
-		}
-		return s.replyLocal(ftpproto.NewReply(502, "Active mode is not offered by this server; use PASV or EPSV."))
+		return s.activeMode(cmd)
 	case "PASV":
 		if s.epsvAll {
 			return s.replyLocal(ftpproto.NewReply(503, "EPSV ALL in effect; PASV refused."))
@@ -494,7 +503,7 @@ func (s *session) signalDrainedLocked() {
 // to the reset that closing a socket with unread input causes.
 func (s *session) linger() {
 	closeWrite(s.client)
-	s.client.SetReadDeadline(time.Now().Add(time.Second))
+	s.raw.SetReadDeadline(time.Now().Add(time.Second))
 	io.CopyN(io.Discard, s.client, 1<<20)
 	s.abort()
 }
@@ -602,6 +611,8 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		if r.Code == 227 || r.Code == 229 {
 			out = s.openPassive(p.verb, r)
 		}
+	case "FEAT":
+		out = s.rewriteFEAT(r)
 	case "QUIT":
 		keep = false
 	}

@@ -1,0 +1,132 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+)
+
+// TLS is terminated at the proxy, never passed through blind (DESIGN rule
+// 7): a tunnel would hide the replies to PASS from the proxy. The daemon
+// behind it speaks plain FTP.
+
+// startTLS answers AUTH TLS (or SSL): 234, then the server handshake on the
+// control connection. Plaintext that arrived after AUTH in the same read
+// would otherwise be taken as coming from inside TLS (command injection,
+// CVE-2011-0411 style): the session is closed instead.
+func (s *session) startTLS(cmd ftpproto.Command) bool {
+	cfg := s.srv.config()
+	switch {
+	case cfg.TLS == nil:
+		return s.replyLocal(ftpproto.NewReply(534, "Request denied for policy reason: TLS is not offered by this server."))
+	case s.tlsOn.Load():
+		return s.replyLocal(ftpproto.NewReply(503, "Already using TLS."))
+	}
+	switch strings.ToUpper(strings.TrimSpace(cmd.Arg)) {
+	case "TLS", "SSL", "TLS-C", "TLS-P":
+	default:
+		return s.replyLocal(ftpproto.NewReply(504, "AUTH type not supported; use AUTH TLS."))
+	}
+	s.awaitReplies(2 * time.Second)
+	if s.cr.Buffered() > 0 {
+		s.srv.reject(s.log, "plaintext after AUTH TLS", "bytes", s.cr.Buffered())
+		s.finish(421, "Commands sent after AUTH TLS before the handshake; closing.")
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock() // no reply may be written while the handshake runs
+	if !s.writeLocked(ftpproto.NewReply(234, "AUTH TLS successful.")) {
+		return false
+	}
+	tc, err := s.handshake(s.client, cfg)
+	if err != nil {
+		s.log.Info("TLS handshake failed", "err", err)
+		s.abort()
+		return false
+	}
+	s.client = tc
+	s.cr = ftpproto.NewCommandReader(tc, cfg.MaxLine)
+	s.tlsOn.Store(true)
+	return true
+}
+
+// handshake runs a server handshake on c within DataTimeout.
+func (s *session) handshake(c net.Conn, cfg *Config) (*tls.Conn, error) {
+	tc := tls.Server(c, cfg.TLS)
+	ctx, cancel := context.WithTimeout(s.srv.ctx, cfg.DataTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	st := tc.ConnectionState()
+	s.log.Debug("TLS", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite),
+		"resumed", st.DidResume)
+	return tc, nil
+}
+
+// tlsCommand answers PBSZ, PROT and CCC as a server would: the proxy holds
+// the client's TLS, the daemon never sees these.
+func (s *session) tlsCommand(cmd ftpproto.Command) bool {
+	if !s.tlsOn.Load() {
+		return s.replyLocal(ftpproto.NewReply(503, cmd.Verb+" needs AUTH TLS first."))
+	}
+	arg := strings.ToUpper(strings.TrimSpace(cmd.Arg))
+	switch cmd.Verb {
+	case "PBSZ":
+		return s.replyLocal(ftpproto.NewReply(200, "PBSZ=0"))
+	case "PROT":
+		switch arg {
+		case "P":
+			s.protP.Store(true)
+			return s.replyLocal(ftpproto.NewReply(200, "PROT now Private."))
+		case "C":
+			s.protP.Store(false)
+			return s.replyLocal(ftpproto.NewReply(200, "PROT now Clear."))
+		case "S", "E":
+			return s.replyLocal(ftpproto.NewReply(536, "PROT level not supported."))
+		}
+		return s.replyLocal(ftpproto.NewReply(504, "PROT needs C or P."))
+	default: // CCC
+		return s.replyLocal(ftpproto.NewReply(534, "CCC refused: the control channel stays protected."))
+	}
+}
+
+// secureData wraps a client data connection in TLS when PROT P is in
+// force. The client may resume its control session's TLS session (clients
+// and servers such as vsftpd's require_ssl_reuse expect that); Go's server
+// accepts session tickets from the same Config.
+func (s *session) secureData(c net.Conn) (net.Conn, error) {
+	cfg := s.srv.config()
+	if !s.protP.Load() || cfg.TLS == nil {
+		return c, nil
+	}
+	return s.handshake(c, cfg)
+}
+
+// rewriteFEAT makes the FEAT reply advertise AUTH TLS, PBSZ and PROT
+// exactly when the proxy offers them, and EPRT only with active mode.
+func (s *session) rewriteFEAT(r ftpproto.Reply) ftpproto.Reply {
+	if r.Code != 211 || len(r.Lines) < 2 {
+		return r
+	}
+	cfg := s.srv.config()
+	lines := []string{r.Lines[0]}
+	for _, l := range r.Lines[1 : len(r.Lines)-1] {
+		f := strings.ToUpper(strings.TrimSpace(l))
+		switch {
+		case strings.HasPrefix(f, "AUTH"), f == "PBSZ", f == "PROT", f == "CCC":
+			continue
+		case (f == "EPRT" || f == "PORT") && !cfg.Active:
+			continue
+		}
+		lines = append(lines, l)
+	}
+	if cfg.TLS != nil {
+		lines = append(lines, " AUTH TLS", " PBSZ", " PROT")
+	}
+	return ftpproto.Reply{Code: r.Code, Lines: append(lines, r.Lines[len(r.Lines)-1])}
+}
