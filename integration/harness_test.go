@@ -194,11 +194,12 @@ type guardOpts struct {
 
 // guard is an ftpguard process run by a test.
 type guard struct {
-	Addr    string
-	LogPath string
-	Config  string
-	cmd     *exec.Cmd
-	exited  chan error
+	Addr         string
+	ImplicitAddr string // with [tls] mode = "implicit"
+	LogPath      string
+	Config       string
+	cmd          *exec.Cmd
+	exited       chan error
 }
 
 // startGuard runs the ftpguard binary in front of backend with a config
@@ -285,7 +286,12 @@ format = "json"
 	for g.Addr == "" {
 		for _, e := range g.Events(t) {
 			if e["msg"] == "listening" {
-				g.Addr, _ = e["listen"].(string)
+				if a, ok := e["listen"].(string); ok {
+					g.Addr = a
+				}
+				if a, ok := e["implicit_tls"].(string); ok {
+					g.ImplicitAddr = a
+				}
 			}
 		}
 		select {

@@ -25,6 +25,8 @@ import (
 // config.example.toml.
 type Config struct {
 	Listen   string         `toml:"listen"`
+	Active   bool           `toml:"active"`
+	TLS      TLSConfig      `toml:"tls"`
 	Backend  BackendConfig  `toml:"backend"`
 	Passive  PassiveConfig  `toml:"passive"`
 	Limits   LimitsConfig   `toml:"limits"`
@@ -116,6 +118,8 @@ type LogConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:  "0.0.0.0:21",
+		Active:  true,
+		TLS:     TLSConfig{Mode: "off", MinVersion: "1.2", ImplicitListen: "0.0.0.0:990"},
 		Backend: BackendConfig{Address: "127.0.0.1:2121", DialTimeout: 5 * time.Second, SendProxy: "off"},
 		Passive: PassiveConfig{Ports: "50000-50099"},
 		Limits: LimitsConfig{
@@ -188,8 +192,10 @@ func LoadConfig(path string) (*Settings, error) {
 	for _, k := range md.Undecoded() {
 		errs = append(errs, keyError{k.String(), "unknown key"})
 	}
-	if cfg.Store.Path != "" && !filepath.IsAbs(cfg.Store.Path) {
-		cfg.Store.Path = filepath.Join(filepath.Dir(path), cfg.Store.Path)
+	for _, p := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
+		}
 	}
 	st, verrs := cfg.settings()
 	errs = append(errs, verrs...)
@@ -233,6 +239,10 @@ func (c Config) settings() (*Settings, []keyError) {
 
 	s := &Settings{File: c, Listen: c.Listen}
 	checkHostPort("listen", c.Listen)
+	validateTLS(c.TLS, bad)
+	if c.TLS.Mode == "implicit" {
+		checkHostPort("tls.implicit_listen", c.TLS.ImplicitListen)
+	}
 	checkHostPort("backend.address", c.Backend.Address)
 	positive("backend.dial_timeout", c.Backend.DialTimeout)
 
@@ -357,6 +367,8 @@ func (c Config) settings() (*Settings, []keyError) {
 		TrustedProxies:     trusted,
 		ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,
 		SendProxy:          sendProxy,
+		RequireTLS:         c.TLS.Require,
+		Active:             c.Active,
 		FailureDelay:       l.FailureDelay,
 		MaxFailureDelay:    l.MaxFailureDelay,
 		Budget:             l.Failures,
@@ -382,6 +394,12 @@ func (c Config) settings() (*Settings, []keyError) {
 	atLeast("user_limits.max_names_per_key", u.MaxNamesPerKey, 0)
 	atLeast("user_limits.max_tracked", u.MaxTracked, 1)
 	s.Limiter.FailClosed = c.Store.FailClosed
+	if len(errs) == 0 {
+		var err error
+		if s.Proxy.TLS, err = loadTLS(c.TLS); err != nil {
+			bad("tls.cert", "%v", err)
+		}
+	}
 	if len(errs) == 0 {
 		for _, v := range []error{s.Limiter.Validate(), s.Users.Validate()} {
 			var ce *limiter.ConfigError

@@ -130,13 +130,23 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "listen", ln.Addr().String(), "backend", st.Proxy.Backend, "version", versionString())
+	log.Info("listening", "listen", ln.Addr().String(), "backend", st.Proxy.Backend, "version", versionString(),
+		"tls", st.File.TLS.Mode)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if st.File.TLS.Mode == "implicit" {
+		iln, err := net.Listen("tcp", st.File.TLS.ImplicitListen)
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		log.Info("listening", "implicit_tls", iln.Addr().String())
+		go func() { errc <- srv.ServeImplicitTLS(iln) }()
+	}
 
 	for {
 		select {
