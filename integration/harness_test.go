@@ -190,12 +190,21 @@ type guardOpts struct {
 	SendProxy     string
 	Dir           string // config and state directory; "" = a new one
 	Extra         string // raw TOML appended at the end (tables allowed)
+	// Admin is [admin] listen: "" = off (the harness default, so that
+	// parallel tests do not fight over 127.0.0.1:9121); "127.0.0.1:0" =
+	// a kernel-chosen port, read from the log into guard.AdminAddr.
+	Admin string
+	// AdminExtra is raw TOML put inside the [admin] table (token_file, pprof).
+	AdminExtra string
+	// Mode is the top-level mode ("enforce" when "").
+	Mode string
 }
 
 // guard is an ftpguard process run by a test.
 type guard struct {
 	Addr         string
 	ImplicitAddr string // with [tls] mode = "implicit"
+	AdminAddr    string // with guardOpts.Admin
 	LogPath      string
 	Config       string
 	cmd          *exec.Cmd
@@ -225,12 +234,18 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.LoginTimeout, "30s")
 	def(&o.LogLevel, "debug")
 	def(&o.SendProxy, "off")
+	def(&o.Mode, "enforce")
 	dir := o.Dir
 	if dir == "" {
 		dir = t.TempDir()
 	}
 	pasv := 30000 + (freePort(t)%200)*50
 	conf := fmt.Sprintf(`listen = "127.0.0.1:0"
+mode = %q
+
+[admin]
+listen = %q
+%s
 
 [backend]
 address = %q
@@ -257,7 +272,7 @@ drain_timeout = "5s"
 level = %q
 format = "json"
 %s
-`, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.LogLevel, o.Extra)
+`, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -292,6 +307,9 @@ format = "json"
 				if a, ok := e["implicit_tls"].(string); ok {
 					g.ImplicitAddr = a
 				}
+			}
+			if e["msg"] == "admin listening" {
+				g.AdminAddr, _ = e["admin"].(string)
 			}
 		}
 		select {

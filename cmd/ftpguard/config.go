@@ -37,6 +37,12 @@ type Config struct {
 	ProxyProtocol ProxyProtocolConfig `toml:"proxy_protocol"`
 	// UserLimits is the [user_limits] table.
 	UserLimits UserLimitsConfig `toml:"user_limits"`
+	// Mode is "enforce" or "observe" (count and log, refuse nobody).
+	Mode string `toml:"mode"`
+	// Admin is the [admin] table.
+	Admin AdminConfig `toml:"admin"`
+	// Firewall is the [firewall] table.
+	Firewall FirewallConfig `toml:"firewall"`
 }
 
 // UserLimitsConfig is the [user_limits] table: per-username budgets.
@@ -140,7 +146,10 @@ func DefaultConfig() Config {
 		ProxyProtocol: ProxyProtocolConfig{Trusted: []string{}, HeaderTimeout: 5 * time.Second},
 		UserLimits: UserLimitsConfig{Failures: 20, Window: time.Hour, KnownGoodTTL: 720 * time.Hour,
 			MaxNamesPerKey: 10, MaxTracked: 100_000},
-		Log: LogConfig{Level: "info", Format: "text"},
+		Log:      LogConfig{Level: "info", Format: "text"},
+		Mode:     "enforce",
+		Admin:    AdminConfig{Listen: "127.0.0.1:9121"},
+		Firewall: FirewallConfig{BanCommand: []string{}, UnbanCommand: []string{}, Timeout: 5 * time.Second},
 	}
 }
 
@@ -153,6 +162,8 @@ type Settings struct {
 	Limiter  limiter.Config
 	Users    limiter.UserConfig
 	LogLevel slog.Level
+	Admin    AdminSettings
+	Firewall FirewallSettings
 }
 
 // keyError is a problem with one key of the file.
@@ -192,7 +203,7 @@ func LoadConfig(path string) (*Settings, error) {
 	for _, k := range md.Undecoded() {
 		errs = append(errs, keyError{k.String(), "unknown key"})
 	}
-	for _, p := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key} {
+	for _, p := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.Admin.TokenFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(filepath.Dir(path), *p)
 		}
@@ -394,6 +405,7 @@ func (c Config) settings() (*Settings, []keyError) {
 	atLeast("user_limits.max_names_per_key", u.MaxNamesPerKey, 0)
 	atLeast("user_limits.max_tracked", u.MaxTracked, 1)
 	s.Limiter.FailClosed = c.Store.FailClosed
+	c.opsSettings(s, bad)
 	if len(errs) == 0 {
 		var err error
 		if s.Proxy.TLS, err = loadTLS(c.TLS); err != nil {

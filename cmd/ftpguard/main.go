@@ -4,9 +4,14 @@
 //
 // Usage:
 //
-//	ftpguard [run] -config PATH   serve (the default command)
-//	ftpguard check -config PATH   validate the config file and exit
-//	ftpguard version              print the version
+//	ftpguard [run] -config PATH        serve (the default command)
+//	ftpguard check -config PATH        validate the config file and exit
+//	ftpguard bans list                 list the bans in force   ⎫ talk to the admin
+//	ftpguard bans add IP|CIDR [DUR]    ban                      ⎪ endpoint ([admin]
+//	ftpguard bans del IP|CIDR          lift a ban               ⎬ listen of -config,
+//	ftpguard status                    health, counters, bans   ⎪ or -admin ADDR)
+//	ftpguard reload                    re-read the config       ⎭
+//	ftpguard version                   print the version
 package main
 
 import (
@@ -21,6 +26,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/proxy"
@@ -59,7 +65,12 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		if cmd == "check" {
-			fmt.Fprintf(stdout, "%s: OK (listen %s, backend %s)\n", *path, st.Listen, st.Proxy.Backend)
+			admin := st.File.Admin.Listen
+			if admin == "" {
+				admin = "off"
+			}
+			fmt.Fprintf(stdout, "%s: OK (listen %s, backend %s, admin %s, mode %s)\n", *path, st.Listen, st.Proxy.Backend,
+				admin, st.File.Mode)
 			return 0
 		}
 		if err := run(*path, st, stderr); err != nil {
@@ -67,14 +78,18 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "bans", "status", "reload":
+		return runClient(cmd, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ftpguard", versionString())
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: ftpguard [run|check] -config PATH | ftpguard version")
+		fmt.Fprint(stdout, cliUsage)
+		fmt.Fprintln(stdout, "  -config PATH, -admin ADDR, -token-file PATH, -timeout DUR, -json, -reason TEXT (bans add)")
 		return 0
 	default:
-		fmt.Fprintf(stderr, "ftpguard: unknown command %q (want run, check or version)\n", cmd)
+		fmt.Fprintf(stderr, "ftpguard: unknown command %q (want run, check, bans, status, reload or version)\n", cmd)
 		return 2
 	}
 }
@@ -94,15 +109,16 @@ func versionString() string {
 func run(path string, st *Settings, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(st.LogLevel)
-	log := newLogger(stderr, st.File.Log.Format, level)
+	events := new(eventRing)
+	log := slog.New(&ringHandler{inner: newLogger(stderr, st.File.Log.Format, level).Handler(), ring: events})
 
 	store, err := openStore(st.File.Store, log)
 	if err != nil {
 		return err
 	}
+	defer store.Close() // after the limiter's: state is flushed, the file unlocked
 	lim, err := limiter.New(st.Limiter, store)
 	if err != nil {
-		store.Close()
 		return err
 	}
 	defer lim.Close()
@@ -126,6 +142,32 @@ func run(path string, st *Settings, stderr io.Writer) error {
 		return err
 	}
 	srv.SetUsers(users)
+	d := &daemon{path: path, lim: lim, users: users, srv: srv, level: level, log: log, events: events, start: time.Now()}
+	d.st.Store(st)
+	d.fw = newFirewall(st.Firewall, st.Proxy.Observe, log)
+	d.m = newMetrics(lim, users, d.fw, d.mode)
+	srv.SetObserver(d.m)
+	lim.SetBanHook(d.onBanChange)
+	fwCtx, stopFirewall := context.WithCancel(context.Background())
+	fwDone := make(chan struct{})
+	go func() { defer close(fwDone); d.fw.run(fwCtx, lim.Bans(time.Now())) }()
+	defer func() { stopFirewall(); <-fwDone }()
+
+	aln, err := listenAdmin(st.Admin)
+	if err != nil {
+		return err
+	}
+	if aln != nil {
+		admin := d.newAdminServer()
+		go admin.Serve(aln)
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			admin.Shutdown(ctx)
+			cancel()
+		}()
+		log.Info("admin listening", "admin", aln.Addr().String(), "token", st.Admin.Token != "", "pprof", st.Admin.Pprof)
+	}
+
 	ln, err := net.Listen("tcp", st.Listen)
 	if err != nil {
 		return err
@@ -157,10 +199,10 @@ func run(path string, st *Settings, stderr io.Writer) error {
 			return err
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(path, st.Listen, lim, users, srv, level, log)
+				d.reload()
 				continue
 			}
-			drain := st.File.Sessions.DrainTimeout
+			drain := d.settings().File.Sessions.DrainTimeout
 			log.Info("draining", "signal", sig.String(), "sessions", srv.ActiveSessions(), "drain_timeout", drain)
 			ctx, cancel := context.WithTimeout(context.Background(), drain)
 			err := srv.Shutdown(ctx)
@@ -172,27 +214,6 @@ func run(path string, st *Settings, stderr io.Writer) error {
 			return nil
 		}
 	}
-}
-
-// reload applies a re-read config; an invalid one is logged and ignored.
-func reload(path, listen string, lim *limiter.Limiter, users *limiter.Users, srv *proxy.Server, level *slog.LevelVar, log *slog.Logger) {
-	st, err := LoadConfig(path)
-	if err == nil {
-		err = lim.Reload(st.Limiter)
-	}
-	if err == nil {
-		err = users.Reload(st.Users)
-	}
-	if err != nil {
-		log.Error("reload rejected; keeping the old config", "err", err)
-		return
-	}
-	if st.Listen != listen {
-		log.Warn("reload: listen changed; it takes effect on restart", "listen", st.Listen)
-	}
-	srv.SetConfig(st.Proxy)
-	level.Set(st.LogLevel)
-	log.Info("reloaded", "config", path)
 }
 
 // openStore opens the ban store the config names. A corrupt state file

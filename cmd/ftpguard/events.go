@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// eventRingSize is how many recent events the status page shows.
+const eventRingSize = 64
+
+// eventValueMax bounds each value kept in the ring (usernames and other
+// client-chosen strings are attacker-controlled).
+const eventValueMax = 64
+
+// event is one recent event of the status page: a log record of interest,
+// reduced to a few attributes. It never holds a password (the proxy never
+// logs one).
+type event struct {
+	Time   time.Time `json:"time"`
+	Level  string    `json:"level"`
+	Msg    string    `json:"msg"`
+	Peer   string    `json:"peer,omitempty"`
+	User   string    `json:"user,omitempty"`
+	Key    string    `json:"key,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+	Detail string    `json:"detail,omitempty"` // the other attributes kept, "k=v k=v"
+}
+
+// eventRing keeps the latest eventRingSize events. Safe for concurrent use.
+type eventRing struct {
+	mu   sync.Mutex
+	buf  [eventRingSize]event
+	next int // where the next event goes
+	n    int // events held
+}
+
+func (r *eventRing) add(e event) {
+	r.mu.Lock()
+	r.buf[r.next] = e
+	r.next = (r.next + 1) % len(r.buf)
+	r.n = min(r.n+1, len(r.buf))
+	r.mu.Unlock()
+}
+
+// list returns the events held, newest first.
+func (r *eventRing) list() []event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]event, 0, r.n)
+	for i := 1; i <= r.n; i++ {
+		out = append(out, r.buf[(r.next-i+len(r.buf))%len(r.buf)])
+	}
+	return out
+}
+
+// ringMsgs are the info-level messages kept as events; every warning and
+// error is kept too.
+var ringMsgs = map[string]bool{
+	"login ok": true, "ban": true, "unban": true, "reject": true, "reloaded": true,
+	"listening": true, "draining": true, "stopped": true,
+}
+
+// ringAttrs are the attributes kept in an event's Detail, in this order
+// (besides peer, user, key and reason, which have columns).
+var ringAttrs = []string{"session", "count", "until", "for", "code", "cmd", "why", "origin", "action", "signal", "err"}
+
+// ringHandler is a slog.Handler that passes records to inner (at inner's
+// level) and keeps the events of interest (info and above, whatever the
+// log level) in a ring for the status page.
+type ringHandler struct {
+	inner slog.Handler
+	ring  *eventRing
+	attrs []slog.Attr // from WithAttrs
+}
+
+func (h *ringHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || h.inner.Enabled(ctx, l)
+}
+
+func (h *ringHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn || r.Level >= slog.LevelInfo && ringMsgs[r.Message] {
+		h.ring.add(h.event(r))
+	}
+	if h.inner.Enabled(ctx, r.Level) {
+		return h.inner.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h *ringHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &ringHandler{inner: h.inner.WithAttrs(attrs), ring: h.ring,
+		attrs: append(h.attrs[:len(h.attrs):len(h.attrs)], attrs...)}
+}
+
+func (h *ringHandler) WithGroup(name string) slog.Handler {
+	return &ringHandler{inner: h.inner.WithGroup(name), ring: h.ring, attrs: h.attrs}
+}
+
+// event reduces r to an event.
+func (h *ringHandler) event(r slog.Record) event {
+	e := event{Time: r.Time, Level: r.Level.String(), Msg: r.Message}
+	other := make(map[string]string)
+	take := func(a slog.Attr) bool {
+		v := bound(a.Value.Resolve().String())
+		switch a.Key {
+		case "peer":
+			e.Peer = v
+		case "user":
+			e.User = v
+		case "key":
+			e.Key = v
+		case "reason":
+			e.Reason = v
+		default:
+			other[a.Key] = v
+		}
+		return true
+	}
+	for _, a := range h.attrs {
+		take(a)
+	}
+	r.Attrs(take)
+	var d []string
+	for _, k := range ringAttrs {
+		if v, ok := other[k]; ok && v != "" {
+			d = append(d, k+"="+v)
+		}
+	}
+	e.Detail = strings.Join(d, " ")
+	return e
+}
+
+// bound cuts v to eventValueMax bytes (on a rune boundary).
+func bound(v string) string {
+	if len(v) <= eventValueMax {
+		return v
+	}
+	cut := eventValueMax
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return v[:cut] + "…"
+}

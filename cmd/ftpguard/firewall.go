@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftpguard/ftpguard/limiter"
+)
+
+// fwQueueSize bounds the firewall commands waiting to run: a flood of bans
+// or a slow command never holds up the proxy, it drops (and counts) the
+// commands beyond.
+const fwQueueSize = 1024
+
+// fwOutputMax bounds the output of a firewall command kept for the log.
+const fwOutputMax = 2048
+
+// fwJob is one ban or unban to push.
+type fwJob struct {
+	unban bool
+	ban   limiter.Ban
+}
+
+func (j fwJob) action() string {
+	if j.unban {
+		return "unban"
+	}
+	return "ban"
+}
+
+// fwCounts are the results of one action's commands.
+type fwCounts struct{ ok, failed, timeout, dropped uint64 }
+
+// fwStats is a snapshot of a firewall's counters.
+type fwStats struct {
+	ban, unban fwCounts
+	queued     int
+}
+
+// firewall runs the [firewall] commands for the limiter's ban changes, one
+// at a time and in the order they came, on a goroutine of its own (run),
+// each within the configured timeout (then its process group is killed).
+// hook never blocks. Safe for concurrent use.
+type firewall struct {
+	cfg     atomic.Pointer[FirewallSettings]
+	observe atomic.Bool // observe mode: log the commands, run none
+	queue   chan fwJob
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	counts   [2]fwCounts // ban, unban
+	lastDrop time.Time   // last "queue full" log line
+}
+
+func newFirewall(fs FirewallSettings, observe bool, log *slog.Logger) *firewall {
+	f := &firewall{queue: make(chan fwJob, fwQueueSize), log: log}
+	f.setConfig(fs, observe)
+	return f
+}
+
+// setConfig applies reloaded settings to the commands not yet run.
+func (f *firewall) setConfig(fs FirewallSettings, observe bool) {
+	f.cfg.Store(&fs)
+	f.observe.Store(observe)
+}
+
+// hook is the limiter's ban hook: it queues the change, or drops it (and
+// counts and logs that) when the queue is full.
+func (f *firewall) hook(c limiter.BanChange) {
+	if len(f.cfg.Load().Ban) == 0 {
+		return
+	}
+	j := fwJob{unban: c.Lifted, ban: c.Ban}
+	select {
+	case f.queue <- j:
+	default:
+		f.mu.Lock()
+		f.counter(j).dropped++
+		logIt := time.Since(f.lastDrop) > 10*time.Second
+		if logIt {
+			f.lastDrop = time.Now()
+		}
+		f.mu.Unlock()
+		if logIt {
+			f.log.Error("firewall command dropped: queue full (commands too slow?)", "action", j.action(),
+				"key", j.ban.Key.String(), "queue", fwQueueSize)
+		}
+	}
+}
+
+func (f *firewall) counter(j fwJob) *fwCounts {
+	if j.unban {
+		return &f.counts[1]
+	}
+	return &f.counts[0]
+}
+
+func (f *firewall) stats() fwStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fwStats{ban: f.counts[0], unban: f.counts[1], queued: len(f.queue)}
+}
+
+// run executes queued commands until ctx ends. It first pushes initial
+// (the bans in force at start, which the firewall may have lost with a
+// reboot), each only while no change waits in the queue.
+func (f *firewall) run(ctx context.Context, initial []limiter.Ban) {
+	for {
+		var j fwJob
+		select {
+		case <-ctx.Done():
+			return
+		case j = <-f.queue:
+		default:
+			if len(initial) > 0 {
+				j, initial = fwJob{ban: initial[0]}, initial[1:]
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case j = <-f.queue:
+			}
+		}
+		f.do(ctx, j)
+	}
+}
+
+// do runs the command of one job, if one is configured, and logs and
+// counts the result.
+func (f *firewall) do(ctx context.Context, j fwJob) {
+	cfg := f.cfg.Load()
+	argv := cfg.Ban
+	if j.unban {
+		argv = cfg.Unban
+	}
+	if len(argv) == 0 {
+		return
+	}
+	now := time.Now()
+	if !j.unban && !j.ban.Active(now) {
+		return // over while it waited: nothing to push
+	}
+	argv = expandArgv(argv, j.ban, now)
+	log := f.log.With("action", j.action(), "key", j.ban.Key.String(), "argv", argv)
+	if f.observe.Load() {
+		log.Info("observe: would run firewall command")
+		return
+	}
+	start := time.Now()
+	out, err := runCommand(ctx, argv, cfg.Timeout)
+	took := time.Since(start).Round(time.Millisecond)
+	f.mu.Lock()
+	c := f.counter(j)
+	switch {
+	case err == nil:
+		c.ok++
+	case errors.Is(err, context.DeadlineExceeded):
+		c.timeout++
+	default:
+		c.failed++
+	}
+	f.mu.Unlock()
+	switch {
+	case err == nil:
+		log.Debug("firewall command", "took", took)
+	case ctx.Err() != nil:
+		// shutting down: the bans are in the store, and pushed again at start
+	default:
+		log.Warn("firewall command failed", "err", err, "took", took, "output", string(out))
+	}
+}
+
+// expandArgv substitutes the placeholders of a command for ban b at now:
+// {ip} the address of the banned prefix, {prefix} the prefix (CIDR),
+// {seconds} the whole seconds left (at least 1 for a ban in force; 0 once
+// over), {family} "ip" or "ip6" (nftables' names of the address families).
+func expandArgv(argv []string, b limiter.Ban, now time.Time) []string {
+	secs := 0
+	if left := b.Until.Sub(now); left > 0 {
+		secs = int(math.Ceil(left.Seconds()))
+	}
+	family := "ip"
+	if b.Key.Addr().Is6() {
+		family = "ip6"
+	}
+	r := strings.NewReplacer("{ip}", b.Key.Addr().String(), "{prefix}", b.Key.String(),
+		"{seconds}", strconv.Itoa(secs), "{family}", family)
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		out[i] = r.Replace(a)
+	}
+	return out
+}
+
+// runCommand runs argv (no shell) within timeout: then it kills the
+// command's whole process group and returns an error wrapping
+// context.DeadlineExceeded. It returns the command's output (stdout and
+// stderr, the first fwOutputMax bytes).
+func runCommand(ctx context.Context, argv []string, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	out := &limitedBuffer{max: fwOutputMax}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.WaitDelay = time.Second // a grandchild holding the output pipe
+	killGroupOnCancel(cmd)
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return out.Bytes(), fmt.Errorf("killed after %v: %w", timeout, ctx.Err())
+	}
+	return out.Bytes(), err
+}
+
+// limitedBuffer keeps the first max bytes written to it.
+type limitedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	max int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := b.max - b.buf.Len(); room > 0 {
+		b.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+func (b *limitedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.TrimSpace(b.buf.Bytes())
+}

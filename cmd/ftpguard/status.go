@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"net/http"
+	"strings"
+	"time"
+)
+
+//go:embed status.html
+var statusHTML string
+
+// statusTmpl is the status page. html/template escapes every value:
+// usernames, keys and reasons come from clients and admins.
+var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
+	"bytes": humanBytes,
+	"ago":   func(t, now time.Time) string { return humanDuration(now.Sub(t)) + " ago" },
+	"clock": func(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05") },
+}).Parse(statusHTML))
+
+// statusBansMax bounds the bans listed on the status page (the soonest to
+// end first); the count of the others is shown.
+const statusBansMax = 200
+
+// status is what the status page and GET /status show.
+type status struct {
+	Version  string        `json:"version"`
+	Mode     string        `json:"mode"`
+	Started  time.Time     `json:"started"`
+	Uptime   string        `json:"uptime"`
+	Now      time.Time     `json:"now"`
+	Listen   string        `json:"listen"`
+	Backend  string        `json:"backend"`
+	Health   health        `json:"health"`
+	Counters snapshot      `json:"counters"`
+	Rejects  []reasonCount `json:"-"`
+	Bans     []banView     `json:"bans"`
+	MoreBans int           `json:"more_bans"`
+	Events   []event       `json:"events"`
+	Settings []setting     `json:"settings"`
+}
+
+type reasonCount struct {
+	Reason string
+	N      uint64
+}
+
+type banView struct {
+	banJSON
+	Left string `json:"left"`
+}
+
+type setting struct {
+	Group string `json:"group"`
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// status gathers the status page's data. The backend check waits at most
+// a second, so that the page never hangs.
+func (d *daemon) status(r *http.Request) status {
+	now := time.Now()
+	st := d.settings()
+	s := status{
+		Version: versionString(), Mode: d.mode(), Started: d.start, Now: now,
+		Uptime: humanDuration(now.Sub(d.start)), Listen: st.Listen, Backend: st.Proxy.Backend,
+		Health:   d.checkHealth(r.Context(), time.Second),
+		Counters: d.m.snapshot(),
+		Events:   d.events.list(),
+		Settings: settingsView(st),
+	}
+	for _, reason := range sortedReasons(s.Counters.Rejects) {
+		s.Rejects = append(s.Rejects, reasonCount{reason, s.Counters.Rejects[reason]})
+	}
+	bans := d.lim.Bans(now)
+	s.Counters.BansActive = len(bans)
+	if len(bans) > statusBansMax {
+		s.MoreBans = len(bans) - statusBansMax
+		bans = bans[:statusBansMax]
+	}
+	for _, b := range bans {
+		s.Bans = append(s.Bans, banView{toBanJSON(b, now), humanDuration(b.Until.Sub(now))})
+	}
+	return s
+}
+
+// settingsView lists the budget settings in force.
+func settingsView(st *Settings) []setting {
+	l, u, p := st.Limiter, st.Users, st.Proxy
+	allow := "none"
+	if len(l.Allow) > 0 {
+		var a []string
+		for _, x := range l.Allow {
+			a = append(a, x.String())
+		}
+		allow = strings.Join(a, ", ")
+	}
+	users := "off"
+	if u.Failures > 0 {
+		users = fmt.Sprintf("%d failures per username per %s; known-good pairs kept %s; at most %d names per key",
+			u.Failures, shortDuration(u.Window), shortDuration(u.KnownGoodTTL), u.MaxNamesPerKey)
+	}
+	tarpit := "off"
+	if p.FailureDelay > 0 {
+		tarpit = fmt.Sprintf("%s, doubling per failure, up to %s", shortDuration(p.FailureDelay), shortDuration(p.MaxFailureDelay))
+	}
+	return []setting{
+		{"limits", "budget", fmt.Sprintf("%d failures per key, refilled over %s", l.Failures, shortDuration(l.Window))},
+		{"limits", "bans", fmt.Sprintf("%s, × %g per repeat offence, up to %s", shortDuration(l.BanTime), l.BanFactor, shortDuration(l.MaxBanTime))},
+		{"limits", "keys", fmt.Sprintf("IPv4 /%d, IPv6 /%d; at most %d tracked", l.IPv4Prefix, l.IPv6Prefix, l.MaxTracked)},
+		{"limits", "allowlist", allow},
+		{"limits", "success resets the budget", fmt.Sprint(l.SuccessResets)},
+		{"limits", "tarpit", tarpit},
+		{"user_limits", "username budgets", users},
+		{"sessions", "connections", fmt.Sprintf("at most %d, %d per address", p.MaxConns, p.MaxConnsPerIP)},
+		{"sessions", "timeouts", fmt.Sprintf("login %s, idle %s", shortDuration(p.LoginTimeout), shortDuration(p.IdleTimeout))},
+		{"store", "kind", st.File.Store.Kind},
+	}
+}
+
+func (d *daemon) handleStatusPage(w http.ResponseWriter, r *http.Request) {
+	var buf bytes.Buffer
+	if err := statusTmpl.Execute(&buf, d.status(r)); err != nil {
+		d.log.Error("status page", "err", err)
+		http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	// Nothing external, nothing inline but the style sheet.
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Write(buf.Bytes())
+}
+
+func (d *daemon) handleStatusJSON(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, d.status(r))
+}
+
+// shortDuration formats a setting's duration without zero tails: "1h",
+// "10m", "1h30m", "500ms".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// humanDuration formats d to the second, in at most two units: "3d4h",
+// "2h5m", "4m12s", "9s".
+func humanDuration(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	s := int64(d.Round(time.Second) / time.Second)
+	days, s := s/86400, s%86400
+	h, s := s/3600, s%3600
+	m, s := s/60, s%60
+	switch {
+	case days > 0:
+		return fmt.Sprintf("%dd%dh", days, h)
+	case h > 0:
+		return fmt.Sprintf("%dh%dm", h, m)
+	case m > 0:
+		return fmt.Sprintf("%dm%ds", m, s)
+	default:
+		return fmt.Sprintf("%ds", s)
+	}
+}
+
+// humanBytes formats n bytes in binary units: "512 B", "1.5 MiB".
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
