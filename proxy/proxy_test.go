@@ -46,6 +46,20 @@ func startFake(t *testing.T, on func(c net.Conn, line string) bool) *fakeFTPD {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveFake(t, ln, on)
+}
+
+// startFakeAt starts a fake on addr (a restart), or returns nil if taken.
+func startFakeAt(t *testing.T, addr string) *fakeFTPD {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil
+	}
+	return serveFake(t, ln, nil)
+}
+
+func serveFake(t *testing.T, ln net.Listener, on func(c net.Conn, line string) bool) *fakeFTPD {
 	f := &fakeFTPD{ln: ln, onCommand: on}
 	f.wg.Add(1)
 	go f.serve()

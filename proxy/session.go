@@ -21,6 +21,11 @@ import (
 // proxy buffer without end.
 const maxReplyLine = 16 << 10
 
+// maxPending bounds the commands forwarded and not yet answered. A client
+// that pipelines without reading replies waits for room (and is closed if
+// none comes within DataTimeout), so it cannot make the queue grow.
+const maxPending = 128
+
 // pending is a command forwarded to the backend and awaiting its final reply,
 // or a reply of the proxy's own waiting for its turn.
 type pending struct {
@@ -62,7 +67,8 @@ type session struct {
 	user      string
 	lastCode  int
 	wbuf      []byte
-	drained   chan struct{} // see awaitReplies
+	drained   chan struct{} // see awaitQueue
+	drainAt   int           // awaitQueue's limit
 	replyDone bool          // relayReplies has ended
 
 	// Owned by relayCommands alone.
@@ -423,6 +429,13 @@ func (s *session) attempt(verb string) bool {
 // forward queues p and sends cmd's canonical form to the backend: never
 // the client's raw bytes (DESIGN: one canonical command per parsed line).
 func (s *session) forward(cmd ftpproto.Command, p pending) bool {
+	if !s.awaitQueue(maxPending-1, s.srv.config().DataTimeout) {
+		if !s.closing.Load() {
+			s.srv.reject(s.log, "replies not read", "pending", maxPending)
+			s.replyFinal(421, "Too many commands awaiting replies; closing control connection.")
+		}
+		return false
+	}
 	s.mu.Lock()
 	s.queue = append(s.queue, p)
 	s.mu.Unlock()
@@ -472,14 +485,19 @@ func (s *session) replyFinal(code int, text string) {
 // awaitReplies waits, at most for d, until every command forwarded so far
 // has its final reply, so that a last reply of the proxy's own comes after
 // them. Only relayCommands calls it.
-func (s *session) awaitReplies(d time.Duration) {
+func (s *session) awaitReplies(d time.Duration) { s.awaitQueue(0, d) }
+
+// awaitQueue waits, at most for d, until at most max commands await their
+// replies, and reports whether that is so. Only relayCommands calls it.
+func (s *session) awaitQueue(max int, d time.Duration) bool {
 	s.mu.Lock()
-	if len(s.queue) == 0 || s.replyDone {
+	if len(s.queue) <= max || s.replyDone {
+		ok := len(s.queue) <= max
 		s.mu.Unlock()
-		return
+		return ok
 	}
 	ch := make(chan struct{})
-	s.drained = ch
+	s.drained, s.drainAt = ch, max
 	s.mu.Unlock()
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -487,12 +505,15 @@ func (s *session) awaitReplies(d time.Duration) {
 	case <-ch:
 	case <-t.C:
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) <= max
 }
 
 // signalDrainedLocked wakes awaitReplies when the queue is empty or no
 // more replies will come.
 func (s *session) signalDrainedLocked() {
-	if s.drained != nil && (len(s.queue) == 0 || s.replyDone) {
+	if s.drained != nil && (len(s.queue) <= s.drainAt || s.replyDone) {
 		close(s.drained)
 		s.drained = nil
 	}
@@ -528,12 +549,28 @@ func (s *session) writeLocked(r ftpproto.Reply) bool {
 // ---- backend → client ----
 
 func (s *session) relayReplies() {
-	rr := ftpproto.NewReplyReader(s.backend, maxReplyLine, s.srv.config().MaxReply)
+	cfg := s.srv.config()
+	rr := ftpproto.NewReplyReader(s.backend, maxReplyLine, cfg.MaxReply)
+	// A daemon that accepts and never greets is given dial_timeout.
+	s.backend.SetReadDeadline(time.Now().Add(cfg.DialTimeout))
+	greeted := false
 	for {
 		r, err := rr.ReadReply()
 		if err != nil {
+			if !greeted && errors.Is(err, os.ErrDeadlineExceeded) && !s.clientEOF.Load() && !s.closing.Load() {
+				s.log.Error("backend did not greet", "after", cfg.DialTimeout)
+				s.replyFinal(421, "Service not available, the FTP server did not answer.")
+				s.abort()
+				return
+			}
 			s.backendError(err)
 			return
+		}
+		if !greeted && r.Code >= 200 {
+			greeted = true
+			if !s.clientEOF.Load() {
+				s.backend.SetReadDeadline(time.Time{})
+			}
 		}
 		if !s.reply(r) {
 			s.abort()
