@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWriteBansTable(t *testing.T) {
+	defer func(l *time.Location) { time.Local = l }(time.Local)
+	time.Local = time.UTC
+	until := time.Date(2026, 11, 25, 18, 0, 0, 0, time.UTC)
+	var buf bytes.Buffer
+	writeBansTable(&buf, []banJSON{
+		{Key: "203.0.113.7/32", Reason: "budget", Count: 3, SecondsLeft: 4*3600 + 5*60, Until: until},
+		{Key: "2001:db8:1::/64", Reason: "admin", Count: 1, SecondsLeft: 59, Until: until},
+		{Key: "198.51.100.0/24", Reason: "bad\treason\n", Count: 12, SecondsLeft: 3 * 86400, Until: until},
+	})
+	want := `KEY              REASON       OFFENCES  LEFT  UNTIL
+203.0.113.7/32   budget       3         4h5m  2026-11-25 18:00:00 UTC
+2001:db8:1::/64  admin        1         59s   2026-11-25 18:00:00 UTC
+198.51.100.0/24  bad?reason?  12        3d0h  2026-11-25 18:00:00 UTC
+3 ban(s) in force
+`
+	if got := buf.String(); got != want {
+		t.Errorf("table:\n%s\nwant:\n%s", got, want)
+	}
+	buf.Reset()
+	writeBansTable(&buf, nil)
+	if buf.String() != "no bans in force\n" {
+		t.Errorf("empty table: %q", buf.String())
+	}
+}
+
+func TestHumanUnits(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0s", 1500 * time.Millisecond: "2s", 61 * time.Second: "1m1s", 3 * time.Hour: "3h0m",
+		49 * time.Hour: "2d1h", -time.Second: "0s",
+	} {
+		if got := humanDuration(d); got != want {
+			t.Errorf("humanDuration(%v) = %q, want %q", d, got, want)
+		}
+	}
+	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1536: "1.5 KiB", 5 << 30: "5.0 GiB"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+	for d, want := range map[time.Duration]string{time.Hour: "1h", 10 * time.Minute: "10m", 90 * time.Minute: "1h30m",
+		500 * time.Millisecond: "500ms", 168 * time.Hour: "168h", 30 * time.Second: "30s"} {
+		if got := shortDuration(d); got != want {
+			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestParseBanDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{"": 0, "90m": 90 * time.Minute, "7d": 7 * 24 * time.Hour, " 2h ": 2 * time.Hour} {
+		if got, err := parseBanDuration(in); err != nil || got != want {
+			t.Errorf("parseBanDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"0s", "-5m", "soon", "1.5d", "100000d"} {
+		if _, err := parseBanDuration(in); err == nil || !strings.HasPrefix(err.Error(), "duration: ") {
+			t.Errorf("parseBanDuration(%q) = %v, want an error naming duration", in, err)
+		}
+	}
+}
+
+// cli runs a client subcommand and returns its exit code and output.
+func cli(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := runMain(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// TestClientCommands runs the client subcommands against a daemon's admin
+// handler: readable output, exit codes 0/1/2, errors that name the problem.
+func TestClientCommands(t *testing.T) {
+	tok := "cli-token-0123456789abcdef"
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "token"), []byte(tok), 0o600)
+	td := newTestDaemon(t, fmt.Sprintf("[admin]\ntoken_file = %q\n", filepath.Join(dir, "token")))
+	admin := strings.TrimPrefix(td.url, "http://")
+	// A config of the CLI's own names the endpoint and a relative token file.
+	cfg := filepath.Join(dir, "ftpguard.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[admin]\nlisten = %q\ntoken_file = \"token\"\n", admin)), 0o600)
+
+	steps := []struct {
+		args []string
+		code int
+		out  string // substring of stdout (or of stderr when code != 0)
+	}{
+		{[]string{"bans", "list", "-config", cfg}, 0, "no bans in force"},
+		{[]string{"bans", "add", "-config", cfg, "203.0.113.50", "2h"}, 0, "banned 203.0.113.50/32 for 2h0m"},
+		{[]string{"bans", "-config", cfg, "add", "-reason", "scan", "198.51.100.0/24"}, 0, "banned 198.51.100.0/24 for 1h0m (until"},
+		{[]string{"bans", "list", "-config", cfg}, 0, "198.51.100.0/24  scan"},
+		{[]string{"bans", "list", "-config", cfg, "-json"}, 0, `"seconds_left": 7200`},
+		{[]string{"bans", "add", "-config", cfg, "not-an-ip"}, 2, `ip: "not-an-ip" is not an IP address or CIDR`},
+		{[]string{"bans", "add", "-config", cfg, "203.0.113.51", "later"}, 2, `duration: "later" is not a duration`},
+		{[]string{"bans", "del", "-config", cfg, "203.0.113.50"}, 0, "unbanned 203.0.113.50/32"},
+		{[]string{"bans", "del", "-config", cfg, "203.0.113.50"}, 1, "no ban of 203.0.113.50/32 in force"},
+		{[]string{"bans", "-config", cfg}, 2, "want list, add IP [DURATION] or del IP"},
+		{[]string{"bans", "drop", "-config", cfg}, 2, `unknown subcommand "drop"`},
+		{[]string{"bans", "del", "-config", cfg}, 2, "wrong arguments"},
+		{[]string{"status", "-config", cfg}, 0, "health    OK"},
+		{[]string{"reload", "-config", cfg}, 0, "reloaded "},
+		// the token comes from the config: without it, 401
+		{[]string{"bans", "list", "-admin", admin}, 1, "refused the token (401)"},
+		{[]string{"bans", "list", "-admin", admin, "-token-file", filepath.Join(dir, "token")}, 0, "198.51.100.0/24"},
+		{[]string{"bans", "list", "-config", filepath.Join(dir, "missing.toml")}, 1, "no such file"},
+	}
+	for _, s := range steps {
+		code, out, errs := cli(s.args...)
+		text := out
+		if s.code != 0 {
+			text = errs
+		}
+		if code != s.code || !strings.Contains(text, s.out) {
+			t.Errorf("ftpguard %s = %d\nstdout: %s\nstderr: %s\nwant %d and %q", strings.Join(s.args, " "), code, out, errs, s.code, s.out)
+		}
+	}
+
+	// No endpoint: the error names the address and the reason.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	code, _, errs := cli("bans", "list", "-admin", dead)
+	if want := "ftpguard: no ftpguard admin endpoint at " + dead + ": connection refused\n"; code != 1 || errs != want {
+		t.Errorf("dead endpoint: %d %q, want 1 %q", code, errs, want)
+	}
+	code, _, errs = cli("status", "-admin", "unix:"+filepath.Join(dir, "none.sock"))
+	if code != 1 || !strings.Contains(errs, "none.sock: no such file or directory") {
+		t.Errorf("missing socket: %d %q", code, errs)
+	}
+
+	// Unhealthy: status says so, exit 1.
+	td.backend.Close()
+	code, out, _ := cli("status", "-config", cfg)
+	if code != 1 || !strings.Contains(out, "health    UNHEALTHY") || !strings.Contains(out, "UNREACHABLE") {
+		t.Errorf("status with the backend down = %d\n%s", code, out)
+	}
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// TestRingHandler: the ring keeps the events of interest whatever the log
+// level, with the attributes of With; the log keeps its own level.
+func TestRingHandler(t *testing.T) {
+	var logs syncBuffer
+	ring := new(eventRing)
+	log := slog.New(&ringHandler{inner: slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}), ring: ring})
+	sess := log.With("session", 3, "peer", "198.51.100.4")
+	sess.Info("connect")                                    // not an event, not logged
+	sess.Info("login ok", "user", "alice")                  // an event, not logged (level warn)
+	sess.Warn("ban", "key", "198.51.100.4/32", "count", 2)  // both
+	log.WithGroup("g").Info("reject", "reason", "banned")   // an event
+	sess.Info("login ok", "user", strings.Repeat("é", 100)) // bounded
+	got := ring.list()
+	if len(got) != 4 {
+		t.Fatalf("ring holds %d events: %+v", len(got), got)
+	}
+	if e := got[2]; e.Msg != "ban" || e.Peer != "198.51.100.4" || e.Key != "198.51.100.4/32" || e.Detail != "session=3 count=2" || e.Level != "WARN" {
+		t.Errorf("ban event %+v", e)
+	}
+	if e := got[3]; e.Msg != "login ok" || e.User != "alice" {
+		t.Errorf("login event %+v", e)
+	}
+	if u := got[0].User; len(u) > eventValueMax+len("…") || !strings.HasSuffix(u, "…") {
+		t.Errorf("long user kept as %q", u)
+	}
+	if l := logs.String(); strings.Contains(l, "login ok") || strings.Contains(l, "connect") || !strings.Contains(l, "msg=ban") {
+		t.Errorf("log at warn wrote:\n%s", l)
+	}
+	for i := range eventRingSize + 5 {
+		log.Warn("x", "n", i)
+	}
+	if got := ring.list(); len(got) != eventRingSize || got[0].Msg != "x" {
+		t.Errorf("ring holds %d events, want %d", len(got), eventRingSize)
+	}
+}
