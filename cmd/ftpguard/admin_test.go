@@ -167,9 +167,9 @@ func TestAdminBans(t *testing.T) {
 	for _, e := range td.events.list() {
 		switch e.Msg {
 		case "ban":
-			bans++
+			bans += e.Count
 		case "unban":
-			unbans++
+			unbans += e.Count
 		}
 	}
 	if bans != 4 || unbans != 3 {

@@ -12,6 +12,12 @@ import (
 // eventRingSize is how many recent events the status page shows.
 const eventRingSize = 64
 
+// eventMergeWindow is how many of the latest events an event may be merged
+// into: a repeat (same message, peer, user, key and reason, e.g. a banned
+// address knocking again) counts up the earlier one instead of pushing
+// the other events out.
+const eventMergeWindow = 8
+
 // eventValueMax bounds each value kept in the ring (usernames and other
 // client-chosen strings are attacker-controlled).
 const eventValueMax = 64
@@ -20,39 +26,54 @@ const eventValueMax = 64
 // reduced to a few attributes. It never holds a password (the proxy never
 // logs one).
 type event struct {
-	Time   time.Time `json:"time"`
+	Time   time.Time `json:"time"` // of the latest repeat
 	Level  string    `json:"level"`
 	Msg    string    `json:"msg"`
 	Peer   string    `json:"peer,omitempty"`
 	User   string    `json:"user,omitempty"`
 	Key    string    `json:"key,omitempty"`
 	Reason string    `json:"reason,omitempty"`
-	Detail string    `json:"detail,omitempty"` // the other attributes kept, "k=v k=v"
+	Detail string    `json:"detail,omitempty"` // the other attributes kept, "k=v k=v", of the latest repeat
+	Count  int       `json:"count"`            // repeats merged into this event, itself included
 }
 
-// eventRing keeps the latest eventRingSize events. Safe for concurrent use.
+// same reports whether e repeats o.
+func (e *event) same(o *event) bool {
+	return e.Msg == o.Msg && e.Peer == o.Peer && e.User == o.User && e.Key == o.Key && e.Reason == o.Reason &&
+		e.Level == o.Level
+}
+
+// eventRing keeps the latest eventRingSize events, oldest first. Safe for
+// concurrent use.
 type eventRing struct {
-	mu   sync.Mutex
-	buf  [eventRingSize]event
-	next int // where the next event goes
-	n    int // events held
+	mu  sync.Mutex
+	buf []event
 }
 
 func (r *eventRing) add(e event) {
+	e.Count = 1
 	r.mu.Lock()
-	r.buf[r.next] = e
-	r.next = (r.next + 1) % len(r.buf)
-	r.n = min(r.n+1, len(r.buf))
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	for i := len(r.buf) - 1; i >= max(0, len(r.buf)-eventMergeWindow); i-- {
+		if r.buf[i].same(&e) {
+			e.Count = r.buf[i].Count + 1
+			r.buf = append(r.buf[:i], r.buf[i+1:]...)
+			break
+		}
+	}
+	if len(r.buf) == eventRingSize {
+		r.buf = append(r.buf[:0], r.buf[1:]...)
+	}
+	r.buf = append(r.buf, e)
 }
 
 // list returns the events held, newest first.
 func (r *eventRing) list() []event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]event, 0, r.n)
-	for i := 1; i <= r.n; i++ {
-		out = append(out, r.buf[(r.next-i+len(r.buf))%len(r.buf)])
+	out := make([]event, len(r.buf))
+	for i, e := range r.buf {
+		out[len(out)-1-i] = e
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -34,10 +35,25 @@ func TestRingHandler(t *testing.T) {
 	if l := logs.String(); strings.Contains(l, "login ok") || strings.Contains(l, "connect") || !strings.Contains(l, "msg=ban") {
 		t.Errorf("log at warn wrote:\n%s", l)
 	}
+	// Repeats within the last few events are merged and counted.
+	for i := range 5 {
+		log.Info("reject", "reason", "banned", "peer", "203.0.113.1", "session", i)
+		log.Info("reject", "reason", "banned", "peer", "203.0.113.2", "session", i)
+	}
+	got = ring.list()
+	if len(got) != 6 || got[0].Count != 5 || got[0].Peer != "203.0.113.2" || got[0].Detail != "session=4" || got[1].Count != 5 {
+		t.Errorf("merged events: %+v", got[:2])
+	}
 	for i := range eventRingSize + 5 {
 		log.Warn("x", "n", i)
 	}
-	if got := ring.list(); len(got) != eventRingSize || got[0].Msg != "x" {
+	if got := ring.list(); len(got) != 7 || got[0].Msg != "x" || got[0].Count != eventRingSize+5 {
+		t.Errorf("ring holds %d events (newest %+v), want 7, the repeats of x merged", len(got), got[0])
+	}
+	for i := range eventRingSize + 5 {
+		log.Warn("y", "n", i, "peer", fmt.Sprint(i))
+	}
+	if got := ring.list(); len(got) != eventRingSize || got[0].Peer != fmt.Sprint(eventRingSize+4) {
 		t.Errorf("ring holds %d events, want %d", len(got), eventRingSize)
 	}
 }
