@@ -101,10 +101,14 @@ func doSetupHost() error {
 	return os.MkdirAll("/var/run/vsftpd/empty", 0o755)
 }
 
-// ftpd is a vsftpd process run by a test.
+// ftpd is an FTP daemon run by a test (startVsftpd here; startProftpd
+// and startPureftpd in daemons_test.go).
 type ftpd struct {
-	Addr    string
-	LogPath string
+	Name     string
+	Addr     string // what ftpguard dials
+	LogPath  string
+	failMark string     // the daemon's log line of a failed login; "" = vsftpd's
+	relay    *passRelay // counts the PASS lines reaching a daemon without a log
 }
 
 // startVsftpd runs vsftpd in the foreground on a free loopback port with
@@ -163,18 +167,15 @@ func startVsftpd(t testing.TB) *ftpd {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &ftpd{Addr: addr, LogPath: logPath}
+	return &ftpd{Name: "vsftpd", Addr: addr, LogPath: logPath, failMark: "FAIL LOGIN"}
 }
 
-// FailedLogins counts the daemon's own FAIL LOGIN lines: the attempts that
-// really reached it.
+// FailedLogins counts the failed logins that really reached the daemon:
+// vsftpd's FAIL LOGIN lines, proftpd's "(Login failed)" lines, the wrong
+// passwords a relay passed to pure-ftpd.
 func (d *ftpd) FailedLogins(t testing.TB) int {
 	t.Helper()
-	b, err := os.ReadFile(d.LogPath)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	return bytes.Count(b, []byte("FAIL LOGIN"))
+	return d.failedLogins(t)
 }
 
 // guardOpts are the settings a test gives ftpguard; zero fields keep the
