@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -318,5 +319,52 @@ func TestAdminHealthzBackendDown(t *testing.T) {
 func unixDialer(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}
+}
+
+// TestFirewallPush: the real binary runs the [firewall] commands, with the
+// placeholders substituted, for a budget ban, an admin ban and an admin
+// unban, and pushes the bans in force again after a restart.
+func TestFirewallPush(t *testing.T) {
+	d := startVsftpd(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "firewall.log")
+	fw := fmt.Sprintf(`
+[firewall]
+ban_command = ["/bin/sh", "-c", "echo \"$@\" >> %[1]s", "sh", "ban", "{ip}", "{prefix}", "{seconds}", "{family}"]
+unban_command = ["/bin/sh", "-c", "echo \"$@\" >> %[1]s", "sh", "unban", "{prefix}"]
+timeout = "2s"
+`, out)
+	o := guardOpts{Failures: 2, BanTime: "1h", Dir: dir, Extra: fw}
+	g := adminGuard(t, d.Addr, o)
+	lines := func() []string {
+		b, _ := os.ReadFile(out)
+		return strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+	offend(t, g, "127.0.0.81", 2)
+	if code, body := g.admin(t, "POST", "/bans", adminToken, `{"ip":"127.0.2.0/24","duration":"10m"}`); code != 201 {
+		t.Fatalf("POST /bans: %d %s", code, body)
+	}
+	if code, body := g.admin(t, "DELETE", "/bans/127.0.2.0/24", adminToken, ""); code != 200 {
+		t.Fatalf("DELETE /bans: %d %s", code, body)
+	}
+	waitFor(t, "three firewall commands", func() bool { return len(lines()) == 3 })
+	got := lines()
+	if !regexp.MustCompile(`^ban 127\.0\.0\.81 127\.0\.0\.81/32 (3600|3599) ip$`).MatchString(got[0]) ||
+		!regexp.MustCompile(`^ban 127\.0\.2\.0 127\.0\.2\.0/24 (600|599) ip$`).MatchString(got[1]) || got[2] != "unban 127.0.2.0/24" {
+		t.Fatalf("firewall commands:\n%s", strings.Join(got, "\n"))
+	}
+	if v := g.metric(t, `ftpguard_firewall_commands_total{action="ban",result="ok"}`); v != 2 {
+		t.Errorf("firewall ban commands ok: %v", v)
+	}
+
+	// Restarted on the same state file: the ban in force is pushed again.
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	<-g.exited
+	g.exited <- nil
+	startGuard(t, d.Addr, o)
+	waitFor(t, "the ban pushed again at start", func() bool { return len(lines()) == 4 })
+	if got := lines()[3]; !strings.HasPrefix(got, "ban 127.0.0.81 127.0.0.81/32 ") {
+		t.Fatalf("after restart: %q", got)
 	}
 }
