@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -159,7 +160,11 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	}
 	if aln != nil {
 		admin := d.newAdminServer()
-		go admin.Serve(aln)
+		go func() {
+			if err := admin.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin listener failed; the proxy goes on", "err", err)
+			}
+		}()
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			admin.Shutdown(ctx)
