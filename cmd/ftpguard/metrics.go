@@ -32,6 +32,7 @@ var rejectReasons = []string{
 	"active mode to a foreign address",
 	"active mode to a privileged port",
 	"plaintext after AUTH TLS",
+	"replies not read",
 	"observe", // observe mode: a refusal that was only logged
 	"other",
 }
