@@ -56,6 +56,9 @@ func (s *session) activeMode(cmd ftpproto.Command) bool {
 	if !s.setDataListener(ln) {
 		return false
 	}
+	// The daemon may connect, send and reply 226 before acceptActive
+	// runs: the leg is open from now on (quirks.go).
+	end := s.xfer.begin()
 	ours := netip.AddrPortFrom(local, uint16(ln.Addr().(*net.TCPAddr).Port))
 	fwd := ftpproto.Command{Verb: "EPRT", Arg: ftpproto.FormatEPRT(ours)}
 	if local.Is4() {
@@ -65,7 +68,8 @@ func (s *session) activeMode(cmd ftpproto.Command) bool {
 	s.data.Add(1)
 	go func() {
 		defer s.data.Done()
-		s.acceptActive(ln, target)
+		defer end()
+		s.acceptActive(ln, target, end)
 	}()
 	return s.forward(fwd, pending{verb: fwd.Verb})
 }
@@ -73,7 +77,7 @@ func (s *session) activeMode(cmd ftpproto.Command) bool {
 // acceptActive waits for the daemon's data connection (from the daemon's
 // address only), then dials the client's announced address from the
 // address the client reached, and relays.
-func (s *session) acceptActive(ln *net.TCPListener, target netip.AddrPort) {
+func (s *session) acceptActive(ln *net.TCPListener, target netip.AddrPort, downloaded func()) {
 	cfg := s.srv.config()
 	defer ln.Close()
 	ln.SetDeadline(time.Now().Add(cfg.DataTimeout))
@@ -114,5 +118,5 @@ func (s *session) acceptActive(ln *net.TCPListener, target netip.AddrPort) {
 		s.log.Info("TLS handshake on data connection failed", "err", err)
 		return
 	}
-	s.relayData(cc, bc)
+	s.relayData(cc, bc, downloaded)
 }

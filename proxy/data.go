@@ -172,6 +172,8 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 		c.Close()
 	}
 	ln.Close()
+	end := s.xfer.begin()
+	defer end()
 	if !s.trackData(c) {
 		return
 	}
@@ -193,12 +195,13 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 		s.log.Info("TLS handshake on data connection failed", "err", err)
 		return
 	}
-	s.relayData(cc, bc)
+	s.relayData(cc, bc, end)
 }
 
 // relayData copies both ways between the client's and the backend's data
-// connections until both ways have ended.
-func (s *session) relayData(client, backend net.Conn) {
+// connections until both ways have ended; downloaded is called when the
+// backend → client way has.
+func (s *session) relayData(client, backend net.Conn, downloaded func()) {
 	s.transfers.Add(1)
 	s.raw.SetReadDeadline(time.Time{})
 	defer func() {
@@ -207,8 +210,8 @@ func (s *session) relayData(client, backend net.Conn) {
 	}()
 	errc := make(chan error, 2)
 	obs := s.srv.obs
-	go copyHalf(backend, client, errc, func(n int64) { obs.Bytes(true, n) })  // upload
-	go copyHalf(client, backend, errc, func(n int64) { obs.Bytes(false, n) }) // download
+	go copyHalf(backend, client, errc, func(n int64) { obs.Bytes(true, n) }, nil)         // upload
+	go copyHalf(client, backend, errc, func(n int64) { obs.Bytes(false, n) }, downloaded) // download
 	for range 2 {
 		if err := <-errc; err != nil {
 			// A reset or a closed leg: end both ways at once.
@@ -218,13 +221,17 @@ func (s *session) relayData(client, backend net.Conn) {
 	}
 }
 
-// copyHalf copies src to dst, then half-closes dst so its reader sees EOF.
-// Between two *net.TCPConn (also behind a go-proxyproto Conn, whose
-// WriteTo hands over its socket) io.Copy lets the kernel splice.
-func copyHalf(dst, src net.Conn, errc chan<- error, count func(int64)) {
+// copyHalf copies src to dst, then half-closes dst so its reader sees EOF,
+// and calls done if not nil. Between two *net.TCPConn (also behind a
+// go-proxyproto Conn, whose WriteTo hands over its socket) io.Copy lets the
+// kernel splice.
+func copyHalf(dst, src net.Conn, errc chan<- error, count func(int64), done func()) {
 	n, err := io.Copy(dst, src)
 	count(n)
 	closeWrite(dst)
+	if done != nil {
+		done()
+	}
 	errc <- err
 }
 

@@ -78,6 +78,7 @@ type session struct {
 	epsvAll bool
 	cbuf    []byte
 
+	xfer     dataGate   // data legs still relaying to the client (quirks.go)
 	dmu      sync.Mutex // guards the data legs
 	dataLn   net.Listener
 	dataConn map[net.Conn]struct{}
@@ -638,6 +639,9 @@ func (s *session) reply(r ftpproto.Reply) bool {
 			s.loginOKLocked(now, p, r)
 		case r.Code < 400: // 332: account needed; ACCT is counted itself
 			s.srv.lim.Release(now, s.peer.Addr())
+		case refusedAfterGoodPassword(r): // proftpd full: see quirks.go
+			s.srv.lim.Release(now, s.peer.Addr())
+			s.log.Info("login refused by the daemon after the password", "user", s.user, "code", r.Code, "reply", logSafe(r.Text()))
 		default:
 			if u := s.srv.users; u != nil && p.verb == "PASS" {
 				u.Failure(now, p.user, s.srv.lim.Key(s.peer.Addr()))
@@ -652,6 +656,12 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		out = s.rewriteFEAT(r)
 	case "QUIT":
 		keep = false
+	}
+	if r.Code < 300 && transferVerb(p.verb) {
+		// The data first, then the reply that says it is complete (quirks.go).
+		s.mu.Unlock()
+		s.xfer.wait(s.srv.config().DataTimeout, s.done)
+		s.mu.Lock()
 	}
 	if hold > 0 && !banned {
 		// Tarpit: hold the failure reply. The entry stays at the head of

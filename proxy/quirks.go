@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+)
+
+// Daemon and client quirks, handled here and nowhere else. Replies are
+// otherwise read generically by ftpproto.ReplyReader, which already covers
+// what the daemons behind ftpguard send: multi-line replies whose middle
+// lines start with anything (pure-ftpd's "220---------- Welcome"), a final
+// line that is the bare code, Telnet IAC sequences, 0xFF doubled (vsftpd),
+// bare LF line ends, and a 1xx before the greeting's 220. Hang-ups without
+// a 421 after a daemon's own limit of failures (vsftpd max_login_fails,
+// proftpd MaxLoginAttempts, pure-ftpd after 6) settle the attempt that was
+// waiting as a failure, like any hang-up. README "Daemon notes" lists them.
+
+// refusedAfterGoodPassword reports whether r, a 4xx/5xx reply to PASS,
+// refuses a login whose password the daemon accepted. proftpd checks
+// MaxClients, MaxClientsPerHost, MaxClientsPerUser, MaxClientsPerClass and
+// MaxHostsPerUser only after a correct password and then answers, e.g.,
+// "530 Sorry, the maximum number of allowed clients (1) are already
+// connected." (a wrong password still gets "530 Login incorrect."). Counted
+// as a failure, a busy daemon would get its legitimate users banned; the
+// attempt is released instead, neither failure nor success. The text is the
+// daemon's, never the client's.
+func refusedAfterGoodPassword(r ftpproto.Reply) bool {
+	t := r.Text()
+	return r.Code == 530 && strings.Contains(t, "Sorry, the maximum number of") &&
+		strings.Contains(t, "are already connected")
+}
+
+// transferVerb reports whether verb moves data over a data connection.
+func transferVerb(verb string) bool {
+	switch verb {
+	case "RETR", "LIST", "NLST", "MLSD", "STOR", "STOU", "APPE":
+		return true
+	}
+	return false
+}
+
+// dataGate holds the positive final reply to a transfer command (226, 250)
+// until the data it reports complete has been relayed to the client.
+//
+// A daemon sends 226 once its last byte is in the proxy's socket buffer
+// (vsftpd, pure-ftpd) — before the proxy has relayed it, and in active mode
+// possibly before the proxy has even connected to the client. Relayed at
+// once, the 226 could overtake the data: curl 7.88 in active mode then
+// fails with "Ctrl conn has data while waiting for data conn" (exit 8)
+// whenever the 226 arrives before the proxy's data connection. A client
+// talking to the daemon directly never sees that order, so the proxy keeps
+// it: a data leg is open from the moment it can carry data (the PORT
+// listener is set up; the client's passive connection is accepted) until
+// its daemon → client half has ended, and the reply waits (at most
+// DataTimeout) until no leg is open. Replies 4xx/5xx are not held.
+type dataGate struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil while n == 0
+}
+
+// begin opens a data leg; the returned end closes it (once; later calls do
+// nothing).
+func (g *dataGate) begin() (end func()) {
+	g.mu.Lock()
+	if g.n == 0 {
+		g.idle = make(chan struct{})
+	}
+	g.n++
+	g.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			if g.n--; g.n == 0 {
+				close(g.idle)
+				g.idle = nil
+			}
+			g.mu.Unlock()
+		})
+	}
+}
+
+// wait returns when no data leg is open, d has passed or done is closed.
+func (g *dataGate) wait(d time.Duration, done <-chan struct{}) {
+	g.mu.Lock()
+	idle := g.idle
+	g.mu.Unlock()
+	if idle == nil {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	case <-done:
+	}
+}
