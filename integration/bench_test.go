@@ -1,13 +1,17 @@
 package integration
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jlaffaye/ftp"
 )
 
 // TestBench measures ftpguard against a direct connection to the same
@@ -26,7 +30,7 @@ func TestBench(t *testing.T) {
 	mib := envInt("FTPGUARD_BENCH_MIB", 256)
 
 	d := startVsftpd(t)
-	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100})
+	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100, Extra: testCert(t, "explicit")})
 	name := fmt.Sprintf("bench-%d.bin", time.Now().UnixNano())
 	path, _ := randomFile(t, testHome, name, mib<<20)
 	t.Cleanup(func() { os.Remove(path) })
@@ -45,8 +49,8 @@ func TestBench(t *testing.T) {
 		}
 		return float64(logins) / time.Since(start).Seconds()
 	}
-	retrRate := func(addr string) float64 {
-		c, err := ftpClient(t, "127.0.0.21", addr)
+	retrRate := func(addr string, opts ...ftp.DialOption) float64 {
+		c, err := ftpClient(t, "127.0.0.21", addr, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,21 +71,52 @@ func TestBench(t *testing.T) {
 		return float64(n) / (1 << 20) / time.Since(start).Seconds()
 	}
 
-	var ld, lp, rd, rp []float64
+	// 32 clients at once, each logging in and out in a loop.
+	concurrentLogins := func(addr string) float64 {
+		const workers = 32
+		var wg sync.WaitGroup
+		start := time.Now()
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < logins/workers+1; i++ {
+					c, err := ftpClient(t, "127.0.0.22", addr)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if err := c.Login(testUser, testPass); err != nil {
+						t.Error(err)
+					}
+					c.Quit()
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(workers*(logins/workers+1)) / time.Since(start).Seconds()
+	}
+	ftps := ftp.DialWithExplicitTLS(&tls.Config{InsecureSkipVerify: true})
+	var ld, lp, cd, cp, rd, rp, rt []float64
 	for i := 0; i < runs; i++ {
 		ld = append(ld, loginRate(d.Addr))
 		lp = append(lp, loginRate(g.Addr))
+		cd = append(cd, concurrentLogins(d.Addr))
+		cp = append(cp, concurrentLogins(g.Addr))
 		rd = append(rd, retrRate(d.Addr))
 		rp = append(rp, retrRate(g.Addr))
+		rt = append(rt, retrRate(g.Addr, ftps))
 	}
-	report := func(what, unit string, direct, proxied []float64) {
-		md, mp := median(direct), median(proxied)
-		fmt.Printf("%-22s direct %9.1f %s (%.1f..%.1f)  proxied %9.1f %s (%.1f..%.1f)  ratio %.3f\n",
-			what, md, unit, slices.Min(direct), slices.Max(direct), mp, unit, slices.Min(proxied), slices.Max(proxied), mp/md)
+	report := func(what, unit, aName string, a []float64, bName string, b []float64) {
+		ma, mb := median(a), median(b)
+		fmt.Printf("%-20s %s %8.1f %s (%.1f..%.1f)  %s %8.1f %s (%.1f..%.1f)  ratio %.3f\n",
+			what, aName, ma, unit, slices.Min(a), slices.Max(a), bName, mb, unit, slices.Min(b), slices.Max(b), mb/ma)
 	}
 	fmt.Printf("ftpguard bench: %d interleaved runs each; medians (min..max)\n", runs)
-	report(fmt.Sprintf("logins (%d/run)", logins), "/s  ", ld, lp)
-	report(fmt.Sprintf("RETR %d MiB", mib), "MiB/s", rd, rp)
+	report(fmt.Sprintf("logins (%d/run)", logins), "/s", "direct", ld, "proxied", lp)
+	report("logins, 32 at once", "/s", "direct", cd, "proxied", cp)
+	report(fmt.Sprintf("RETR %d MiB", mib), "MiB/s", "direct", rd, "proxied", rp)
+	report(fmt.Sprintf("RETR %d MiB", mib), "MiB/s", "proxied plain", rp, "proxied FTPS", rt) // PROT P
 }
 
 func median(v []float64) float64 {

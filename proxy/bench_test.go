@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+	"github.com/ftpguard/ftpguard/limiter"
+)
+
+// BenchmarkNOOP measures one control round trip (NOOP → 200) directly to
+// the in-process fake daemon and through the proxy; the difference is the
+// proxy's added latency. Reported: ns/op for each, and the added p50/p99.
+func BenchmarkNOOP(b *testing.B) {
+	f := startFakeB(b)
+	p := startProxyB(b, f.ln.Addr().String())
+	roundTrips := func(addr string, n int) []time.Duration {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		r := ftpproto.NewReplyReader(c, 4096, 1<<20)
+		r.ReadReply()
+		c.Write([]byte("USER u\r\nPASS good\r\n"))
+		r.ReadReply()
+		r.ReadReply()
+		lat := make([]time.Duration, n)
+		for i := range lat {
+			start := time.Now()
+			c.Write([]byte("NOOP\r\n"))
+			if rep, err := r.ReadReply(); err != nil || rep.Code != 200 {
+				b.Fatalf("NOOP: %v %v", rep, err)
+			}
+			lat[i] = time.Since(start)
+		}
+		return lat
+	}
+	b.ResetTimer()
+	direct := roundTrips(f.ln.Addr().String(), b.N)
+	proxied := roundTrips(p.addr, b.N)
+	b.StopTimer()
+	pct := func(v []time.Duration, q float64) time.Duration {
+		s := slices.Clone(v)
+		slices.Sort(s)
+		return s[int(q*float64(len(s)-1))]
+	}
+	b.ReportMetric(float64(pct(direct, 0.5).Nanoseconds()), "direct-p50-ns")
+	b.ReportMetric(float64(pct(proxied, 0.5).Nanoseconds()), "proxied-p50-ns")
+	b.ReportMetric(float64((pct(proxied, 0.5) - pct(direct, 0.5)).Nanoseconds()), "added-p50-ns")
+	b.ReportMetric(float64((pct(proxied, 0.99) - pct(direct, 0.99)).Nanoseconds()), "added-p99-ns")
+}
+
+// BenchmarkIdleSessions opens FTPGUARD_IDLE_SESSIONS (default 2000)
+// logged-in idle sessions through the proxy and reports the heap and stack
+// the proxy holds per session (the fake daemon's and the clients' share is
+// measured without the proxy and subtracted).
+func BenchmarkIdleSessions(b *testing.B) {
+	n := 2000
+	if v, err := fmt.Sscan(os.Getenv("FTPGUARD_IDLE_SESSIONS"), &n); v != 1 || err != nil {
+		n = 2000
+	}
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	// Four descriptors a session live in this process (client, proxy ×2,
+	// fake): raise the soft limit to the hard one, and fit n under it.
+	lim.Cur = lim.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	if fit := int(lim.Cur-1000) / 4; n > fit {
+		b.Logf("%d sessions do not fit in %d descriptors; measuring %d", n, lim.Cur, fit)
+		n = fit
+	}
+	f := startFakeB(b)
+	p := startProxyB(b, f.ln.Addr().String())
+	open := func(addr string) ([]net.Conn, uint64) {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		conns := make([]net.Conn, 0, n)
+		for i := 0; i < n; i++ {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatalf("session %d: %v", i, err)
+			}
+			r := ftpproto.NewReplyReader(c, 512, 4096)
+			r.ReadReply()
+			c.Write([]byte("USER u\r\nPASS good\r\n"))
+			r.ReadReply()
+			r.ReadReply()
+			conns = append(conns, c)
+		}
+		time.Sleep(200 * time.Millisecond)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		return conns, (after.HeapInuse + after.StackInuse) - (before.HeapInuse + before.StackInuse)
+	}
+	closeAll := func(cs []net.Conn) {
+		for _, c := range cs {
+			c.Close()
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	for i := 0; i < b.N; i++ {
+		cs, direct := open(f.ln.Addr().String())
+		closeAll(cs)
+		cs, proxied := open(p.addr)
+		closeAll(cs)
+		// Through the proxy the fake and the clients hold what they held
+		// directly; the rest is the proxy's.
+		b.ReportMetric(float64(int64(proxied)-int64(direct))/float64(n), "proxy-bytes/session")
+		b.ReportMetric(float64(n), "sessions")
+	}
+}
+
+func startFakeB(b *testing.B) *fakeFTPD {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := &fakeFTPD{ln: ln}
+	f.wg.Add(1)
+	go f.serve()
+	b.Cleanup(func() { ln.Close(); f.wg.Wait() })
+	return f
+}
+
+func startProxyB(b *testing.B, backend string) *testProxy {
+	lim, _ := newBenchLimiter()
+	srv, err := New(Config{Backend: backend, MaxConnsPerIP: 1 << 20, MaxConns: 1 << 20, MaxPreauthCommands: 100}, lim, discardLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	return &testProxy{addr: ln.Addr().String(), srv: srv, lim: lim}
+}
+
+func newBenchLimiter() (*limiter.Limiter, error) {
+	return limiter.New(limiter.Config{Failures: 1 << 20, Window: time.Hour, BanTime: time.Hour}, nil)
+}
+
+func discardLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
