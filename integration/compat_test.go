@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -100,6 +101,68 @@ func testDaemon(t *testing.T, name, prefix string) {
 		})
 	}
 
+	t.Run("ABOR mid-transfer", func(t *testing.T) {
+		big, _ := randomFile(t, testHome, "abor-"+file, 32<<20)
+		t.Cleanup(func() { os.Remove(big) })
+		r := dialRaw(t, ip(8), g.Addr)
+		r.expect(220)
+		r.send("USER "+testUser, "PASS "+testPass, "TYPE I", "EPSV")
+		r.expect(331)
+		r.expect(230)
+		r.expect(200)
+		dc, err := dialer(ip(8)).Dial("tcp", fmt.Sprintf("127.0.0.1:%d", epsvPort(t, r.expect(229))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dc.Close()
+		r.send("RETR " + filepath.Base(big))
+		r.expect(150)
+		if _, err := io.ReadFull(dc, make([]byte, 64<<10)); err != nil {
+			t.Fatalf("data: %v", err)
+		}
+		// Telnet IP and Synch (IAC DM) before ABOR, as RFC 959 asks.
+		r.c.Write([]byte("\xff\xf4\xff\xf2ABOR\r\n"))
+		var codes []int
+		for {
+			code, text := r.reply()
+			codes = append(codes, code)
+			if code == 0 || code == 421 {
+				t.Fatalf("after ABOR: replies %v, last %q", codes, text)
+			}
+			if code == 225 || code == 226 {
+				break
+			}
+		}
+		r.send("NOOP")
+		r.expect(200)
+		t.Logf("replies after ABOR: %v", codes)
+	})
+	t.Run("pipelined guesses", func(t *testing.T) {
+		before := d.FailedLogins(t)
+		r := dialRaw(t, ip(9), g.Addr)
+		r.expect(220)
+		var lines []string
+		for i := 0; i < 10; i++ {
+			lines = append(lines, "USER "+testUser, fmt.Sprintf("PASS pipelined-%d", i))
+		}
+		r.send(lines...)
+		var codes []int
+		for {
+			code, _ := r.reply()
+			if code == 0 {
+				break
+			}
+			codes = append(codes, code)
+		}
+		if len(codes) == 0 || codes[len(codes)-1] != 421 {
+			t.Fatalf("replies %v; want the last to be 421", codes)
+		}
+		waitFor(t, "a ban", func() bool { return g.Count(t, "ban", "key", ip(9)+"/32") == 1 })
+		if n := d.FailedLogins(t) - before; n > budget {
+			t.Fatalf("%s saw %d failed logins; want ≤ %d", name, n, budget)
+		}
+		t.Logf("replies %v; %s saw %d failed logins", codes, name, d.FailedLogins(t)-before)
+	})
 	t.Run("guessing banned", func(t *testing.T) {
 		before := d.FailedLogins(t)
 		bruteForce(t, g.Addr, ip(6), budget+1, 3)
@@ -213,4 +276,76 @@ func (r replies) next() int {
 		return 0
 	}
 	return rep.Code
+}
+
+// epsvPort returns the port of a 229 reply's text.
+func epsvPort(t *testing.T, text string) int {
+	t.Helper()
+	i := strings.Index(text, "(|||")
+	var port int
+	if i < 0 {
+		t.Fatalf("229 text %q", text)
+	}
+	fmt.Sscanf(text[i+4:], "%d", &port)
+	return port
+}
+
+// TestProftpdFull: proftpd at its MaxClients answers a correct password
+// with "530 Sorry, the maximum number of allowed clients (1) are already
+// connected." ftpguard does not count that (proxy/quirks.go): the owner,
+// retrying more often than the budget while the daemon is full, is never
+// banned, and logs in once a place is free. Wrong passwords still count.
+func TestProftpdFull(t *testing.T) {
+	const budget = 2
+	d := startProftpd(t, "MaxClients 1")
+	g := startGuard(t, d.Addr, guardOpts{Failures: budget})
+	holder := dialRaw(t, "127.0.0.50", g.Addr)
+	holder.expect(220)
+	holder.send("USER "+testUser, "PASS "+testPass)
+	holder.expect(331)
+	holder.expect(230)
+	for i := 0; i < budget+2; i++ {
+		r := dialRaw(t, "127.0.0.51", g.Addr)
+		if code, text := r.reply(); code != 220 {
+			t.Fatalf("try %d: greeting %d %q; want 220 (not banned)", i, code, text)
+		}
+		r.send("USER "+testUser, "PASS "+testPass)
+		r.expect(331)
+		if text := r.expect(530); !strings.Contains(text, "maximum number") {
+			t.Fatalf("530 %q; want proftpd's MaxClients refusal", text)
+		}
+		r.c.Close()
+	}
+	if n := g.Count(t, "login failed", "peer", "127.0.0.51"); n != 0 {
+		t.Fatalf("%d refusals of a full daemon counted as failures", n)
+	}
+	if n := g.Count(t, "login refused by the daemon after the password"); n != budget+2 {
+		t.Fatalf("%d refusals logged; want %d", n, budget+2)
+	}
+	holder.send("QUIT")
+	holder.expect(221)
+	r := dialRaw(t, "127.0.0.51", g.Addr)
+	r.expect(220)
+	r.send("USER "+testUser, "PASS "+testPass)
+	r.expect(331)
+	deadline := time.Now().Add(5 * time.Second)
+	for code, _ := r.reply(); code != 230; code, _ = r.reply() {
+		// proftpd frees the holder's place when its process has exited.
+		if code != 530 || time.Now().After(deadline) {
+			t.Fatalf("owner's login after the holder left: %d", code)
+		}
+		r.c.Close()
+		time.Sleep(100 * time.Millisecond)
+		r = dialRaw(t, "127.0.0.51", g.Addr)
+		r.expect(220)
+		r.send("USER "+testUser, "PASS "+testPass)
+		r.expect(331)
+	}
+	// A wrong password is still a failure.
+	r = dialRaw(t, "127.0.0.52", g.Addr)
+	r.expect(220)
+	r.send("USER "+testUser, "PASS wrong")
+	r.expect(331)
+	r.expect(530)
+	waitFor(t, "the failure counted", func() bool { return g.Count(t, "login failed", "peer", "127.0.0.52") == 1 })
 }

@@ -61,10 +61,11 @@ func startDaemon(t testing.TB, name string) *ftpd {
 }
 
 // startProftpd runs proftpd in the foreground (-n) from
-// testdata/proftpd.conf. In that mode it logs to stderr: that file is the
+// testdata/proftpd.conf with the extra directives in place of the file's
+// of the same name (proftpd keeps the first of two). In that mode it logs to stderr: that file is the
 // daemon's log, whose "(Login failed)" lines count the failures that
 // reached it.
-func startProftpd(t testing.TB) *ftpd {
+func startProftpd(t testing.TB, extra ...string) *ftpd {
 	t.Helper()
 	setupHost(t)
 	bin := daemonBin(t, "usr/sbin/proftpd")
@@ -72,12 +73,25 @@ func startProftpd(t testing.TB) *ftpd {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var lines []string
+	for _, line := range strings.Split(string(base), "\n") {
+		keep := true
+		for _, e := range extra {
+			if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], strings.Fields(e)[0]) {
+				keep = false
+			}
+		}
+		if keep {
+			lines = append(lines, line)
+		}
+	}
 	dir := t.TempDir()
 	port := freePort(t)
 	pasv := 40000 + (port%100)*100
 	conf := filepath.Join(dir, "proftpd.conf")
-	text := string(base) + fmt.Sprintf("Port %d\nPassivePorts %d %d\nPidFile %s\nScoreboardFile %s\nTransferLog %s\n",
-		port, pasv, pasv+99, filepath.Join(dir, "proftpd.pid"), filepath.Join(dir, "scoreboard"), filepath.Join(dir, "xferlog"))
+	text := strings.Join(lines, "\n") + fmt.Sprintf("Port %d\nPassivePorts %d %d\nPidFile %s\nScoreboardFile %s\nTransferLog %s\n",
+		port, pasv, pasv+99, filepath.Join(dir, "proftpd.pid"), filepath.Join(dir, "scoreboard"), filepath.Join(dir, "xferlog")) +
+		strings.Join(extra, "\n") + "\n"
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
