@@ -112,8 +112,9 @@ type ftpd struct {
 }
 
 // startVsftpd runs vsftpd in the foreground on a free loopback port with
-// its own passive range, and stops it when the test ends.
-func startVsftpd(t testing.TB) *ftpd {
+// its own passive range, and stops it when the test ends. extra lines are
+// appended to its config.
+func startVsftpd(t testing.TB, extra ...string) *ftpd {
 	t.Helper()
 	setupHost(t)
 	base, err := os.ReadFile("testdata/vsftpd.conf")
@@ -126,7 +127,7 @@ func startVsftpd(t testing.TB) *ftpd {
 	logPath := filepath.Join(dir, "vsftpd.log")
 	conf := filepath.Join(dir, "vsftpd.conf")
 	text := string(base) + fmt.Sprintf("listen_port=%d\npasv_min_port=%d\npasv_max_port=%d\nvsftpd_log_file=%s\npam_service_name=%s\n",
-		port, pasv, pasv+49, logPath, pamName)
+		port, pasv, pasv+49, logPath, pamName) + strings.Join(append(extra, ""), "\n")
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -118,5 +118,10 @@ func (s *session) acceptActive(ln *net.TCPListener, target netip.AddrPort, downl
 		s.log.Info("TLS handshake on data connection failed", "err", err)
 		return
 	}
-	s.relayData(cc, bc, downloaded)
+	sbc, err := s.secureBackendData(bc)
+	if err != nil {
+		s.log.Error("TLS handshake on the daemon's data connection failed", "err", err)
+		return
+	}
+	s.relayData(cc, sbc, downloaded)
 }

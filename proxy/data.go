@@ -195,7 +195,12 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 		s.log.Info("TLS handshake on data connection failed", "err", err)
 		return
 	}
-	s.relayData(cc, bc, end)
+	sbc, err := s.secureBackendData(bc)
+	if err != nil {
+		s.log.Error("TLS handshake on the daemon's data connection failed", "err", err)
+		return
+	}
+	s.relayData(cc, sbc, end)
 }
 
 // relayData copies both ways between the client's and the backend's data

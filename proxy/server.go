@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftpguard/ftpguard/ftpproto"
 	"github.com/ftpguard/ftpguard/limiter"
 )
 
@@ -91,6 +92,10 @@ type Config struct {
 	// Active accepts PORT/EPRT (for the client's own address and a port ≥
 	// 1024 only). False: they are answered 502.
 	Active bool
+	// BackendTLS, when set, makes the proxy speak explicit FTPS to the
+	// daemon (AUTH TLS, PBSZ 0, PROT P; data connections resume the
+	// control session). Nil: plain FTP to the daemon.
+	BackendTLS *tls.Config
 	// Observe is the safe first-rollout mode: everything is counted, logged
 	// and reported, but no one is refused or closed for a ban, a budget or
 	// a user budget; the log says what would have been done.
@@ -450,7 +455,24 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		}
 	}
 
+	var greeting *ftpproto.Reply
+	btls := sessionBackendTLS(cfg.BackendTLS)
+	if btls != nil {
+		tc, g, err := backendTLS(s.ctx, bc, cfg, btls)
+		if err != nil {
+			log.Error("FTPS to the backend failed", "err", err)
+			bc.Close()
+			refuse(c, "421 Service not available, the FTP server cannot be reached securely.")
+			return
+		}
+		bc, greeting = tc, &g
+	}
+
 	ss := newSession(s, c, client, bc, e, log)
+	ss.btls = btls
+	if greeting != nil {
+		ss.queue, ss.pregreeted = nil, greeting
+	}
 	if implicit {
 		ss.tlsOn.Store(true)
 		ss.protP.Store(true)

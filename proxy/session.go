@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -55,11 +56,15 @@ type session struct {
 	transfers atomic.Int32
 	closing   atomic.Bool
 	tlsOn     atomic.Bool // the control connection is TLS
-	protP     atomic.Bool // PROT P: data connections with the client are TLS
-	clientEOF atomic.Bool
-	closeOnce sync.Once
-	done      chan struct{}  // closed by abort
-	data      sync.WaitGroup // data-connection goroutines
+	btls      *tls.Config // FTPS to the daemon, with this session's cache; nil: plain
+	// pregreeted is the daemon's greeting, already read when FTPS to the
+	// daemon was set up; relayed first.
+	pregreeted *ftpproto.Reply
+	protP      atomic.Bool // PROT P: data connections with the client are TLS
+	clientEOF  atomic.Bool
+	closeOnce  sync.Once
+	done       chan struct{}  // closed by abort
+	data       sync.WaitGroup // data-connection goroutines
 
 	// mu guards the fields below and serialises writes to the client.
 	mu        sync.Mutex
@@ -105,6 +110,11 @@ func newSession(srv *Server, raw, client, backend net.Conn, e endpoints, log *sl
 // run relays the session until either side ends it, then settles every
 // attempt still awaiting a reply as a failure.
 func (s *session) run() {
+	if s.pregreeted != nil {
+		s.mu.Lock()
+		s.writeLocked(*s.pregreeted)
+		s.mu.Unlock()
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -553,8 +563,10 @@ func (s *session) relayReplies() {
 	cfg := s.srv.config()
 	rr := ftpproto.NewReplyReader(s.backend, maxReplyLine, cfg.MaxReply)
 	// A daemon that accepts and never greets is given dial_timeout.
-	s.backend.SetReadDeadline(time.Now().Add(cfg.DialTimeout))
-	greeted := false
+	greeted := s.pregreeted != nil
+	if !greeted {
+		s.backend.SetReadDeadline(time.Now().Add(cfg.DialTimeout))
+	}
 	for {
 		r, err := rr.ReadReply()
 		if err != nil {

@@ -203,7 +203,7 @@ func LoadConfig(path string) (*Settings, error) {
 	for _, k := range md.Undecoded() {
 		errs = append(errs, keyError{k.String(), "unknown key"})
 	}
-	for _, p := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.Admin.TokenFile} {
+	for _, p := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(filepath.Dir(path), *p)
 		}
@@ -410,6 +410,9 @@ func (c Config) settings() (*Settings, []keyError) {
 		var err error
 		if s.Proxy.TLS, err = loadTLS(c.TLS); err != nil {
 			bad("tls.cert", "%v", err)
+		}
+		if s.Proxy.BackendTLS, err = loadBackendTLS(c.TLS, c.Backend.Address); err != nil {
+			bad("tls.backend_ca", "%v", err)
 		}
 	}
 	if len(errs) == 0 {

@@ -2,7 +2,10 @@ package main
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"net"
+	"os"
 	"sync/atomic"
 )
 
@@ -14,6 +17,38 @@ type TLSConfig struct {
 	MinVersion     string `toml:"min_version"`
 	Require        bool   `toml:"require"`
 	ImplicitListen string `toml:"implicit_listen"`
+	// FTPS towards the daemon.
+	BackendTLS        bool   `toml:"backend_tls"`
+	BackendCA         string `toml:"backend_ca"`
+	BackendServerName string `toml:"backend_server_name"`
+}
+
+// loadBackendTLS returns the client TLS config for FTPS to the daemon at
+// backend (host:port), or nil when backend_tls is off. Without backend_ca
+// the daemon's certificate is not verified: it sits on loopback or in the
+// same pod, and ftpguard would not know its name anyway.
+func loadBackendTLS(c TLSConfig, backend string) (*tls.Config, error) {
+	if !c.BackendTLS {
+		return nil, nil
+	}
+	name := c.BackendServerName
+	if name == "" {
+		name, _, _ = net.SplitHostPort(backend)
+	}
+	cfg := &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12}
+	if c.BackendCA == "" {
+		cfg.InsecureSkipVerify = true
+		return cfg, nil
+	}
+	pem, err := os.ReadFile(c.BackendCA)
+	if err != nil {
+		return nil, fmt.Errorf("tls.backend_ca: %w", err)
+	}
+	cfg.RootCAs = x509.NewCertPool()
+	if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls.backend_ca: no PEM certificate in %s", c.BackendCA)
+	}
+	return cfg, nil
 }
 
 // certs holds the certificate in use; a reload swaps it, so sessions
