@@ -103,25 +103,10 @@ func (s *session) acceptActive(ln *net.TCPListener, target netip.AddrPort, downl
 		return
 	}
 	defer s.untrackData(bc)
-	d := net.Dialer{Timeout: cfg.DialTimeout, LocalAddr: &net.TCPAddr{IP: s.ends.local.Addr().AsSlice()}}
-	c, err := d.DialContext(s.srv.ctx, "tcp", target.String())
-	if err != nil {
-		s.log.Info("active mode: cannot reach the client", "target", target.String(), "err", err)
-		return
-	}
-	if !s.trackData(c) {
+	c := s.dialData(s.ends.local.Addr(), target, "client")
+	if c == nil {
 		return
 	}
 	defer s.untrackData(c)
-	cc, err := s.secureData(c)
-	if err != nil {
-		s.log.Info("TLS handshake on data connection failed", "err", err)
-		return
-	}
-	sbc, err := s.secureBackendData(bc)
-	if err != nil {
-		s.log.Error("TLS handshake on the daemon's data connection failed", "err", err)
-		return
-	}
-	s.relayData(cc, sbc, downloaded)
+	s.secureAndRelay(c, bc, downloaded)
 }

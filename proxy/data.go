@@ -179,28 +179,44 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 	}
 	defer s.untrackData(c)
 
-	local := addrPortOf(s.backend.LocalAddr()).Addr()
-	d := net.Dialer{Timeout: cfg.DialTimeout, LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}
-	bc, err := d.DialContext(s.srv.ctx, "tcp", target.String())
-	if err != nil {
-		s.log.Error("backend data dial failed", "target", target.String(), "err", err)
-		return
-	}
-	if !s.trackData(bc) {
+	bc := s.dialData(addrPortOf(s.backend.LocalAddr()).Addr(), target, "daemon")
+	if bc == nil {
 		return
 	}
 	defer s.untrackData(bc)
-	cc, err := s.secureData(c)
+	s.secureAndRelay(c, bc, end)
+}
+
+// dialData dials a data leg to target from local (the daemon: from the
+// control connection's IP, which vsftpd insists on; the client: from the
+// address it reached) and tracks it. nil: it failed (logged).
+func (s *session) dialData(local netip.Addr, target netip.AddrPort, to string) net.Conn {
+	d := net.Dialer{Timeout: s.srv.config().DialTimeout, LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}
+	c, err := d.DialContext(s.srv.ctx, "tcp", target.String())
+	if err != nil {
+		s.log.Info("data connection failed", "to", to, "target", target.String(), "err", err)
+		return nil
+	}
+	if !s.trackData(c) {
+		return nil
+	}
+	return c
+}
+
+// secureAndRelay puts TLS on each data leg that needs it (PROT P with the
+// client, backend_tls with the daemon), then relays.
+func (s *session) secureAndRelay(client, backend net.Conn, done func()) {
+	cc, err := s.secureData(client)
 	if err != nil {
 		s.log.Info("TLS handshake on data connection failed", "err", err)
 		return
 	}
-	sbc, err := s.secureBackendData(bc)
+	bc, err := s.secureBackendData(backend)
 	if err != nil {
 		s.log.Error("TLS handshake on the daemon's data connection failed", "err", err)
 		return
 	}
-	s.relayData(cc, sbc, end)
+	s.relayData(cc, bc, done)
 }
 
 // relayData copies both ways between the client's and the backend's data
