@@ -152,6 +152,10 @@ func (s *session) untrackData(c net.Conn) {
 // (vsftpd refuses others) and relays.
 func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 	cfg := s.srv.config()
+	// The data leg is open from now: a 2xx to a transfer waits for it even
+	// when the client has connected but the accept has not returned yet.
+	end := s.xfer.begin()
+	defer end()
 	defer ln.Close()
 	ln.SetDeadline(time.Now().Add(cfg.DataTimeout))
 	var c net.Conn
@@ -172,8 +176,6 @@ func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
 		c.Close()
 	}
 	ln.Close()
-	end := s.xfer.begin()
-	defer end()
 	if !s.trackData(c) {
 		return
 	}

@@ -53,7 +53,7 @@ func transferVerb(verb string) bool {
 // whenever the 226 arrives before the proxy's data connection. A client
 // talking to the daemon directly never sees that order, so the proxy keeps
 // it: a data leg is open from the moment it can carry data (the PORT
-// listener is set up; the client's passive connection is accepted) until
+// listener or the passive listener is set up) until
 // its daemon → client half has ended, and the reply waits (at most
 // DataTimeout) until no leg is open. Replies 4xx/5xx are not held.
 type dataGate struct {
