@@ -33,6 +33,28 @@ func refusedAfterGoodPassword(r ftpproto.Reply) bool {
 		strings.Contains(t, "are already connected")
 }
 
+// answersAbort reports whether r, a final reply while q holds a transfer
+// command and then ABOR, is the ABOR's own reply: the transfer then gets
+// none. pure-ftpd, aborted mid-transfer, sends "150 <statistics>" and
+// "226 Since you see this ABOR must've succeeded" and nothing for the
+// transfer, where vsftpd and proftpd answer it with 426 before answering
+// ABOR with 225/226. Paired with the transfer, that 226 would leave every
+// later reply answering the command before its own (a 227 passed through
+// unrewritten, a 530 to PASS not counted). The word "ABOR" in upper case is
+// the sign: no transfer reply says it (proftpd's "426 Transfer aborted"
+// does not), and a daemon that sends 426 first is paired as before.
+func answersAbort(q []pending, r ftpproto.Reply) bool {
+	if len(q) < 2 || !transferVerb(q[0].verb) || q[1].verb != "ABOR" || r.Code < 200 {
+		return false
+	}
+	for _, w := range strings.FieldsFunc(r.Text(), func(c rune) bool { return !('A' <= c && c <= 'Z') }) {
+		if w == "ABOR" {
+			return true
+		}
+	}
+	return false
+}
+
 // transferVerb reports whether verb moves data over a data connection.
 func transferVerb(verb string) bool {
 	switch verb {

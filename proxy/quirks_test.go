@@ -203,3 +203,40 @@ func TestTransferFailureNotHeld(t *testing.T) {
 		t.Fatalf("550 held %v", d)
 	}
 }
+
+// TestPureftpdAbortKeepsStep: pure-ftpd, aborted mid-transfer, sends no
+// final reply to the transfer — only "150 <statistics>" and "226 Since you
+// see this ABOR must've succeeded" — where vsftpd and proftpd send 426 and
+// then 225/226. The proxy pairs that 226 with ABOR, so the replies after
+// it still answer their own commands: a 227 is rewritten to the proxy's
+// own port, never passed through.
+func TestPureftpdAbortKeepsStep(t *testing.T) {
+	f := startFake(t, func(c net.Conn, line string) bool {
+		switch line {
+		case "RETR big":
+			fmt.Fprint(c, "150-Accepted data connection\r\n150 32768.0 kbytes to download\r\n")
+		case "ABOR":
+			fmt.Fprint(c, "150 0.301 seconds (measured here), 12.48 Mbytes per second\r\n226 Since you see this ABOR must've succeeded\r\n")
+		case "PASV":
+			fmt.Fprint(c, "227 Entering Passive Mode (127,0,0,1,4,1)\r\n")
+		default:
+			return false
+		}
+		return true
+	})
+	p := startProxy(t, f.ln.Addr().String(), Config{}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("USER u\r\nPASS good\r\nRETR big\r\n")
+	c.expect(331)
+	c.expect(230)
+	c.expect(150)
+	c.send("\xff\xf4\xff\xf2ABOR\r\nNOOP\r\nPASV\r\n")
+	c.expect(150)
+	c.expect(226)
+	c.expect(200)
+	ap, err := ftpproto.ParsePASV(c.expect(227).Text())
+	if err != nil || ap.Port() == 4<<8|1 {
+		t.Fatalf("227 after ABOR passed through: %v (err %v)", ap, err)
+	}
+}

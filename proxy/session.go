@@ -632,6 +632,9 @@ func (s *session) reply(r ftpproto.Reply) bool {
 	if r.Code < 200 {
 		return s.writeLocked(r) // preliminary: the command awaits more
 	}
+	if answersAbort(s.queue, r) {
+		s.queue = s.queue[1:] // pure-ftpd: the aborted transfer gets no reply (quirks.go)
+	}
 	p := s.queue[0]
 	out, keep, banned := r, true, false
 	var hold time.Duration
