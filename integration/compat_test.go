@@ -133,8 +133,30 @@ func testDaemon(t *testing.T, name, prefix string) {
 				break
 			}
 		}
+		// Later replies still answer their own commands: the 229 is the
+		// proxy's (pure-ftpd sends no reply for the aborted RETR; see
+		// proxy/quirks.go), and a LIST goes through it.
 		r.send("NOOP")
 		r.expect(200)
+		r.send("EPSV")
+		port := epsvPort(t, r.expect(229))
+		if lo, hi := g.passiveRange(t); port < lo || port > hi {
+			t.Fatalf("229 after ABOR names port %d, not one of ftpguard's %d-%d", port, lo, hi)
+		}
+		lc, err := dialer(ip(8)).Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lc.Close()
+		r.send("LIST")
+		r.expect(150)
+		if b, _ := io.ReadAll(lc); !strings.Contains(string(b), file) {
+			t.Fatalf("LIST after ABOR lacks %s:\n%s", file, b)
+		}
+		// proftpd sends 226 only once the client has closed the data
+		// connection (else after TimeoutLinger, 10 s), as clients do.
+		lc.Close()
+		r.expect(226)
 		t.Logf("replies after ABOR: %v", codes)
 	})
 	t.Run("pipelined guesses", func(t *testing.T) {
@@ -348,4 +370,20 @@ func TestProftpdFull(t *testing.T) {
 	r.expect(331)
 	r.expect(530)
 	waitFor(t, "the failure counted", func() bool { return g.Count(t, "login failed", "peer", "127.0.0.52") == 1 })
+}
+
+// passiveRange returns ftpguard's passive port range from its config.
+func (g *guard) passiveRange(t *testing.T) (lo, hi int) {
+	t.Helper()
+	b, err := os.ReadFile(g.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if _, err := fmt.Sscanf(line, "ports = \"%d-%d\"", &lo, &hi); err == nil {
+			return lo, hi
+		}
+	}
+	t.Fatalf("no passive ports in %s", g.Config)
+	return
 }
