@@ -240,3 +240,74 @@ func TestPureftpdAbortKeepsStep(t *testing.T) {
 		t.Fatalf("227 after ABOR passed through: %v (err %v)", ap, err)
 	}
 }
+
+// TestGreetingVariants: greetings real daemons send reach the client and
+// the session works after them: 120 then 220 (RFC 959), Telnet negotiation
+// before the code (proftpd may send IAC sequences), pure-ftpd's multi-line
+// greeting whose first line is "220----------".
+func TestGreetingVariants(t *testing.T) {
+	for _, tt := range []struct {
+		name, greeting string
+		codes          []int
+	}{
+		{"120 then 220", "120 Service ready in 1 minute.\r\n220 Ready.\r\n", []int{120, 220}},
+		{"Telnet bytes first", "\xff\xfb\x01\xff\xfd\x03220 Ready.\r\n", []int{220}},
+		{"pure-ftpd", "220---------- Welcome to Pure-FTPd [privsep] [TLS] ----------\r\n220-You are user number 1 of 50 allowed.\r\n220 You will be disconnected after 15 minutes of inactivity.\r\n", []int{220}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			t.Cleanup(func() { ln.Close(); <-done })
+			go func() {
+				defer close(done)
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				for _, part := range strings.SplitAfter(tt.greeting, "\r\n") {
+					c.Write([]byte(part))
+					time.Sleep(20 * time.Millisecond)
+				}
+				buf := make([]byte, 4096)
+				var in string
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					in += string(buf[:n])
+					for strings.Contains(in, "\r\n") {
+						line, rest, _ := strings.Cut(in, "\r\n")
+						in = rest
+						switch line {
+						case "USER u":
+							c.Write([]byte("331 Password please.\r\n"))
+						case "PASS good":
+							c.Write([]byte("230 In.\r\n"))
+						default:
+							c.Write([]byte("530 Login incorrect.\r\n"))
+						}
+					}
+				}
+			}()
+			p := startProxy(t, ln.Addr().String(), Config{}, testLimits)
+			c := dial(t, p.addr)
+			for _, code := range tt.codes {
+				c.expect(code)
+			}
+			c.send("USER u\r\nPASS bad\r\nUSER u\r\nPASS good\r\n")
+			c.expect(331)
+			c.expect(530)
+			c.expect(331)
+			c.expect(230)
+			logs := p.logs.String()
+			if !strings.Contains(logs, "login ok") || strings.Count(logs, "login failed") != 1 {
+				t.Fatalf("want one failure and one login logged:\n%s", logs)
+			}
+		})
+	}
+}
