@@ -63,6 +63,19 @@ func testDaemon(t *testing.T, name, prefix string) {
 		}
 	})
 
+	t.Run("FEAT", func(t *testing.T) {
+		// AUTH TLS, PBSZ and PROT are ftpguard's to offer, once each,
+		// whatever the daemon lists (pure-ftpd lists them too).
+		r := dialRaw(t, ip(2), g.Addr)
+		r.expect(220)
+		r.send("FEAT")
+		text := r.expect(211)
+		for _, f := range []string{"AUTH TLS", "PBSZ", "PROT"} {
+			if n := strings.Count(text, " "+f); n != 1 {
+				t.Fatalf("FEAT lists %s %d times:\n%s", f, n, text)
+			}
+		}
+	})
 	for _, m := range []struct {
 		name string
 		opts []string
