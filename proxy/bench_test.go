@@ -151,3 +151,39 @@ func newBenchLimiter() (*limiter.Limiter, error) {
 func discardLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
+
+// BenchmarkLogin: connect, greeting, USER, PASS, QUIT through the proxy to
+// the in-process fake daemon (compare BenchmarkLoginDirect): the proxy's
+// cost per login, without a real daemon's fork and PAM.
+func BenchmarkLogin(b *testing.B) {
+	f := startFakeB(b)
+	p := startProxyB(b, f.ln.Addr().String())
+	benchLogins(b, p.addr)
+}
+
+// BenchmarkLoginDirect is BenchmarkLogin straight to the fake daemon.
+func BenchmarkLoginDirect(b *testing.B) {
+	f := startFakeB(b)
+	benchLogins(b, f.ln.Addr().String())
+}
+
+func benchLogins(b *testing.B, addr string) {
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := ftpproto.NewReplyReader(c, 512, 4096)
+		r.ReadReply()
+		c.Write([]byte("USER u\r\n"))
+		r.ReadReply()
+		c.Write([]byte("PASS good\r\n"))
+		if rep, _ := r.ReadReply(); rep.Code != 230 {
+			b.Fatalf("login: %v", rep.Lines)
+		}
+		c.Write([]byte("QUIT\r\n"))
+		r.ReadReply()
+		c.Close()
+	}
+}
