@@ -513,22 +513,33 @@ func (l *Limiter) attemptShared(now time.Time, s *settings, addr netip.Addr, d D
 		d.Allowed, d.Remaining = true, res.Remaining
 	case SharedBusy:
 		d.Busy = true
-	case SharedBanned:
-		if l.installLocked(s, res.Ban) && res.Ban.Active(l.clock) {
-			change = &BanChange{Ban: res.Ban, Remote: true}
-		}
-		d.Ban = res.Ban
-	case SharedNewBan:
-		l.installLocked(s, res.Ban)
-		l.bansCreated++
-		d.Ban, d.NewBan = res.Ban, true
-		change = &BanChange{Ban: res.Ban}
+	default:
+		d, change = l.sharedBanLocked(s, res, d)
 	}
 	l.mu.Unlock()
 	if change != nil {
 		l.notify(*change)
 	}
 	return d
+}
+
+// sharedBanLocked applies a SharedBanned or SharedNewBan verdict: the ban
+// goes into the local table, and the change to announce (if any) is
+// returned.
+func (l *Limiter) sharedBanLocked(s *settings, res SharedResult, d Decision) (Decision, *BanChange) {
+	switch res.Verdict {
+	case SharedBanned:
+		d.Ban = res.Ban
+		if l.installLocked(s, res.Ban) && res.Ban.Active(l.clock) {
+			return d, &BanChange{Ban: res.Ban, Remote: true}
+		}
+	case SharedNewBan:
+		l.installLocked(s, res.Ban)
+		l.bansCreated++
+		d.Ban, d.NewBan = res.Ban, true
+		return d, &BanChange{Ban: res.Ban}
+	}
+	return d, nil
 }
 
 // failShared settles a failure with the shared store (the local budget has
@@ -572,16 +583,8 @@ func (l *Limiter) failShared(now time.Time, s *settings, addr netip.Addr, d Deci
 		} else {
 			d.Allowed, d.Remaining = true, res.Remaining
 		}
-	case SharedBanned:
-		if l.installLocked(s, res.Ban) && res.Ban.Active(l.clock) {
-			change = &BanChange{Ban: res.Ban, Remote: true}
-		}
-		d.Ban = res.Ban
-	case SharedNewBan:
-		l.installLocked(s, res.Ban)
-		l.bansCreated++
-		d.Ban, d.NewBan = res.Ban, true
-		change = &BanChange{Ban: res.Ban}
+	default:
+		d, change = l.sharedBanLocked(s, res, d)
 	}
 	l.mu.Unlock()
 	if change != nil {
