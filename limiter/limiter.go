@@ -308,6 +308,12 @@ func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
 	}
 	d, seq := l.attemptLocked(now, s, d)
 	l.mu.Unlock()
+	return l.publish(d, seq)
+}
+
+// publish saves and announces the ban that d made, if it made one; called
+// after the lock is released, as store I/O and hooks must not run under it.
+func (l *Limiter) publish(d Decision, seq uint64) Decision {
 	if d.NewBan {
 		l.saveBan(d.Ban, seq)
 		l.notify(BanChange{Ban: d.Ban})
@@ -448,11 +454,7 @@ func (l *Limiter) fail(now time.Time, addr netip.Addr, settle bool) Decision {
 	}
 	d, seq := l.failLocked(now, s, d, b, cover)
 	l.mu.Unlock()
-	if d.NewBan {
-		l.saveBan(d.Ban, seq)
-		l.notify(BanChange{Ban: d.Ban})
-	}
-	return d
+	return l.publish(d, seq)
 }
 
 // failLocked decides a failure already taken from the local budget b of

@@ -497,11 +497,7 @@ func (l *Limiter) attemptShared(now time.Time, s *settings, addr netip.Addr, d D
 		}
 		d, seq := l.attemptLocked(now, s, d)
 		l.mu.Unlock()
-		if d.NewBan {
-			l.saveBan(d.Ban, seq)
-			l.notify(BanChange{Ban: d.Ban})
-		}
-		return d
+		return l.publish(d, seq)
 	}
 	var change *BanChange
 	switch res.Verdict {
@@ -567,11 +563,7 @@ func (l *Limiter) failShared(now time.Time, s *settings, addr netip.Addr, d Deci
 		}
 		d, seq := l.failLocked(now, s, d, b, cover)
 		l.mu.Unlock()
-		if d.NewBan {
-			l.saveBan(d.Ban, seq)
-			l.notify(BanChange{Ban: d.Ban})
-		}
-		return d
+		return l.publish(d, seq)
 	}
 	var change *BanChange
 	switch res.Verdict {
