@@ -35,20 +35,6 @@ func TestBench(t *testing.T) {
 	path, _ := randomFile(t, testHome, name, mib<<20)
 	t.Cleanup(func() { os.Remove(path) })
 
-	loginRate := func(addr string) float64 {
-		start := time.Now()
-		for i := 0; i < logins; i++ {
-			c, err := ftpClient(t, "127.0.0.20", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Login(testUser, testPass); err != nil {
-				t.Fatal(err)
-			}
-			c.Quit()
-		}
-		return float64(logins) / time.Since(start).Seconds()
-	}
 	retrRate := func(addr string, opts ...ftp.DialOption) float64 {
 		c, err := ftpClient(t, "127.0.0.21", addr, opts...)
 		if err != nil {
@@ -99,8 +85,8 @@ func TestBench(t *testing.T) {
 	ftps := ftp.DialWithExplicitTLS(&tls.Config{InsecureSkipVerify: true})
 	var ld, lp, cd, cp, rd, rp, rt []float64
 	for i := 0; i < runs; i++ {
-		ld = append(ld, loginRate(d.Addr))
-		lp = append(lp, loginRate(g.Addr))
+		ld = append(ld, loginRate(t, "127.0.0.20", d.Addr, logins))
+		lp = append(lp, loginRate(t, "127.0.0.20", g.Addr, logins))
 		cd = append(cd, concurrentLogins(d.Addr))
 		cp = append(cp, concurrentLogins(g.Addr))
 		rd = append(rd, retrRate(d.Addr))
@@ -117,6 +103,23 @@ func TestBench(t *testing.T) {
 	report("logins, 32 at once", "/s", "direct", cd, "proxied", cp)
 	report(fmt.Sprintf("RETR %d MiB", mib), "MiB/s", "direct", rd, "proxied", rp)
 	report(fmt.Sprintf("RETR %d MiB", mib), "MiB/s", "proxied plain", rp, "proxied FTPS", rt) // PROT P
+}
+
+// loginRate logs in and out n times in a row from src through addr and
+// returns the logins per second.
+func loginRate(t *testing.T, src, addr string, n int) float64 {
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		c, err := ftpClient(t, src, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Login(testUser, testPass); err != nil {
+			t.Fatal(err)
+		}
+		c.Quit()
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 func median(v []float64) float64 {
@@ -168,25 +171,11 @@ func TestBenchStores(t *testing.T) {
 		}
 		return float64(n) / time.Since(start).Seconds()
 	}
-	loginRate := func(addr string) float64 {
-		start := time.Now()
-		for i := 0; i < logins; i++ {
-			c, err := ftpClient(t, "127.0.0.71", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Login(testUser, testPass); err != nil {
-				t.Fatal(err)
-			}
-			c.Quit()
-		}
-		return float64(logins) / time.Since(start).Seconds()
-	}
 	cr, lr := map[string][]float64{}, map[string][]float64{}
 	for i := 0; i < runs; i++ {
 		for _, k := range kinds {
 			cr[k] = append(cr[k], connects(guards[k].Addr))
-			lr[k] = append(lr[k], loginRate(guards[k].Addr))
+			lr[k] = append(lr[k], loginRate(t, "127.0.0.71", guards[k].Addr, logins))
 		}
 	}
 	fmt.Printf("ftpguard store bench: %d interleaved runs; medians (min..max); ratio to memory\n", runs)
