@@ -32,7 +32,7 @@ func adminGuard(t *testing.T, backend string, o guardOpts) *guard {
 	if o.Admin == "" {
 		o.Admin = "127.0.0.1:0"
 	}
-	o.AdminExtra = fmt.Sprintf("token_file = %q\n", tf)
+	o.AdminExtra += fmt.Sprintf("token_file = %q\n", tf)
 	g := startGuard(t, backend, o)
 	if g.AdminAddr == "" {
 		t.Fatal("ftpguard logged no \"admin listening\"")

@@ -1,12 +1,17 @@
 package integration
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,27 +20,36 @@ import (
 )
 
 // TestBench measures ftpguard against a direct connection to the same
-// vsftpd in the same run, interleaving the two, and prints ratios. It runs
-// only when FTPGUARD_BENCH=1 (integration/bench.sh sets it): it is a
-// measurement, not a test, and asserts nothing about speed.
+// vsftpd in the same run, interleaving the two, and prints ratios. Beside
+// them it measures HAProxy in TCP mode with splice in front of the same
+// vsftpd (control and passive data ports), when haproxy is installed: the
+// cost of any relay that ends TCP on this machine, so that ftpguard's own
+// share can be told from the price of the second hop. It also prints the
+// CPU time ftpguard and HAProxy spend per login and per GiB relayed (from
+// /proc), which moves much less between runs than throughput on loopback.
+// It runs only when FTPGUARD_BENCH=1 (integration/bench.sh sets it): it is
+// a measurement, not a test, and asserts nothing about speed.
 //
 // FTPGUARD_BENCH_RUNS (default 7) runs of each; FTPGUARD_BENCH_LOGINS
-// (default 300) logins a run; FTPGUARD_BENCH_MIB (default 256) file size.
+// (default 320) logins a run; FTPGUARD_BENCH_MIB (default 1024) file size.
 func TestBench(t *testing.T) {
 	if os.Getenv("FTPGUARD_BENCH") != "1" {
 		t.Skip("set FTPGUARD_BENCH=1 (or run integration/bench.sh) to measure")
 	}
 	runs := envInt("FTPGUARD_BENCH_RUNS", 7)
-	logins := envInt("FTPGUARD_BENCH_LOGINS", 300)
-	mib := envInt("FTPGUARD_BENCH_MIB", 256)
+	logins := envInt("FTPGUARD_BENCH_LOGINS", 320)
+	mib := envInt("FTPGUARD_BENCH_MIB", 1024)
 
 	d := startVsftpd(t)
 	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100, Extra: testCert(t, "explicit")})
+	hp := startHAProxy(t, d)
 	name := fmt.Sprintf("bench-%d.bin", time.Now().UnixNano())
 	path, _ := randomFile(t, testHome, name, mib<<20)
 	t.Cleanup(func() { os.Remove(path) })
 
-	retrRate := func(addr string, opts ...ftp.DialOption) float64 {
+	// Each measurement returns its rate and the CPU seconds the relay in
+	// front of vsftpd (pid; 0: none) spent on it.
+	retrRate := func(addr string, pid int, opts ...ftp.DialOption) (float64, float64) {
 		c, err := ftpClient(t, "127.0.0.21", addr, opts...)
 		if err != nil {
 			t.Fatal(err)
@@ -44,6 +58,7 @@ func TestBench(t *testing.T) {
 		if err := c.Login(testUser, testPass); err != nil {
 			t.Fatal(err)
 		}
+		cpu := procCPU(pid)
 		start := time.Now()
 		r, err := c.Retr(name)
 		if err != nil {
@@ -54,19 +69,20 @@ func TestBench(t *testing.T) {
 		if err != nil || n != int64(mib)<<20 {
 			t.Fatalf("RETR: %d bytes, %v", n, err)
 		}
-		return float64(n) / (1 << 20) / time.Since(start).Seconds()
+		return float64(n) / (1 << 20) / time.Since(start).Seconds(), procCPU(pid) - cpu
 	}
 
 	// 32 clients at once, each logging in and out in a loop.
-	concurrentLogins := func(addr string) float64 {
+	concurrentLogins := func(addr string, pid int) (float64, float64) {
 		const workers = 32
 		var wg sync.WaitGroup
+		cpu := procCPU(pid)
 		start := time.Now()
 		for w := 0; w < workers; w++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := 0; i < logins/workers+1; i++ {
+				for i := 0; i < logins/workers; i++ {
 					c, err := ftpClient(t, "127.0.0.22", addr)
 					if err != nil {
 						t.Error(err)
@@ -80,29 +96,139 @@ func TestBench(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		return float64(workers*(logins/workers+1)) / time.Since(start).Seconds()
+		return float64(workers*(logins/workers)) / time.Since(start).Seconds(), procCPU(pid) - cpu
 	}
 	ftps := ftp.DialWithExplicitTLS(&tls.Config{InsecureSkipVerify: true})
-	var ld, lp, cd, cp, rd, rp, rt []float64
+	gpid := g.cmd.Process.Pid
+	var ld, lp, cd, cp, ch, rd, rp, rh, rt []float64
+	var gLoginCPU, hLoginCPU, gByteCPU, hByteCPU []float64 // ms per login, s per GiB
 	for i := 0; i < runs; i++ {
 		ld = append(ld, loginRate(t, "127.0.0.20", d.Addr, logins))
 		lp = append(lp, loginRate(t, "127.0.0.20", g.Addr, logins))
-		cd = append(cd, concurrentLogins(d.Addr))
-		cp = append(cp, concurrentLogins(g.Addr))
-		rd = append(rd, retrRate(d.Addr))
-		rp = append(rp, retrRate(g.Addr))
-		rt = append(rt, retrRate(g.Addr, ftps))
+		r, _ := concurrentLogins(d.Addr, 0)
+		cd = append(cd, r)
+		r, cpu := concurrentLogins(g.Addr, gpid)
+		cp, gLoginCPU = append(cp, r), append(gLoginCPU, cpu*1000/float64(logins))
+		if hp != nil {
+			r, cpu = concurrentLogins(hp.Addr, hp.pid)
+			ch, hLoginCPU = append(ch, r), append(hLoginCPU, cpu*1000/float64(logins))
+		}
+		r, _ = retrRate(d.Addr, 0)
+		rd = append(rd, r)
+		r, cpu = retrRate(g.Addr, gpid)
+		rp, gByteCPU = append(rp, r), append(gByteCPU, cpu*1024/float64(mib))
+		if hp != nil {
+			r, cpu = retrRate(hp.Addr, hp.pid)
+			rh, hByteCPU = append(rh, r), append(hByteCPU, cpu*1024/float64(mib))
+		}
+		r, _ = retrRate(g.Addr, 0, ftps)
+		rt = append(rt, r)
 	}
-	report := func(what, unit, aName string, a []float64, bName string, b []float64) {
-		ma, mb := median(a), median(b)
-		fmt.Printf("%-20s %s %8.1f %s (%.1f..%.1f)  %s %8.1f %s (%.1f..%.1f)  ratio %.3f\n",
-			what, aName, ma, unit, slices.Min(a), slices.Max(a), bName, mb, unit, slices.Min(b), slices.Max(b), mb/ma)
+	stat := func(name string, v []float64, unit string, base []float64) string {
+		s := fmt.Sprintf("  %s %7.1f%s (%.1f..%.1f)", name, median(v), unit, slices.Min(v), slices.Max(v))
+		if base != nil {
+			s += fmt.Sprintf(" ratio %.3f", median(v)/median(base))
+		}
+		return s
 	}
-	fmt.Printf("ftpguard bench: %d interleaved runs each; medians (min..max)\n", runs)
-	report(fmt.Sprintf("logins (%d/run)", logins), "/s", "direct", ld, "proxied", lp)
-	report("logins, 32 at once", "/s", "direct", cd, "proxied", cp)
-	report(fmt.Sprintf("RETR %d MiB", mib), "MiB/s", "direct", rd, "proxied", rp)
-	report(fmt.Sprintf("RETR %d MiB", mib), "MiB/s", "proxied plain", rp, "proxied FTPS", rt) // PROT P
+	fmt.Printf("ftpguard bench: %d interleaved runs each; medians (min..max); ratios to direct\n", runs)
+	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("logins (%d/run)", logins), stat("direct", ld, "/s", nil), stat("ftpguard", lp, "/s", ld))
+	line := fmt.Sprintf("%-22s%s%s", "logins, 32 at once", stat("direct", cd, "/s", nil), stat("ftpguard", cp, "/s", cd))
+	if hp != nil {
+		line += stat("haproxy", ch, "/s", cd)
+	}
+	fmt.Println(line)
+	line = fmt.Sprintf("%-22s%s%s", fmt.Sprintf("RETR %d MiB", mib), stat("direct", rd, " MiB/s", nil), stat("ftpguard", rp, " MiB/s", rd))
+	if hp != nil {
+		line += stat("haproxy", rh, " MiB/s", rd)
+	}
+	fmt.Println(line)
+	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("RETR %d MiB", mib), stat("ftpguard plain", rp, " MiB/s", nil), stat("ftpguard FTPS", rt, " MiB/s", rp)) // PROT P
+	line = fmt.Sprintf("%-22s  ftpguard %.2f ms/login, %.3f s/GiB", "relay CPU", median(gLoginCPU), median(gByteCPU))
+	if hp != nil {
+		line += fmt.Sprintf("   haproxy %.2f ms/login, %.3f s/GiB", median(hLoginCPU), median(hByteCPU))
+	} else {
+		line += "   (haproxy not installed: no reference relay)"
+	}
+	fmt.Println(line)
+}
+
+// haproxy is HAProxy run by a benchmark as a reference relay.
+type haproxy struct {
+	Addr string
+	pid  int
+}
+
+// startHAProxy runs HAProxy in TCP mode with splice in front of d: its
+// control port on 127.0.0.60, and the same port range as d's passive range
+// on 127.0.0.60, each to the same port on d's address, so that EPSV works
+// through it. nil when haproxy is not installed.
+func startHAProxy(t *testing.T, d *ftpd) *haproxy {
+	t.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(d.Addr)
+	port := freePort(t)
+	conf := fmt.Sprintf(`global
+  maxconn 4000
+  tune.pipesize 1048576
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option splice-request
+  option splice-response
+frontend control
+  bind 127.0.0.60:%d
+  default_backend control
+backend control
+  server vsftpd %s
+frontend data
+  bind 127.0.0.60:%d-%d
+  default_backend data
+backend data
+  server vsftpd %s
+`, port, d.Addr, d.pasv[0], d.pasv[1], host)
+	path := filepath.Join(t.TempDir(), "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd := exec.Command("haproxy", "-db", "-f", path)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	h := &haproxy{Addr: fmt.Sprintf("127.0.0.60:%d", port), pid: cmd.Process.Pid}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", h.Addr); err == nil {
+			c.Close()
+			return h
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("haproxy did not listen on %s: %s", h.Addr, out.String())
+		}
+	}
+}
+
+// procCPU is the user+system CPU seconds process pid has used (0: none).
+func procCPU(pid int) float64 {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name's ")": utime and stime are the 12th
+	// and 13th, in clock ticks (100 a second on Linux).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
 }
 
 // loginRate logs in and out n times in a row from src through addr and

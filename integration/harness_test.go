@@ -109,6 +109,7 @@ type ftpd struct {
 	LogPath  string
 	failMark string     // the daemon's log line of a failed login; "" = vsftpd's
 	relay    *passRelay // counts the PASS lines reaching a daemon without a log
+	pasv     [2]int     // vsftpd's passive port range
 }
 
 // startVsftpd runs vsftpd in the foreground on a free loopback port with
@@ -168,7 +169,7 @@ func startVsftpd(t testing.TB, extra ...string) *ftpd {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &ftpd{Name: "vsftpd", Addr: addr, LogPath: logPath, failMark: "FAIL LOGIN"}
+	return &ftpd{Name: "vsftpd", Addr: addr, LogPath: logPath, failMark: "FAIL LOGIN", pasv: [2]int{pasv, pasv + 49}}
 }
 
 // FailedLogins counts the failed logins that really reached the daemon:
@@ -200,6 +201,8 @@ type guardOpts struct {
 	AdminExtra string
 	// Mode is the top-level mode ("enforce" when "").
 	Mode string
+	// Sessions is raw TOML put inside the [sessions] table (max_conns).
+	Sessions string
 }
 
 // guard is an ftpguard process run by a test.
@@ -269,12 +272,13 @@ failure_delay = "0s"
 max_conns_per_ip = %d
 login_timeout = %q
 drain_timeout = "5s"
+%s
 
 [log]
 level = %q
 format = "json"
 %s
-`, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.LogLevel, o.Extra)
+`, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
