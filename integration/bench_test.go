@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -358,4 +360,119 @@ func drain(r io.Reader) (int64, error) {
 			return n, err
 		}
 	}
+}
+
+// TestBenchIdleSessions measures what an idle, logged-in session costs the
+// ftpguard process: heap+stack (after a forced GC) and resident memory, at
+// FTPGUARD_IDLE_SESSIONS (default 10,000) sessions, against the same
+// process with none. ftpguard runs as its own process, as in production, so
+// it holds two descriptors a session; this process holds the other two
+// ends (the clients and an in-process daemon that greets, accepts any
+// login and then only waits: vsftpd forks two processes a session). Runs
+// only with FTPGUARD_BENCH=1.
+func TestBenchIdleSessions(t *testing.T) {
+	if os.Getenv("FTPGUARD_BENCH") != "1" {
+		t.Skip("set FTPGUARD_BENCH=1 (or run integration/bench.sh) to measure")
+	}
+	n := envInt("FTPGUARD_IDLE_SESSIONS", 10000)
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	lim.Cur = lim.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	// ftpguard's limit is the same hard limit; each side needs 2n and a
+	// few dozen of its own (listeners, log, epoll, admin).
+	if fit := (int(lim.Max) - 64) / 2; n > fit {
+		fmt.Printf("idle sessions: %d sessions need %d descriptors in each process, the hard limit is %d: measuring %d\n",
+			n, 2*n, lim.Max, fit)
+		n = fit
+	}
+	daemon := startIdleDaemon(t)
+	g := adminGuard(t, daemon, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100,
+		Sessions: fmt.Sprintf("max_conns = %d\n", n+100), AdminExtra: "pprof = true\n"})
+	mem := func() (heapStack, rss, fds float64) {
+		if code, body := g.admin(t, "GET", "/debug/pprof/heap?gc=1", adminToken, ""); code != 200 { // gc=1: a GC first
+			t.Fatalf("heap profile: %d %s", code, body)
+		}
+		return g.metric(t, "go_memstats_heap_inuse_bytes") + g.metric(t, "go_memstats_stack_inuse_bytes"),
+			g.metric(t, "process_resident_memory_bytes"), g.metric(t, "process_open_fds")
+	}
+	open := func(count int) []net.Conn {
+		conns := make([]net.Conn, 0, count)
+		for i := range count {
+			src := fmt.Sprintf("127.0.%d.%d", 100+i/100/250, 1+i/100%250) // 100 a source address
+			r := dialRaw(t, src, g.Addr)
+			r.expect(220)
+			r.send("USER u", "PASS p")
+			r.expect(331)
+			r.expect(230)
+			r.c.SetDeadline(time.Time{})
+			conns = append(conns, r.c)
+		}
+		return conns
+	}
+	closeAll := func(cs []net.Conn) {
+		for _, c := range cs {
+			c.Close()
+		}
+		for deadline := time.Now().Add(20 * time.Second); g.metric(t, "ftpguard_sessions_active") > 0; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%v sessions still open 20s after their clients left", g.metric(t, "ftpguard_sessions_active"))
+			}
+		}
+	}
+	closeAll(open(500)) // warm up: pools, maps and the limiter's tables
+	hs0, rss0, fd0 := mem()
+	start := time.Now()
+	conns := open(n)
+	took := time.Since(start)
+	time.Sleep(200 * time.Millisecond)
+	hs1, rss1, fd1 := mem()
+	if got := g.metric(t, "ftpguard_sessions_active"); got != float64(n) {
+		t.Errorf("ftpguard_sessions = %v, want %d", got, n)
+	}
+	closeAll(conns)
+	hs2, _, fd2 := mem()
+	fmt.Printf("idle sessions: %d logged in (in %.1fs); ftpguard per session: heap+stack %.1f KiB, resident %.1f KiB, %.2f descriptors; after they left: heap+stack %+.1f MiB, descriptors %+.0f\n",
+		n, took.Seconds(), (hs1-hs0)/float64(n)/1024, (rss1-rss0)/float64(n)/1024, (fd1-fd0)/float64(n), (hs2-hs0)/(1<<20), fd2-fd0)
+}
+
+// startIdleDaemon serves a minimal FTP daemon on loopback for
+// TestBenchIdleSessions: 220, 331 to USER, 230 to PASS, 221 to QUIT, 200
+// to anything else. Not vsftpd: it must hold 10,000 sessions.
+func startIdleDaemon(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				c.Write([]byte("220 idle daemon\r\n"))
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					verb, _, _ := strings.Cut(strings.ToUpper(sc.Text()), " ")
+					switch verb {
+					case "USER":
+						c.Write([]byte("331 password?\r\n"))
+					case "PASS":
+						c.Write([]byte("230 in\r\n"))
+					case "QUIT":
+						c.Write([]byte("221 bye\r\n"))
+						return
+					default:
+						c.Write([]byte("200 ok\r\n"))
+					}
+				}
+			})
+		}
+	})
+	return ln.Addr().String()
 }
