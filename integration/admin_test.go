@@ -349,13 +349,25 @@ timeout = "2s"
 		t.Fatalf("DELETE /bans: %d %s", code, body)
 	}
 	waitFor(t, "three firewall commands", func() bool { return len(lines()) == 3 })
+	// A ban that runs out is unbanned in the firewall (unban_expired).
+	if code, body := g.admin(t, "POST", "/bans", adminToken, `{"ip":"127.0.3.0/24","duration":"1s"}`); code != 201 {
+		t.Fatalf("POST /bans: %d %s", code, body)
+	}
+	waitFor(t, "five firewall commands", func() bool { return len(lines()) == 5 })
 	got := lines()
 	if !regexp.MustCompile(`^ban 127\.0\.0\.81 127\.0\.0\.81/32 (3600|3599) ip$`).MatchString(got[0]) ||
-		!regexp.MustCompile(`^ban 127\.0\.2\.0 127\.0\.2\.0/24 (600|599) ip$`).MatchString(got[1]) || got[2] != "unban 127.0.2.0/24" {
+		!regexp.MustCompile(`^ban 127\.0\.2\.0 127\.0\.2\.0/24 (600|599) ip$`).MatchString(got[1]) || got[2] != "unban 127.0.2.0/24" ||
+		got[3] != "ban 127.0.3.0 127.0.3.0/24 1 ip" || got[4] != "unban 127.0.3.0/24" {
 		t.Fatalf("firewall commands:\n%s", strings.Join(got, "\n"))
 	}
-	if v := g.metric(t, `ftpguard_firewall_commands_total{action="ban",result="ok"}`); v != 2 {
+	if v := g.metric(t, `ftpguard_firewall_commands_total{action="ban",result="ok"}`); v != 3 {
 		t.Errorf("firewall ban commands ok: %v", v)
+	}
+	if v := g.metric(t, `ftpguard_firewall_commands_total{action="unban",result="ok"}`); v != 2 {
+		t.Errorf("firewall unban commands ok: %v", v)
+	}
+	if n := g.Count(t, "firewall command", "action", "unban", "expired", "true"); n != 1 {
+		t.Errorf("%d unbans logged as expired, want 1", n)
 	}
 
 	// Restarted on the same state file: the ban in force is pushed again.
@@ -363,8 +375,8 @@ timeout = "2s"
 	<-g.exited
 	g.exited <- nil
 	startGuard(t, d.Addr, o)
-	waitFor(t, "the ban pushed again at start", func() bool { return len(lines()) == 4 })
-	if got := lines()[3]; !strings.HasPrefix(got, "ban 127.0.0.81 127.0.0.81/32 ") {
+	waitFor(t, "the ban pushed again at start", func() bool { return len(lines()) == 6 })
+	if got := lines()[5]; !strings.HasPrefix(got, "ban 127.0.0.81 127.0.0.81/32 ") {
 		t.Fatalf("after restart: %q", got)
 	}
 }

@@ -149,7 +149,7 @@ func DefaultConfig() Config {
 		Log:      LogConfig{Level: "info", Format: "text"},
 		Mode:     "enforce",
 		Admin:    AdminConfig{Listen: "127.0.0.1:9121"},
-		Firewall: FirewallConfig{BanCommand: []string{}, UnbanCommand: []string{}, Timeout: 5 * time.Second},
+		Firewall: FirewallConfig{BanCommand: []string{}, UnbanCommand: []string{}, Timeout: 5 * time.Second, UnbanExpired: true},
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -27,8 +28,9 @@ const fwOutputMax = 2048
 
 // fwJob is one ban or unban to push.
 type fwJob struct {
-	unban bool
-	ban   limiter.Ban
+	unban   bool
+	expired bool // an unban because the ban ran out (unban_expired)
+	ban     limiter.Ban
 }
 
 func (j fwJob) action() string {
@@ -50,7 +52,9 @@ type fwStats struct {
 // firewall runs the [firewall] commands for the limiter's ban changes, one
 // at a time and in the order they came, on a goroutine of its own (run),
 // each within the configured timeout (then its process group is killed).
-// hook never blocks. Safe for concurrent use.
+// With unban_expired it also queues the unban of each ban pushed when the
+// ban runs out (a timer per banned prefix). hook never blocks. Safe for
+// concurrent use.
 type firewall struct {
 	cfg     atomic.Pointer[FirewallSettings]
 	observe atomic.Bool // observe mode: log the commands, run none
@@ -60,10 +64,12 @@ type firewall struct {
 	mu       sync.Mutex
 	counts   [2]fwCounts // ban, unban
 	lastDrop time.Time   // last "queue full" log line
+	ends     map[netip.Prefix]*time.Timer
+	stopped  bool // run has returned: no more timers
 }
 
 func newFirewall(fs FirewallSettings, observe bool, log *slog.Logger) *firewall {
-	f := &firewall{queue: make(chan fwJob, fwQueueSize), log: log}
+	f := &firewall{queue: make(chan fwJob, fwQueueSize), log: log, ends: make(map[netip.Prefix]*time.Timer)}
 	f.setConfig(fs, observe)
 	return f
 }
@@ -80,7 +86,68 @@ func (f *firewall) hook(c limiter.BanChange) {
 	if len(f.cfg.Load().Ban) == 0 {
 		return
 	}
-	j := fwJob{unban: c.Lifted, ban: c.Ban}
+	if c.Lifted {
+		f.cancelEnd(c.Ban.Key)
+	} else {
+		f.scheduleEnd(c.Ban, time.Now())
+	}
+	f.enqueue(fwJob{unban: c.Lifted, ban: c.Ban})
+}
+
+// scheduleEnd queues the unban of b when b runs out, in place of the one
+// queued for an earlier ban of its prefix (an escalation ends later), if
+// unban_expired is on and b is in force.
+func (f *firewall) scheduleEnd(b limiter.Ban, now time.Time) {
+	if cfg := f.cfg.Load(); !cfg.UnbanExpired || len(cfg.Unban) == 0 || !b.Active(now) {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return
+	}
+	if t := f.ends[b.Key]; t != nil {
+		t.Stop()
+	}
+	var t *time.Timer
+	t = time.AfterFunc(b.Until.Sub(now), func() {
+		f.mu.Lock()
+		current := f.ends[b.Key] == t
+		if current {
+			delete(f.ends, b.Key)
+		}
+		f.mu.Unlock()
+		if current {
+			f.enqueue(fwJob{unban: true, expired: true, ban: b})
+		}
+	})
+	f.ends[b.Key] = t
+}
+
+// cancelEnd forgets the scheduled unban of key (it was lifted).
+func (f *firewall) cancelEnd(key netip.Prefix) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t := f.ends[key]; t != nil {
+		t.Stop()
+		delete(f.ends, key)
+	}
+}
+
+// stopEnds stops every scheduled unban: run has returned.
+func (f *firewall) stopEnds() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stopped = true
+	for k, t := range f.ends {
+		t.Stop()
+		delete(f.ends, k)
+	}
+}
+
+// enqueue queues j, or drops it (and counts and logs that) when the queue
+// is full. It never blocks.
+func (f *firewall) enqueue(j fwJob) {
 	select {
 	case f.queue <- j:
 	default:
@@ -113,8 +180,16 @@ func (f *firewall) stats() fwStats {
 
 // run executes queued commands until ctx ends. It first pushes initial
 // (the bans in force at start, which the firewall may have lost with a
-// reboot), each only while no change waits in the queue.
+// reboot), each only while no change waits in the queue, and schedules
+// their unbans.
 func (f *firewall) run(ctx context.Context, initial []limiter.Ban) {
+	defer f.stopEnds()
+	if len(f.cfg.Load().Ban) > 0 {
+		now := time.Now()
+		for _, b := range initial {
+			f.scheduleEnd(b, now)
+		}
+	}
 	for {
 		var j fwJob
 		select {
@@ -151,8 +226,14 @@ func (f *firewall) do(ctx context.Context, j fwJob) {
 	if !j.unban && !j.ban.Active(now) {
 		return // over while it waited: nothing to push
 	}
+	if j.expired && !cfg.UnbanExpired {
+		return // unban_expired turned off by a reload since
+	}
 	argv = expandArgv(argv, j.ban, now)
 	log := f.log.With("action", j.action(), "key", j.ban.Key.String(), "argv", argv)
+	if j.expired {
+		log = log.With("expired", true)
+	}
 	if f.observe.Load() {
 		log.Info("observe: would run firewall command")
 		return

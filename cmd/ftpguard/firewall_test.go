@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -42,12 +43,18 @@ func TestExpandArgv(t *testing.T) {
 // with "unban" put first) until the test ends; its log goes to logs.
 func startFirewall(t *testing.T, ban, unban []string, timeout time.Duration, observe bool) (*firewall, *syncBuffer) {
 	t.Helper()
+	return runFirewall(t, FirewallSettings{Ban: ban, Unban: unban, Timeout: timeout}, observe, nil)
+}
+
+// runFirewall runs a firewall with fs, pushing initial first, until the
+// test ends.
+func runFirewall(t *testing.T, fs FirewallSettings, observe bool, initial []limiter.Ban) (*firewall, *syncBuffer) {
+	t.Helper()
 	logs := new(syncBuffer)
-	fw := newFirewall(FirewallSettings{Ban: ban, Unban: unban, Timeout: timeout}, observe,
-		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	fw := newFirewall(fs, observe, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); fw.run(ctx, nil) }()
+	go func() { defer close(done); fw.run(ctx, initial) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return fw, logs
 }
@@ -157,4 +164,59 @@ func TestFirewallObserve(t *testing.T) {
 	if _, err := os.Stat(out); err == nil {
 		t.Error("the command ran in observe mode")
 	}
+}
+
+// TestFirewallUnbanExpired: with unban_expired, a ban that runs out is
+// unbanned in the firewall at its end; an escalated ban at the later end;
+// a lifted ban once (by the lift); a ban in force at start too. Without
+// it, running out runs nothing.
+func TestFirewallUnbanExpired(t *testing.T) {
+	p := netip.MustParsePrefix
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprint("unban_expired=", on), func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "fw.log")
+			script := `echo "$@" >> ` + out
+			now := time.Now()
+			short := now.Add(400 * time.Millisecond)
+			initial := []limiter.Ban{{Key: p("198.51.100.4/32"), Until: short}}
+			fw, logs := runFirewall(t, FirewallSettings{
+				Ban:          []string{"/bin/sh", "-c", script, "sh", "ban", "{prefix}"},
+				Unban:        []string{"/bin/sh", "-c", script, "sh", "unban", "{prefix}"},
+				Timeout:      5 * time.Second,
+				UnbanExpired: on,
+			}, false, initial)
+			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.1/32"), Until: short}})               // runs out
+			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.2/32"), Until: short}})               // escalated:
+			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.2/32"), Until: now.Add(time.Hour)}})  // ends later
+			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.3/32"), Until: short}})               // lifted
+			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.3/32"), Until: short}, Lifted: true}) // before its end
+			want := "ban 203.0.113.1/32\nban 203.0.113.2/32\nban 203.0.113.2/32\nban 203.0.113.3/32\nunban 203.0.113.3/32\nban 198.51.100.4/32\n"
+			if on {
+				want += "unban 203.0.113.1/32\nunban 198.51.100.4/32\n"
+				waitUntil(t, "the unbans at the end", func() bool { return fw.stats().unban.ok == 3 })
+			}
+			time.Sleep(time.Until(short) + 500*time.Millisecond) // no more commands come
+			b, _ := os.ReadFile(out)
+			// The bans at start and the expiries race the others: compare
+			// as sorted lists (one queue keeps each prefix's in order).
+			if got := sortLines(string(b)); got != sortLines(want) {
+				t.Errorf("commands ran as:\n%s\nwant:\n%s", b, want)
+			}
+			if on != strings.Contains(logs.String(), "expired=true") {
+				t.Errorf("log (expired=true expected: %v):\n%s", on, logs)
+			}
+			fw.mu.Lock()
+			pending := len(fw.ends)
+			fw.mu.Unlock()
+			if wantPending := map[bool]int{true: 1, false: 0}[on]; pending != wantPending { // 203.0.113.2 for an hour
+				t.Errorf("%d unbans scheduled, want %d", pending, wantPending)
+			}
+		})
+	}
+}
+
+func sortLines(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }

@@ -29,6 +29,9 @@ type FirewallConfig struct {
 	BanCommand   []string      `toml:"ban_command"`
 	UnbanCommand []string      `toml:"unban_command"`
 	Timeout      time.Duration `toml:"timeout"`
+	// UnbanExpired runs unban_command also when a ban runs out, not only
+	// when it is lifted.
+	UnbanExpired bool `toml:"unban_expired"`
 }
 
 // AdminSettings are the validated [admin] settings.
@@ -40,8 +43,9 @@ type AdminSettings struct {
 
 // FirewallSettings are the validated [firewall] settings.
 type FirewallSettings struct {
-	Ban, Unban []string // argv with placeholders; Ban nil = off
-	Timeout    time.Duration
+	Ban, Unban   []string // argv with placeholders; Ban nil = off
+	Timeout      time.Duration
+	UnbanExpired bool // run Unban when a ban runs out too
 }
 
 // minTokenLen is the shortest admin token accepted: a short one can be
@@ -157,7 +161,7 @@ func (c Config) opsSettings(s *Settings, bad func(key, format string, args ...an
 	if f.Timeout <= 0 {
 		bad("firewall.timeout", "must be a positive duration such as \"5s\", got %v", f.Timeout)
 	}
-	s.Firewall = FirewallSettings{Timeout: f.Timeout}
+	s.Firewall = FirewallSettings{Timeout: f.Timeout, UnbanExpired: f.UnbanExpired}
 	if len(f.BanCommand) > 0 {
 		s.Firewall.Ban = f.BanCommand
 		s.Firewall.Unban = f.UnbanCommand
