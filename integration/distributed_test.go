@@ -55,3 +55,38 @@ func TestDistributedGuessing(t *testing.T) {
 	t.Logf("%d guesses from 50 addresses: %d reached vsftpd (user budget %d), %d answered 530 by ftpguard; owner logged in %d times",
 		guesses, d.FailedLogins(t), userBudget, refusedLocally, 11)
 }
+
+// TestDistributedGuessingFleet: the same botnet spread over two ftpguard
+// instances that share Redis. The account's budget holds for the fleet,
+// not once per instance.
+func TestDistributedGuessingFleet(t *testing.T) {
+	const userBudget = 6
+	d := startVsftpd(t)
+	url, _ := startRedis(t)
+	extra := fmt.Sprintf("[store]\nkind = \"redis\"\nurl = %q\n\n[user_limits]\nfailures = %d\n", url, userBudget)
+	fleet := []*guard{
+		startGuard(t, d.Addr, guardOpts{Failures: 5, Extra: extra}),
+		startGuard(t, d.Addr, guardOpts{Failures: 5, Extra: extra}),
+	}
+	const guesses = 30
+	for i := 1; i <= guesses; i++ {
+		r := dialRaw(t, fmt.Sprintf("127.0.4.%d", i), fleet[i%2].Addr)
+		r.expect(220)
+		r.send("USER "+testUser, fmt.Sprintf("PASS fleet-%d", i))
+		r.expect(331)
+		if code, _ := r.reply(); code != 530 {
+			t.Fatalf("guess from 127.0.4.%d: %d; want 530", i, code)
+		}
+		r.c.Close()
+	}
+	refused := func() int {
+		return fleet[0].Count(t, "reject", "reason", "user budget spent") + fleet[1].Count(t, "reject", "reason", "user budget spent")
+	}
+	waitFor(t, "every refusal logged", func() bool { return refused()+d.FailedLogins(t) >= guesses })
+	if n := d.FailedLogins(t); n > userBudget {
+		t.Fatalf("the daemon saw %d failed logins through two instances; want ≤ %d (the account's budget, shared)", n, userBudget)
+	}
+	t.Logf("%d guesses over two instances: %d reached vsftpd (shared user budget %d), %d answered 530 by ftpguard (%d by a, %d by b)",
+		guesses, d.FailedLogins(t), userBudget, refused(),
+		fleet[0].Count(t, "reject", "reason", "user budget spent"), fleet[1].Count(t, "reject", "reason", "user budget spent"))
+}

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -61,7 +62,8 @@ type RedisOptions struct {
 }
 
 // RedisShared is a Store on Redis that also keeps budgets shared by every
-// limiter on the same server and Prefix (it implements SharedBudgets). Give
+// limiter on the same server and Prefix (it implements SharedBudgets), and
+// the username budgets of every Users set on it (SharedUserBudgets). Give
 // each Limiter its own RedisShared: it tells its limiter's attempts in
 // flight from those of others.
 //
@@ -72,6 +74,8 @@ type RedisOptions struct {
 //	bans    sorted set of K by Forget time, for LoadBans (pruned as bans are made)
 //	b:K     hash {t tokens, l last refill (Unix ms)}, expiring once full again
 //	p:K     sorted set of the attempts in flight, "<instance>:<n>" by deadline
+//	u:H     hash {t tokens, l last refill} of a username budget, H the first
+//	        16 bytes of the name's SHA-256 in hex, expiring once full again
 //	bans    also the pub/sub channel of ban events ("B|…" and "U|…")
 //	epoch   a random value set when first missing: a new one means the server
 //	        lost its data (restart without persistence), so that limiters write
@@ -301,6 +305,62 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], table.concat({'U', ARGV[3], ARGV[1]}, '|'))
 return 1
 `)
+
+// redisUser reads (ARGV 4 = "0") or takes a token from (ARGV 4 = "1") a
+// username budget: a token bucket like an address budget's, without
+// attempts in flight or bans. KEYS: u:H. ARGV: 1 now (ms), 2 refill rate
+// (tokens/ms), 3 burst. Replies the whole tokens left.
+var redisUser = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local t = redis.call('HMGET', KEYS[1], 't', 'l')
+local tok, last = tonumber(t[1]), tonumber(t[2])
+if not tok then
+  tok, last = burst, now
+elseif now > last then
+  tok = math.min(burst, tok + (now - last) * rate)
+  last = now
+elseif tok > burst then
+  tok = burst
+end
+if ARGV[4] == '1' then
+  if tok >= 1 - 1e-6 then tok = tok - 1 else tok, last = 0, now end
+  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tok), 'l', string.format('%.0f', last))
+  redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.ceil((burst - tok) / rate) + 1000))
+end
+return math.floor(tok + 1e-6)
+`)
+
+var _ SharedUserBudgets = (*RedisShared)(nil)
+
+// UserRemaining reads the shared budget of user (see SharedUserBudgets).
+func (r *RedisShared) UserRemaining(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
+	return r.user(ctx, user, now, failures, window, "0")
+}
+
+// UserFailure takes a token from the shared budget of user.
+func (r *RedisShared) UserFailure(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
+	return r.user(ctx, user, now, failures, window, "1")
+}
+
+// user runs redisUser. The key is a hash of the name: fixed-size whatever
+// an attacker sends as a username, the same on every instance.
+func (r *RedisShared) user(ctx context.Context, user string, now time.Time, failures int, window time.Duration, take string) (int, error) {
+	if failures <= 0 || window <= 0 {
+		return 0, fmt.Errorf("limiter: redis: user budget of %d over %v", failures, window)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	h := sha256.Sum256([]byte(user))
+	rate := float64(failures) / (float64(window) / float64(time.Millisecond))
+	n, err := redisUser.Run(ctx, r.client, []string{r.prefix + "u:" + hex.EncodeToString(h[:16])},
+		now.UnixMilli(), rate, failures, take).Int()
+	if err != nil {
+		return 0, r.failed("user budget", netip.Prefix{}, err)
+	}
+	return n, nil
+}
 
 // budgetKeys returns the keys of the budget scripts for key.
 func (r *RedisShared) budgetKeys(key string) []string {

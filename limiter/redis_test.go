@@ -717,3 +717,54 @@ func BenchmarkRedisBanPropagation(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(i), "ns/propagation")
 }
+
+// TestUsersSharedBudget: two Users on one Redis share each username's
+// budget: failures through either count for both, whatever the length of
+// the name; other names and known-good pairs are untouched; tokens come
+// back over Window; with Redis down each decides by its own budget.
+func TestUsersSharedBudget(t *testing.T) {
+	noLeaks(t)
+	srv := startRedis(t)
+	cfg := UserConfig{Failures: 4, Window: time.Hour}
+	a, b := newUsers(t, cfg), newUsers(t, cfg)
+	a.SetShared(newRedisShared(t, srv, RedisOptions{}))
+	b.SetShared(newRedisShared(t, srv, RedisOptions{}))
+	now := time.Now()
+	key := func(i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), 32) }
+	good := netip.MustParsePrefix("192.0.2.1/32")
+	long := strings.Repeat("x", 4096)
+	a.Success(now, "alice", good)
+	for _, name := range []string{"alice", long} {
+		for i := range 4 {
+			u := []*Users{a, b}[i%2]
+			if d := u.Check(now, name, key(i)); d.Throttled || d.Remaining != 4-i {
+				t.Fatalf("%.8s: guess %d: Check = %+v, want %d left", name, i, d, 4-i)
+			}
+			if d := u.Failure(now, name, key(i)); d.Remaining != 3-i || d.Throttled != (i == 3) {
+				t.Fatalf("%.8s: guess %d: Failure = %+v, want %d left", name, i, d, 3-i)
+			}
+		}
+		for _, u := range []*Users{a, b} {
+			if d := u.Check(now, name, key(9)); !d.Throttled || d.Remaining != 0 {
+				t.Errorf("%.8s after 4 failures over two instances: %+v, want throttled", name, d)
+			}
+		}
+	}
+	if d := b.Check(now, "bob", key(9)); d.Throttled || d.Remaining != 4 {
+		t.Errorf("another name: %+v", d)
+	}
+	if d := a.Check(now, "alice", good); d.Throttled || !d.KnownGood {
+		t.Errorf("the owner's known-good address: %+v", d)
+	}
+	if d := b.Check(now.Add(15*time.Minute), "alice", key(9)); d.Throttled || d.Remaining != 1 {
+		t.Errorf("a quarter of Window later: %+v, want 1 token back", d)
+	}
+	srv.stop()
+	// Each instance's own budget took its own two failures of alice.
+	if d := a.Check(now, "alice", key(9)); d.Throttled || d.Remaining != 2 {
+		t.Errorf("Redis down, a: %+v, want its own 2 left", d)
+	}
+	if d := b.Failure(now, "alice", key(9)); d.Remaining != 1 {
+		t.Errorf("Redis down, b: %+v, want its own 1 left", d)
+	}
+}

@@ -5,6 +5,7 @@ package limiter
 // per-key budget, but not under the account's own.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -223,6 +224,32 @@ type Users struct {
 	keys    ulru[bkey, uNames]        // touched when the key tries a name
 
 	throttled, tooMany, evicted uint64
+
+	shared SharedUserBudgets // nil: budgets are this instance's own
+}
+
+// SharedUserBudgets is implemented by a store that keeps the username
+// budgets for every instance sharing it (RedisShared), so that guesses for
+// one account spread over a fleet meet one budget, not one per instance.
+// user is the name as sent (the store derives its own fixed-size key);
+// failures and window are UserConfig's. Both return the whole tokens left.
+type SharedUserBudgets interface {
+	// UserRemaining reads user's budget at now.
+	UserRemaining(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error)
+	// UserFailure takes a token from user's budget at now, or, finding less
+	// than a whole one, empties it as of now (as Failure does locally).
+	UserFailure(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error)
+}
+
+// SetShared makes u keep its username budgets in s as well (call before
+// use): while s answers, Check and Failure decide by s's budget; when it
+// fails they decide by u's own, which counts this instance's failures
+// throughout (fail-open to the local budget). Known-good pairs and the
+// names a key tried stay per instance.
+func (u *Users) SetShared(s SharedUserBudgets) {
+	u.mu.Lock()
+	u.shared = s
+	u.mu.Unlock()
 }
 
 // NewUsers returns a Users with the configuration cfg, or the error of
@@ -277,9 +304,9 @@ func (u *Users) Reload(cfg UserConfig) error {
 // add to the count).
 func (u *Users) Check(now time.Time, user string, key netip.Prefix) UserDecision {
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	s := u.cfg
+	s, shared := u.cfg, u.shared
 	if s.off() {
+		u.mu.Unlock()
 		return UserDecision{}
 	}
 	u.tidyLocked(now, s)
@@ -292,18 +319,27 @@ func (u *Users) Check(now time.Time, user string, key netip.Prefix) UserDecision
 		d.Remaining = u.remainingLocked(now, s, &e.val)
 	}
 	if d.KnownGood {
+		u.mu.Unlock()
 		return d
 	}
 	if s.MaxNamesPerKey > 0 {
 		d.TooManyNames = u.recordLocked(now, s, k, h)
 	}
+	u.mu.Unlock()
+	if shared != nil { // outside the lock: a round trip to the store
+		if r, err := shared.UserRemaining(context.Background(), user, now, s.Failures, s.Window); err == nil {
+			d.Remaining = r
+		}
+	}
 	d.Throttled = d.Remaining < 1
+	u.mu.Lock()
 	if d.Throttled {
 		u.throttled++
 	}
 	if d.TooManyNames {
 		u.tooMany++
 	}
+	u.mu.Unlock()
 	return d
 }
 
@@ -316,11 +352,27 @@ func (u *Users) Check(now time.Time, user string, key netip.Prefix) UserDecision
 // Check, after the failure; Failure records no name for MaxNamesPerKey and
 // counts nothing in UserStats.Throttled.
 func (u *Users) Failure(now time.Time, user string, key netip.Prefix) UserDecision {
+	d, shared, s := u.failure(now, user, key)
+	if shared == nil {
+		return d
+	}
+	// Outside the lock: a round trip to the store, whose budget decides
+	// while it answers.
+	if r, err := shared.UserFailure(context.Background(), user, now, s.Failures, s.Window); err == nil {
+		d.Remaining = r
+		d.Throttled = !d.KnownGood && r < 1
+	}
+	return d
+}
+
+// failure is Failure on u's own budget; it returns the store to tell too
+// (nil: none, or budgets are off) and the settings in force.
+func (u *Users) failure(now time.Time, user string, key netip.Prefix) (UserDecision, SharedUserBudgets, *userSettings) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	s := u.cfg
 	if s.off() {
-		return UserDecision{}
+		return UserDecision{}, nil, s
 	}
 	u.tidyLocked(now, s)
 	name, _ := u.canon(user)
@@ -353,7 +405,7 @@ func (u *Users) Failure(now time.Time, user string, key netip.Prefix) UserDecisi
 			}
 		}
 	}
-	return d
+	return d, u.shared, s
 }
 
 // Success remembers that key logged in to user: the pair is known-good until

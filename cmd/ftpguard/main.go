@@ -142,6 +142,9 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if sh, ok := store.(limiter.SharedUserBudgets); ok {
+		users.SetShared(sh) // one budget a username for the whole fleet
+	}
 	srv.SetUsers(users)
 	d := &daemon{path: path, lim: lim, users: users, srv: srv, level: level, log: log, events: events, start: time.Now()}
 	d.st.Store(st)
