@@ -3,6 +3,7 @@ package limiter
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -766,5 +767,41 @@ func TestUsersSharedBudget(t *testing.T) {
 	}
 	if d := b.Failure(now, "alice", key(9)); d.Remaining != 1 {
 		t.Errorf("Redis down, b: %+v, want its own 1 left", d)
+	}
+}
+
+// TestSharedUsersCircuit: the username budgets a Limiter hands out go
+// through its circuit: a failed call opens it, and while it is open the
+// calls fail at once instead of waiting for Redis.
+func TestSharedUsersCircuit(t *testing.T) {
+	noLeaks(t)
+	srv := startRedis(t)
+	l := newRedisLimiter(t, srv, Config{Failures: 5, Window: time.Minute, BanTime: time.Minute}, RedisOptions{Timeout: 300 * time.Millisecond})
+	su := l.SharedUsers()
+	if su == nil {
+		t.Fatal("no SharedUsers on a Redis limiter")
+	}
+	now := time.Now()
+	if n, err := su.UserFailure(context.Background(), "carol", now, 3, time.Hour); err != nil || n != 2 {
+		t.Fatalf("UserFailure = %d, %v; want 2", n, err)
+	}
+	srv.stop()
+	if _, err := su.UserRemaining(context.Background(), "carol", now, 3, time.Hour); err == nil {
+		t.Fatal("UserRemaining with Redis stopped: no error")
+	}
+	if !l.Stats().SharedDown {
+		t.Fatal("a failed user-budget call left the circuit closed")
+	}
+	start := time.Now()
+	if _, err := su.UserRemaining(context.Background(), "carol", now, 3, time.Hour); !errors.Is(err, ErrSharedDown) {
+		t.Fatalf("with the circuit open: %v, want ErrSharedDown", err)
+	}
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Errorf("with the circuit open the call took %v", took)
+	}
+	m, _ := New(Config{Failures: 1, Window: time.Minute, BanTime: time.Minute}, NewMemoryStore())
+	defer m.Close()
+	if m.SharedUsers() != nil {
+		t.Error("SharedUsers on a memory store")
 	}
 }

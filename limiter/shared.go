@@ -584,3 +584,41 @@ func (l *Limiter) failShared(now time.Time, s *settings, addr netip.Addr, d Deci
 	}
 	return d
 }
+
+// SharedUsers returns the username budgets of l's shared store (for
+// Users.SetShared) behind l's circuit: while l decides locally because the
+// store is down, they fail at once rather than wait for a timeout each, and
+// a call that fails opens the circuit (and is counted) as a failed budget
+// call does. nil: l's store keeps no username budgets.
+func (l *Limiter) SharedUsers() SharedUserBudgets {
+	s, ok := l.shared.(SharedUserBudgets)
+	if !ok {
+		return nil
+	}
+	return circuitUsers{l, s}
+}
+
+// circuitUsers is a SharedUserBudgets behind a limiter's circuit.
+type circuitUsers struct {
+	l *Limiter
+	s SharedUserBudgets
+}
+
+func (c circuitUsers) UserRemaining(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
+	return c.call(func() (int, error) { return c.s.UserRemaining(ctx, user, now, failures, window) })
+}
+
+func (c circuitUsers) UserFailure(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
+	return c.call(func() (int, error) { return c.s.UserFailure(ctx, user, now, failures, window) })
+}
+
+func (c circuitUsers) call(fn func() (int, error)) (int, error) {
+	if !c.l.sharedUp() {
+		return 0, ErrSharedDown
+	}
+	n, err := fn()
+	if err != nil {
+		c.l.sharedFailed(err)
+	}
+	return n, err
+}

@@ -242,8 +242,9 @@ type SharedUserBudgets interface {
 }
 
 // SetShared makes u keep its username budgets in s as well (call before
-// use): while s answers, Check and Failure decide by s's budget; when it
-// fails they decide by u's own, which counts this instance's failures
+// use; Limiter.SharedUsers gives the one of a Redis limiter, behind its
+// circuit): while s answers, Check and Failure decide by s's budget; when
+// it fails they decide by u's own, which counts this instance's failures
 // throughout (fail-open to the local budget). Known-good pairs and the
 // names a key tried stay per instance.
 func (u *Users) SetShared(s SharedUserBudgets) {

@@ -142,7 +142,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if sh, ok := store.(limiter.SharedUserBudgets); ok {
+	if sh := lim.SharedUsers(); sh != nil {
 		users.SetShared(sh) // one budget a username for the whole fleet
 	}
 	srv.SetUsers(users)
