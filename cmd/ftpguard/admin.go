@@ -58,9 +58,11 @@ func (d *daemon) mode() string {
 
 // reload re-reads the config file and applies it to later decisions
 // without dropping a session: limits, allowlist, timeouts, mode, log level,
-// firewall commands, the admin token and pprof. listen and admin.listen
-// take effect on restart. An invalid file changes nothing: the error says
-// why, and is logged. SIGHUP and POST /reload both come here.
+// firewall commands, the admin token, pprof and the TLS key pair. listen,
+// admin.listen, tls.implicit_listen, [store], log.format and
+// proxy_protocol.header_timeout take effect on restart. An invalid file
+// changes nothing (its key pair included): the error says why, and is
+// logged. SIGHUP and POST /reload both come here.
 func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -85,6 +87,7 @@ func (d *daemon) reload() error {
 	if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
 		d.log.Warn("reload: admin.listen changed; it takes effect on restart", "admin", st.File.Admin.Listen)
 	}
+	st.installCert()
 	d.srv.SetConfig(st.Proxy)
 	d.level.Set(st.LogLevel)
 	if d.fw != nil {

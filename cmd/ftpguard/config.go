@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -164,6 +165,16 @@ type Settings struct {
 	LogLevel slog.Level
 	Admin    AdminSettings
 	Firewall FirewallSettings
+
+	cert *tls.Certificate // [tls] key pair, put in use by installCert
+}
+
+// installCert puts the key pair of st in use for every later TLS handshake
+// (at start, and by a reload once the whole file is accepted).
+func (st *Settings) installCert() {
+	if st.cert != nil {
+		certs.Store(st.cert)
+	}
 }
 
 // keyError is a problem with one key of the file.
@@ -408,7 +419,7 @@ func (c Config) settings() (*Settings, []keyError) {
 	c.opsSettings(s, bad)
 	if len(errs) == 0 {
 		var err error
-		if s.Proxy.TLS, err = loadTLS(c.TLS); err != nil {
+		if s.Proxy.TLS, s.cert, err = loadTLS(c.TLS); err != nil {
 			bad("tls.cert", "%v", err)
 		}
 		if s.Proxy.BackendTLS, err = loadBackendTLS(c.TLS, c.Backend.Address); err != nil {

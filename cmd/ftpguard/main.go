@@ -108,6 +108,7 @@ func versionString() string {
 // run serves until SIGTERM/SIGINT, then drains. SIGHUP reloads limits,
 // timeouts and the log level from path without dropping sessions.
 func run(path string, st *Settings, stderr io.Writer) error {
+	st.installCert()
 	level := new(slog.LevelVar)
 	level.Set(st.LogLevel)
 	events := new(eventRing)

@@ -55,18 +55,19 @@ func loadBackendTLS(c TLSConfig, backend string) (*tls.Config, error) {
 // handshake with the new one from then on.
 var certs atomic.Pointer[tls.Certificate]
 
-// loadTLS loads the key pair and returns the server TLS config, or nil for
-// mode "off". The certificate is read through certs, so a reload that
-// loads a new pair applies to later handshakes without a new listener.
-func loadTLS(c TLSConfig) (*tls.Config, error) {
+// loadTLS loads the key pair and returns the server TLS config and the
+// pair, or nils for mode "off". The config reads the certificate through
+// certs, so a reload that installs a new pair (Settings.installCert, once
+// the whole file is accepted) applies to later handshakes without a new
+// listener.
+func loadTLS(c TLSConfig) (*tls.Config, *tls.Certificate, error) {
 	if c.Mode == "off" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	pair, err := tls.LoadX509KeyPair(c.Cert, c.Key)
 	if err != nil {
-		return nil, fmt.Errorf("tls.cert/tls.key: %w", err)
+		return nil, nil, fmt.Errorf("tls.cert/tls.key: %w", err)
 	}
-	certs.Store(&pair)
 	min := uint16(tls.VersionTLS12)
 	if c.MinVersion == "1.3" {
 		min = tls.VersionTLS13
@@ -76,7 +77,7 @@ func loadTLS(c TLSConfig) (*tls.Config, error) {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return certs.Load(), nil
 		},
-	}, nil
+	}, &pair, nil
 }
 
 // validateTLS checks the [tls] table.
