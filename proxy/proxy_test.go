@@ -676,4 +676,11 @@ func TestObserveMode(t *testing.T) {
 	if !strings.Contains(logs, "observe: would reject") || !strings.Contains(logs, "msg=ban") {
 		t.Fatalf("want ban and would-reject events:\n%s", logs)
 	}
+	// Over max_conns_per_ip: admitted, and logged as a would-be refusal.
+	for range p.srv.config().MaxConnsPerIP + 1 {
+		dial(t, p.addr).expect(220)
+	}
+	if n := strings.Count(p.logs.String(), "reason=max_conns_per_ip"); n < 2 {
+		t.Fatalf("%d would-be max_conns_per_ip refusals logged; want ≥ 2:\n%s", n, p.logs.String())
+	}
 }

@@ -346,22 +346,28 @@ func (s *Server) ActiveSessions() int {
 }
 
 // acquire counts a new connection of addr against MaxConns and
-// MaxConnsPerIP. It returns a refusal reason, or "" when admitted.
-func (s *Server) acquire(addr netip.Addr) string {
+// MaxConnsPerIP. It returns a refusal reason, or "" when admitted. In
+// observe mode a connection over MaxConnsPerIP is admitted, and would says
+// so ("max_conns_per_ip"); MaxConns, which protects the proxy itself, is
+// enforced in every mode.
+func (s *Server) acquire(addr netip.Addr) (reason, would string) {
 	cfg := s.config()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.shutdown.Load():
-		return "shutting down"
+		return "shutting down", ""
 	case s.conns >= cfg.MaxConns:
-		return "max_conns"
-	case s.perIP[addr] >= cfg.MaxConnsPerIP && !cfg.Observe:
-		return "max_conns_per_ip"
+		return "max_conns", ""
+	case s.perIP[addr] >= cfg.MaxConnsPerIP:
+		if !cfg.Observe {
+			return "max_conns_per_ip", ""
+		}
+		would = "max_conns_per_ip"
 	}
 	s.conns++
 	s.perIP[addr]++
-	return ""
+	return "", would
 }
 
 func (s *Server) release(addr netip.Addr) {
@@ -406,7 +412,11 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 			return
 		}
 	}
-	if reason := s.acquire(peer.Addr()); reason != "" {
+	reason, would := s.acquire(peer.Addr())
+	if would != "" {
+		s.enforce(log, would) // observe mode: logged and counted, admitted
+	}
+	if reason != "" {
 		s.reject(log, reason)
 		msg := "421 Too many connections, try again later."
 		if reason == "max_conns_per_ip" {
