@@ -56,6 +56,12 @@ type lineReader struct {
 
 	max    int  // bound on len(line); line never grows beyond it
 	strict bool // NUL or a bare CR makes the line bad (commands); else they are dropped (replies)
+	// lfEnds: an LF ends the line whatever the Telnet state, which starts
+	// afresh on the next line (replies). Daemons echo client text without
+	// doubling 0xFF, so an echoed "\xff\xfa" (IAC SB) must not swallow the
+	// replies after it. Otherwise (commands) a sequence may span an LF, as
+	// RFC 854 allows.
+	lfEnds bool
 
 	// The line being read.
 	line []byte // decoded bytes
@@ -128,9 +134,9 @@ func (l *lineReader) readLine(limit int) (line []byte, raw int, err error) {
 			}
 			c := l.buf[l.r]
 			l.r++
-			if c == '\n' && l.tel == tsData {
+			if c == '\n' && (l.tel == tsData || l.lfEnds) {
 				line, raw, bad := l.line, l.n+1, l.bad
-				l.line, l.n, l.cr, l.bad = l.line[:0], 0, false, nil
+				l.line, l.n, l.cr, l.bad, l.tel = l.line[:0], 0, false, nil, tsData
 				if bad != nil {
 					return nil, raw, bad
 				}

@@ -175,7 +175,7 @@ func NewReplyReader(r io.Reader, maxLine, maxReply int) *ReplyReader {
 		maxReply = DefaultMaxReply
 	}
 	return &ReplyReader{
-		lr:       lineReader{rd: r, max: maxLine},
+		lr:       lineReader{rd: r, max: maxLine, lfEnds: true},
 		maxLine:  maxLine,
 		maxReply: maxReply,
 	}
@@ -186,7 +186,10 @@ func NewReplyReader(r io.Reader, maxLine, maxReply int) *ReplyReader {
 // Lines end at LF with an optional CR before it dropped (some servers send
 // a bare LF). Being lenient with servers, a CR elsewhere in a line and a
 // NUL byte are dropped, so Lines never hold CR, LF or NUL. Telnet IAC
-// sequences anywhere are removed, and IAC IAC becomes one 0xFF byte.
+// sequences are removed, and IAC IAC becomes one 0xFF byte; but an LF
+// always ends the line, inside a Telnet sequence too (which is then cut
+// short): a daemon that echoes a client's 0xFF bytes undoubled cannot make
+// one reply swallow the next.
 // Empty lines between replies are skipped.
 //
 // The first line is "NNN text" or a bare "NNN" (a single-line reply), or

@@ -76,6 +76,14 @@ var readReplyTests = []struct {
 	{"IAC before code", "\xff\xfb\x01\xff\xfd\x03220 ready\r\n", 0, 0, []Reply{{220, []string{"220 ready"}}}, io.EOF},
 	{"IAC in middle line", "220-a\r\n\xff\xf1b\r\n220 c\r\n", 0, 0, []Reply{{220, []string{"220-a", "b", "220 c"}}}, io.EOF},
 	{"doubled 0xFF", "257 \"/d\xff\xffir\" created\r\n", 0, 0, []Reply{{257, []string{"257 \"/d\xffir\" created"}}}, io.EOF},
+	// proftpd echoes a username's 0xFF bytes undoubled: IAC SB in an echo
+	// must not swallow the replies after it (they answer other commands).
+	{"echoed IAC SB ends at its line", "331 Password required for a\xff\xfa\r\n530 Login incorrect.\r\n200 NOOP ok\r\n", 0, 0,
+		[]Reply{{331, []string{"331 Password required for a"}}, {530, []string{"530 Login incorrect."}}, {200, []string{"200 NOOP ok"}}}, io.EOF},
+	{"echoed IAC WILL and IAC alone end at their line", "331 for a\xff\xfb\n331 for b\xff\n230 ok\n", 0, 0,
+		[]Reply{{331, []string{"331 for a"}}, {331, []string{"331 for b"}}, {230, []string{"230 ok"}}}, io.EOF},
+	{"SB cut at LF, plain after", "220-a\xff\xfa\x18xx\r\n220-b\xff\xf0c\r\n220 d\r\n", 0, 0,
+		[]Reply{{220, []string{"220-a", "220-bc", "220 d"}}}, io.EOF},
 	{"lone CR and NUL dropped", "220 a\rb\x00c\r\n", 0, 0, []Reply{{220, []string{"220 abc"}}}, io.EOF},
 	{"blank lines between replies", "\r\n220 a\r\n\n\r\n221 b\r\n", 0, 0, []Reply{{220, []string{"220 a"}}, {221, []string{"221 b"}}}, io.EOF},
 	{"bounds: line of maxLine", "220 " + strings.Repeat("x", 6) + "\r\n", 10, 0, []Reply{{220, []string{"220 xxxxxx"}}}, io.EOF},
