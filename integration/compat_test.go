@@ -175,6 +175,9 @@ func testDaemon(t *testing.T, name, prefix string) {
 	t.Run("pipelined guesses", func(t *testing.T) {
 		before := d.FailedLogins(t)
 		r := dialRaw(t, ip(9), g.Addr)
+		// pure-ftpd holds each failed login for several seconds, and a PASS
+		// goes to the daemon only once the one before it is answered.
+		r.c.SetDeadline(time.Now().Add(90 * time.Second))
 		r.expect(220)
 		var lines []string
 		for i := 0; i < 10; i++ {

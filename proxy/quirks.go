@@ -122,3 +122,42 @@ func (g *dataGate) wait(d time.Duration, done <-chan struct{}) {
 	case <-done:
 	}
 }
+
+// knownShape reports whether verb has the shape of an FTP command: 3 to 8
+// characters, a letter first, then letters or digits (RFC 959's verbs and
+// the extensions in use: EPSV, MLSD, XSHA256). Anything else is answered
+// 500 by the proxy and never forwarded: pure-ftpd sends no reply at all to
+// a verb such as "!" or "X-Y".
+func knownShape(verb string) bool {
+	if len(verb) < 3 || len(verb) > 8 || verb[0] < 'A' || verb[0] > 'Z' {
+		return false
+	}
+	for i := 1; i < len(verb); i++ {
+		if c := verb[i]; (c < 'A' || c > 'Z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// replyFits reports whether a final reply with code can answer verb, for
+// the commands that log in (RFC 959 §5.4; 232 from RFC 2228): any 4xx or
+// 5xx; USER 230, 232, 331, 332; PASS 230, 202, 332; ACCT 230, 202. A
+// reply that cannot (a 200 to PASS, a 331 to ACCT) means the daemon and the
+// proxy pair replies with different commands — the daemon answered one
+// twice or not at all — and a PASS would be settled by another command's
+// reply. Other verbs' replies are not checked.
+func replyFits(verb string, code int) bool {
+	if code >= 400 {
+		return true
+	}
+	switch verb {
+	case "USER":
+		return code == 230 || code == 232 || code == 331 || code == 332
+	case "PASS":
+		return code == 230 || code == 202 || code == 332
+	case "ACCT":
+		return code == 230 || code == 202
+	}
+	return true
+}

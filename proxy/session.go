@@ -75,6 +75,7 @@ type session struct {
 	drained   chan struct{} // see awaitQueue
 	drainAt   int           // awaitQueue's limit
 	replyDone bool          // relayReplies has ended
+	acctAsked bool          // the daemon's latest reply to USER or PASS was 332
 
 	// Owned by relayCommands alone.
 	first   firstBytes // the client's reader, remembering its first bytes
@@ -82,6 +83,9 @@ type session struct {
 	preauth int
 	epsvAll bool
 	cbuf    []byte
+	// authAlone: a PASS or ACCT was forwarded; the next command waits for
+	// its reply (see awaitAlone).
+	authAlone bool
 
 	xfer     dataGate   // data legs still relaying to the client (quirks.go)
 	dmu      sync.Mutex // guards the data legs
@@ -292,6 +296,18 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		return false
 	}
 	s.log.Debug("command", "cmd", cmd.String())
+	if !knownShape(cmd.Verb) {
+		// Not forwarded: a daemon may answer such a verb with nothing
+		// (pure-ftpd), and every later reply would answer the command
+		// before its own.
+		return s.replyLocal(ftpproto.NewReply(500, "Syntax error, command unrecognized."))
+	}
+	if s.authAlone {
+		if !s.awaitAlone() {
+			return false
+		}
+		s.authAlone = false
+	}
 	if cmd.Verb == "USER" || cmd.Verb == "PASS" || cmd.Verb == "ACCT" {
 		if s.srv.config().RequireTLS && !s.tlsOn.Load() {
 			return s.replyLocal(ftpproto.NewReply(530, "TLS required: use AUTH TLS before logging in."))
@@ -301,6 +317,7 @@ func (s *session) command(cmd ftpproto.Command) bool {
 	case "USER":
 		s.mu.Lock()
 		s.user = logSafe(strings.TrimSpace(cmd.Arg))
+		s.acctAsked = false
 		s.mu.Unlock()
 		// USER carries no secret: it takes no place in the budget (a
 		// pipelined USER+PASS must not hold the token its PASS needs), but
@@ -315,9 +332,23 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		if cmd.Verb == "PASS" && s.refusedForUser() {
 			return !s.closing.Load()
 		}
+		if !s.awaitAlone() {
+			return false
+		}
+		if cmd.Verb == "ACCT" {
+			// Only in answer to a 332: elsewhere a daemon may take it for
+			// something else (pure-ftpd answers 202).
+			s.mu.Lock()
+			asked := s.acctAsked
+			s.mu.Unlock()
+			if !asked {
+				return s.replyLocal(ftpproto.NewReply(503, "Bad sequence of commands: no account was asked for."))
+			}
+		}
 		if !s.attempt(cmd.Verb) {
 			return false
 		}
+		s.authAlone = true
 		return s.forward(cmd, pending{verb: cmd.Verb, counted: true, user: s.user})
 	case "AUTH":
 		return s.startTLS(cmd)
@@ -357,6 +388,28 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		return false
 	}
 	return s.forward(cmd, pending{verb: cmd.Verb})
+}
+
+// awaitAlone waits until every command forwarded so far has its reply, so
+// that a PASS or ACCT goes to the daemon alone and the reply that settles
+// it is its own, whatever a daemon leaves unanswered or answers twice
+// (replyFits catches the latter). Pipelining clients lose one round trip
+// to the daemon per password. If the replies do not come within
+// login_timeout the session ends with 421 (the attempts waiting are
+// settled as failures). Only relayCommands calls it.
+func (s *session) awaitAlone() bool {
+	d := s.srv.config().LoginTimeout
+	if s.awaitQueue(0, d) {
+		return true
+	}
+	s.mu.Lock()
+	ended := s.replyDone // the daemon left: the session ends anyway
+	s.mu.Unlock()
+	if !ended && !s.closing.Load() {
+		s.srv.reject(s.log, "reply out of step", "waited", d)
+		s.replyFinal(421, "Service not available: the FTP server did not answer; closing.")
+	}
+	return false
 }
 
 // refusedForUser applies the per-username budgets before a PASS: a
@@ -636,12 +689,21 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		s.queue = s.queue[1:] // pure-ftpd: the aborted transfer gets no reply (quirks.go)
 	}
 	p := s.queue[0]
+	if !replyFits(p.verb, r.Code) {
+		// The daemon answered a command twice or not at all: from here on
+		// replies would settle the wrong commands. The attempts still
+		// waiting are settled as failures when the session ends.
+		s.srv.reject(s.log, "reply out of step", "cmd", p.verb, "code", r.Code, "reply", logSafe(r.Text()))
+		s.writeLocked(ftpproto.NewReply(421, "Service not available: the FTP server's replies are out of step; closing."))
+		return false
+	}
 	out, keep, banned := r, true, false
 	var hold time.Duration
 	switch p.verb {
 	case "": // greeting
 		keep = r.Code == 220
 	case "USER":
+		s.acctAsked = r.Code == 332
 		switch {
 		case r.Code == 230: // no password asked (e.g. anonymous)
 			s.loginOKLocked(now, p, r)
@@ -649,10 +711,11 @@ func (s *session) reply(r ftpproto.Reply) bool {
 			banned, hold = s.failedLocked(now, p.verb, r.Code, "user rejected")
 		}
 	case "PASS", "ACCT":
+		s.acctAsked = p.verb == "PASS" && r.Code == 332
 		switch {
-		case r.Code < 300:
+		case r.Code == 230, r.Code == 202 && p.verb == "PASS":
 			s.loginOKLocked(now, p, r)
-		case r.Code < 400: // 332: account needed; ACCT is counted itself
+		case r.Code < 400: // 332: account needed; ACCT is counted itself. 202 to ACCT: no login
 			s.srv.lim.Release(now, s.peer.Addr())
 		case refusedAfterGoodPassword(r): // proftpd full: see quirks.go
 			s.srv.lim.Release(now, s.peer.Addr())

@@ -33,6 +33,7 @@ var rejectReasons = []string{
 	"active mode to a privileged port",
 	"plaintext after AUTH TLS",
 	"replies not read",
+	"reply out of step",
 	"observe", // observe mode: a refusal that was only logged
 	"other",
 }
