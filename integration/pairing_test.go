@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -111,4 +112,125 @@ func TestPairingAcct(t *testing.T) {
 		t.Fatalf("first session read %q; want 503 to ACCT from ftpguard", got)
 	}
 	t.Logf("pure-ftpd got %d wrong passwords, then 127.0.0.63 was refused; the first session read %q", d.FailedLogins(t), sessions[0])
+}
+
+// guessCodes opens one session from src, sends lines and returns the code of
+// every reply until the connection ends.
+func guessCodes(t *testing.T, g *guard, src string, lines ...string) []int {
+	t.Helper()
+	r := dialRaw(t, src, g.Addr)
+	r.expect(220)
+	r.send(append(lines, "QUIT")...)
+	var codes []int
+	for {
+		code, _ := r.reply()
+		if code == 0 {
+			break
+		}
+		codes = append(codes, code)
+	}
+	r.c.Close()
+	return codes
+}
+
+// TestPairingRefusedUser: proftpd keeps the username of an
+// earlier USER when a later USER is refused ("500 USER: command requires a
+// parameter", "501 Login incorrect." for a name over ~256 bytes), and the
+// PASS that follows is checked against the earlier name. ftpguard takes
+// the PASS for the later name (session.user is set when USER is
+// forwarded, whatever the daemon answered), so the guesses for the real
+// account were charged to junk names, each with a fresh budget, and the
+// account's budget never filled. Now a name is the session's only once the
+// daemon accepts it, and a PASS after a refused USER is answered 503.
+func TestPairingRefusedUser(t *testing.T) {
+	const userBudget = 2
+	d := startProftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{Failures: 10, Extra: fmt.Sprintf("[user_limits]\nfailures = %d\n", userBudget)})
+
+	// Honest guesses spend the account's budget...
+	for i, src := range []string{"127.0.0.121", "127.0.0.122"} {
+		guessCodes(t, g, src, "USER "+testUser, fmt.Sprintf("PASS honest-%d", i))
+	}
+	// ...and the next one is answered by ftpguard, not forwarded.
+	if got := guessCodes(t, g, "127.0.0.123", "USER "+testUser, "PASS honest-3"); len(got) < 2 || got[1] != 530 {
+		t.Fatalf("third honest guess: replies %v; want 331 530", got)
+	}
+	wrongFor := func(user string) int {
+		b, err := os.ReadFile(d.LogPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "USER "+user+" (Login failed): Incorrect password")
+	}
+	before := wrongFor(testUser)
+	if before != userBudget {
+		t.Fatalf("proftpd saw %d failed logins after the honest guesses; want %d", before, userBudget)
+	}
+
+	// The same guesses, each behind a refused USER with a junk name.
+	var replies [][]int
+	for i, src := range []string{"127.0.0.123", "127.0.0.123", "127.0.0.124", "127.0.0.124"} {
+		junk := fmt.Sprintf("junk%d-%s", i, strings.Repeat("x", 300))
+		replies = append(replies, guessCodes(t, g, src, "USER "+testUser, "USER "+junk, fmt.Sprintf("PASS stale-%d", i)))
+	}
+	if n := wrongFor(testUser); n > userBudget {
+		t.Fatalf("proftpd saw %d wrong passwords for %s; want ≤ %d (its [user_limits] budget)\nreplies (USER, USER junk, PASS, QUIT): %v",
+			n, testUser, userBudget, replies)
+	}
+}
+
+// TestPairingNoSecondLogin: after a login, vsftpd answers
+// every PASS "230 Already logged in." (and USER for another name "530
+// Can't change to another user."). ftpguard took that 230 for a login of
+// the last USER it forwarded: an attacker who owns one account marked its
+// address known-good for any other account with a wrong password, and
+// from then on guessed that account's password past its per-username
+// budget. Now USER and PASS after a login are answered by ftpguard.
+func TestPairingNoSecondLogin(t *testing.T) {
+	const userBudget = 2
+	const victim = "root"
+	d := startVsftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{Failures: 10, Extra: fmt.Sprintf("[user_limits]\nfailures = %d\n", userBudget)})
+
+	// The attacker logs in to its own account, then "logs in" as the
+	// victim with a wrong password.
+	mark := guessCodes(t, g, "127.0.0.131", "USER "+testUser, "PASS "+testPass, "USER "+victim, "PASS not-the-password")
+	t.Logf("marking session replies: %v", mark)
+
+	// Others spend the victim's budget...
+	for i, src := range []string{"127.0.0.132", "127.0.0.133"} {
+		guessCodes(t, g, src, "USER "+victim, fmt.Sprintf("PASS other-%d", i))
+	}
+	// ...so a further guess from an unmarked address is answered by
+	// ftpguard.
+	if got := guessCodes(t, g, "127.0.0.134", "USER "+victim, "PASS other-3"); len(got) < 2 || got[1] != 530 {
+		t.Fatalf("guess from an unmarked address: replies %v; want 331 530", got)
+	}
+	if n := d.FailedLogins(t); n != userBudget {
+		t.Fatalf("vsftpd saw %d failed logins after the budget was spent; want %d", n, userBudget)
+	}
+
+	// From the marked address the guesses still reach vsftpd.
+	for i := 0; i < 3; i++ {
+		guessCodes(t, g, "127.0.0.131", "USER "+victim, fmt.Sprintf("PASS marked-%d", i))
+	}
+	if n := d.FailedLogins(t); n > userBudget {
+		t.Fatalf("vsftpd saw %d wrong passwords for %s; want ≤ %d (its [user_limits] budget); the marking session read %v",
+			n, victim, userBudget, mark)
+	}
+}
+
+// TestPairingSiteBeforeLogin: proftpd answers SITE CHMOD before login with
+// two replies, which would put every later reply one command early.
+// Before login ftpguard forwards only what logging in needs.
+func TestPairingSiteBeforeLogin(t *testing.T) {
+	d := startProftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{Failures: 5})
+	got := guessCodes(t, g, "127.0.0.65", "SITE CHMOD 777 x", "USER "+testUser, "PASS wrong", "NOOP")
+	if fmt.Sprint(got) != "[530 331 530 200 221]" {
+		t.Fatalf("replies %v; want [530 331 530 200 221] (SITE answered by ftpguard)", got)
+	}
+	if n := g.Count(t, "login failed"); n != 1 {
+		t.Fatalf("%d failures counted; want 1", n)
+	}
 }

@@ -23,6 +23,29 @@ func TestRepliesStayPaired(t *testing.T) {
 		failed int    // "login failed" events
 	}{
 		{
+			name: "a refused USER leaves no user: the PASS is answered here",
+			on: func(c net.Conn, line string) bool {
+				if line == "USER junk" {
+					fmt.Fprint(c, "501 Login incorrect.\r\n")
+					return true
+				}
+				return false
+			},
+			send: "USER u\r\nUSER junk\r\nPASS bad\r\nQUIT\r\n",
+			want: "[331 501 503 221]",
+		},
+		{
+			name:   "no second login: USER and PASS after login are answered here",
+			send:   "USER u\r\nPASS good\r\nUSER root\r\nPASS bad\r\nQUIT\r\n",
+			want:   "[331 230 530 230 221]",
+			passes: 1,
+		},
+		{
+			name: "control bytes in a username are refused",
+			send: "USER fg\x01test\r\nPASS bad\r\nQUIT\r\n",
+			want: "[501 503 221]",
+		},
+		{
 			name: "verbs of no command's shape are answered here",
 			send: "!\r\nX-Y\r\nAB\r\nTOOLONGVERB\r\nNOOP\r\nQUIT\r\n",
 			want: "[500 500 500 500 200 221]",
@@ -65,10 +88,10 @@ func TestRepliesStayPaired(t *testing.T) {
 		{
 			name: "a command left unanswered holds the password back",
 			on: func(c net.Conn, line string) bool {
-				return line == "SILNT" // no reply at all
+				return line == "HELP" // no reply at all
 			},
-			send: "SILNT\r\nUSER u\r\nPASS bad\r\n",
-			want: "[331 421]", // the 331 answers SILNT; USER never gets its own
+			send: "HELP\r\nUSER u\r\nPASS bad\r\n",
+			want: "[331 421]", // the 331 answers HELP; USER never gets its own, so PASS is not sent
 		},
 		{
 			name: "a command answered twice cannot answer the password",

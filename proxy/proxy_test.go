@@ -273,7 +273,8 @@ func TestBadInput(t *testing.T) {
 		{"Telnet IP/DM before a verb", "\xff\xf4\xff\xf2NOOP\r\nQUIT\r\n", []int{200, 221}, "NOOP", "\xff"},
 		{"too many commands before login", strings.Repeat("NOOP\r\n", 5), []int{200, 200, 200, 421}, "NOOP", ""},
 		{"REIN refused", "REIN\r\nQUIT\r\n", []int{502, 221}, "QUIT", "REIN"},
-		{"active mode refused", "PORT 127,0,0,1,4,1\r\nQUIT\r\n", []int{502, 221}, "QUIT", "PORT"},
+		{"active mode refused", "USER u\r\nPASS good\r\nPORT 127,0,0,1,4,1\r\nQUIT\r\n", []int{331, 230, 502, 221}, "QUIT", "PORT"},
+		{"only what logging in needs before login", "SITE CHMOD 777 x\r\nPASV\r\nQUIT\r\n", []int{530, 530, 221}, "QUIT", "SITE"},
 		{"AUTH TLS without TLS", "AUTH TLS\r\nQUIT\r\n", []int{534, 221}, "QUIT", "AUTH"},
 	}
 	for _, tt := range tests {

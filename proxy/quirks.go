@@ -161,3 +161,20 @@ func replyFits(verb string, code int) bool {
 	}
 	return true
 }
+
+// preLoginVerb reports whether verb is forwarded to the daemon before the
+// session has logged in: logging in and what clients ask before it
+// (FEAT, OPTS UTF8, SYST, HOST, CLNT, LANG, HELP, NOOP, QUIT), and what the
+// proxy answers itself (AUTH, PBSZ, PROT, CCC, REIN, the PROXY check).
+// Anything else is answered 530 by the proxy, as the daemons would: what
+// a daemon does with it before login is not for a guesser to explore
+// (proftpd answers SITE CHMOD with two replies, which would put every
+// later reply one command early).
+func preLoginVerb(verb string) bool {
+	switch verb {
+	case "USER", "PASS", "ACCT", "FEAT", "OPTS", "SYST", "HOST", "CLNT", "LANG", "HELP", "NOOP", "QUIT",
+		"AUTH", "PBSZ", "PROT", "CCC", "REIN", "PROXY":
+		return true
+	}
+	return false
+}

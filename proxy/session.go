@@ -32,7 +32,7 @@ const maxPending = 128
 type pending struct {
 	verb    string          // the forwarded verb; "" for the greeting
 	counted bool            // an Attempt is held for it (PASS, ACCT) and must be settled
-	user    string          // the username a PASS was for
+	user    string          // the username a USER named or a PASS was for
 	local   *ftpproto.Reply // non-nil: the proxy's own reply, written in order
 }
 
@@ -76,6 +76,7 @@ type session struct {
 	drainAt   int           // awaitQueue's limit
 	replyDone bool          // relayReplies has ended
 	acctAsked bool          // the daemon's latest reply to USER or PASS was 332
+	userOK    bool          // the daemon accepted the latest USER (331, 332, 230): user is its name
 
 	// Owned by relayCommands alone.
 	first   firstBytes // the client's reader, remembering its first bytes
@@ -308,6 +309,11 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		}
 		s.authAlone = false
 	}
+	if !s.loggedIn.Load() && !preLoginVerb(cmd.Verb) {
+		// What a daemon answers before login is its own business (proftpd
+		// answers SITE CHMOD twice); it gets only what logging in needs.
+		return s.replyLocal(ftpproto.NewReply(530, "Please log in with USER and PASS first."))
+	}
 	if cmd.Verb == "USER" || cmd.Verb == "PASS" || cmd.Verb == "ACCT" {
 		if s.srv.config().RequireTLS && !s.tlsOn.Load() {
 			return s.replyLocal(ftpproto.NewReply(530, "TLS required: use AUTH TLS before logging in."))
@@ -315,35 +321,53 @@ func (s *session) command(cmd ftpproto.Command) bool {
 	}
 	switch cmd.Verb {
 	case "USER":
+		name := strings.TrimSpace(cmd.Arg)
+		switch {
+		case s.loggedIn.Load():
+			// No daemon here lets a session log in again (vsftpd would
+			// answer a PASS with "230 Already logged in.", a login of
+			// nobody); not forwarded.
+			return s.replyLocal(ftpproto.NewReply(530, "Can't change to another user."))
+		case strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+			// pure-ftpd reads control bytes as "_": one account under
+			// many names, each with a budget of its own.
+			return s.replyLocal(ftpproto.NewReply(501, "Syntax error: control characters in the username."))
+		}
 		s.mu.Lock()
-		s.user = logSafe(strings.TrimSpace(cmd.Arg))
-		s.acctAsked = false
+		s.acctAsked, s.userOK = false, false
 		s.mu.Unlock()
 		// USER carries no secret: it takes no place in the budget (a
 		// pipelined USER+PASS must not hold the token its PASS needs), but
-		// a banned key goes no further, and a 530 to it is penalised.
+		// a banned key goes no further, and a 530 to it is penalised. The
+		// name becomes the session's user only when the daemon accepts it
+		// (proftpd keeps the earlier name after refusing a USER).
 		if d := s.srv.lim.Check(time.Now(), s.peer.Addr()); !d.Allowed && !d.StoreDown &&
 			s.srv.enforce(s.log, "banned", "cmd", cmd.Verb, "key", d.Key.String()) {
 			s.finish(421, "Too many failed logins from your address; try again later.")
 			return false
 		}
-		return s.forward(cmd, pending{verb: cmd.Verb})
+		s.authAlone = true
+		return s.forward(cmd, pending{verb: cmd.Verb, user: logSafe(name)})
 	case "PASS", "ACCT":
-		if cmd.Verb == "PASS" && s.refusedForUser() {
-			return !s.closing.Load()
-		}
 		if !s.awaitAlone() {
 			return false
 		}
-		if cmd.Verb == "ACCT" {
+		s.mu.Lock()
+		userOK, asked := s.userOK, s.acctAsked
+		s.mu.Unlock()
+		switch {
+		case s.loggedIn.Load():
+			return s.replyLocal(ftpproto.NewReply(230, "Already logged in."))
+		case cmd.Verb == "PASS" && !userOK:
+			// Whose password it would be is the daemon's guess: not asked.
+			return s.replyLocal(ftpproto.NewReply(503, "Login with USER first."))
+		case cmd.Verb == "ACCT" && !asked:
 			// Only in answer to a 332: elsewhere a daemon may take it for
 			// something else (pure-ftpd answers 202).
-			s.mu.Lock()
-			asked := s.acctAsked
-			s.mu.Unlock()
-			if !asked {
-				return s.replyLocal(ftpproto.NewReply(503, "Bad sequence of commands: no account was asked for."))
-			}
+			return s.replyLocal(ftpproto.NewReply(503, "Bad sequence of commands: no account was asked for."))
+		}
+		if cmd.Verb == "PASS" && s.refusedForUser() {
+			return !s.closing.Load()
 		}
 		if !s.attempt(cmd.Verb) {
 			return false
@@ -704,6 +728,8 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		keep = r.Code == 220
 	case "USER":
 		s.acctAsked = r.Code == 332
+		s.userOK = r.Code == 331 || r.Code == 332 || r.Code == 230
+		s.user = p.user
 		switch {
 		case r.Code == 230: // no password asked (e.g. anonymous)
 			s.loginOKLocked(now, p, r)
