@@ -184,14 +184,7 @@ func testDaemon(t *testing.T, name, prefix string) {
 			lines = append(lines, "USER "+testUser, fmt.Sprintf("PASS pipelined-%d", i))
 		}
 		r.send(lines...)
-		var codes []int
-		for {
-			code, _ := r.reply()
-			if code == 0 {
-				break
-			}
-			codes = append(codes, code)
-		}
+		codes := r.codes()
 		if len(codes) == 0 || codes[len(codes)-1] != 421 {
 			t.Fatalf("replies %v; want the last to be 421", codes)
 		}

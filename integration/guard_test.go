@@ -214,14 +214,7 @@ func TestPipelinedGuessesAreEachCounted(t *testing.T) {
 		lines = append(lines, "  user "+testUser, fmt.Sprintf("pass pipelined-%d", i))
 	}
 	r.send(lines...)
-	codes := []int{}
-	for {
-		code, _ := r.reply()
-		if code == 0 {
-			break
-		}
-		codes = append(codes, code)
-	}
+	codes := r.codes()
 	if len(codes) == 0 || codes[len(codes)-1] != 421 {
 		t.Fatalf("replies %v; want the last to be 421", codes)
 	}

@@ -446,6 +446,19 @@ func (r *raw) reply() (int, string) {
 	return rep.Code, rep.Text()
 }
 
+// codes reads replies until the connection ends and returns their codes.
+func (r *raw) codes() []int {
+	r.t.Helper()
+	var codes []int
+	for {
+		code, _ := r.reply()
+		if code == 0 {
+			return codes
+		}
+		codes = append(codes, code)
+	}
+}
+
 func (r *raw) expect(code int) string {
 	r.t.Helper()
 	got, text := r.reply()

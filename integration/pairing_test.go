@@ -121,16 +121,8 @@ func guessCodes(t *testing.T, g *guard, src string, lines ...string) []int {
 	r := dialRaw(t, src, g.Addr)
 	r.expect(220)
 	r.send(append(lines, "QUIT")...)
-	var codes []int
-	for {
-		code, _ := r.reply()
-		if code == 0 {
-			break
-		}
-		codes = append(codes, code)
-	}
-	r.c.Close()
-	return codes
+	defer r.c.Close()
+	return r.codes()
 }
 
 // TestPairingRefusedUser: proftpd keeps the username of an

@@ -307,29 +307,17 @@ return 1
 `)
 
 // redisUser reads (ARGV 4 = "0") or takes a token from (ARGV 4 = "1") a
-// username budget: a token bucket like an address budget's, without
-// attempts in flight or bans. KEYS: u:H. ARGV: 1 now (ms), 2 refill rate
-// (tokens/ms), 3 burst. Replies the whole tokens left.
-var redisUser = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local t = redis.call('HMGET', KEYS[1], 't', 'l')
-local tok, last = tonumber(t[1]), tonumber(t[2])
-if not tok then
-  tok, last = burst, now
-elseif now > last then
-  tok = math.min(burst, tok + (now - last) * rate)
-  last = now
-elseif tok > burst then
-  tok = burst
-end
+// username budget: a token bucket kept as an address budget's is (redisLib's
+// tokens and store), without attempts in flight or bans. KEYS: u:H. ARGV:
+// 1 now (ms), 2 refill rate (tokens/ms), 3 burst, 4 take. Replies the whole
+// tokens left.
+var redisUser = redis.NewScript(redisLib + `
+local tok, last = tokens()
 if ARGV[4] == '1' then
   if tok >= 1 - 1e-6 then tok = tok - 1 else tok, last = 0, now end
-  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tok), 'l', string.format('%.0f', last))
-  redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.ceil((burst - tok) / rate) + 1000))
+  store(tok, last)
 end
-return math.floor(tok + 1e-6)
+return whole(tok)
 `)
 
 var _ SharedUserBudgets = (*RedisShared)(nil)
