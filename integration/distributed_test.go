@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 )
 
@@ -89,4 +90,43 @@ func TestDistributedGuessingFleet(t *testing.T) {
 	t.Logf("%d guesses over two instances: %d reached vsftpd (shared user budget %d), %d answered 530 by ftpguard (%d by a, %d by b)",
 		guesses, d.FailedLogins(t), userBudget, refused(),
 		fleet[0].Count(t, "reject", "reason", "user budget spent"), fleet[1].Count(t, "reject", "reason", "user budget spent"))
+}
+
+// TestDistributedGuessingBurst: guesses for one account sent at the same
+// moment from 8 addresses. The username's budget was only checked before a
+// PASS went out and charged when the 530 came back, so while pure-ftpd
+// took its seconds over the first, all 8 reached it (found by an
+// adversarial review). Now each guess in flight holds a place in the
+// budget (Users.Attempt): at most the budget reaches the daemon.
+func TestDistributedGuessingBurst(t *testing.T) {
+	const userBudget = 2
+	const attackers = 8
+	d := startPureftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{Failures: 10, Extra: fmt.Sprintf("[user_limits]\nfailures = %d\n", userBudget)})
+
+	var conns []*raw
+	for i := 0; i < attackers; i++ {
+		r := dialRaw(t, fmt.Sprintf("127.0.0.%d", 141+i), g.Addr)
+		r.expect(220)
+		r.send("USER " + testUser)
+		r.expect(331)
+		conns = append(conns, r)
+	}
+	var wg sync.WaitGroup
+	codes := make([]int, attackers)
+	for i, r := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.c.Write([]byte(fmt.Sprintf("PASS burst-%d\r\n", i)))
+			codes[i], _ = r.reply()
+		}()
+	}
+	wg.Wait()
+	if n := d.FailedLogins(t); n > userBudget {
+		t.Fatalf("pure-ftpd got %d wrong passwords for %s from %d addresses at once; want ≤ %d (its [user_limits] budget); replies to PASS: %v",
+			n, testUser, attackers, userBudget, codes)
+	}
+	t.Logf("%d guesses at once from %d addresses: %d reached pure-ftpd (user budget %d); replies %v",
+		attackers, attackers, d.FailedLogins(t), userBudget, codes)
 }

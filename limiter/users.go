@@ -148,6 +148,10 @@ type UserDecision struct {
 	// Remaining is the whole tokens left in the username's budget (after
 	// the failure, for Failure); 0 while budgets are off.
 	Remaining int
+	// Held (Attempt only): the guess holds a place in the username's
+	// budget until Release; the caller must call Release once, whatever
+	// the outcome.
+	Held bool
 }
 
 // UserStats is a snapshot of a Users' tables and counters.
@@ -201,10 +205,11 @@ func unano(t time.Time) int64 { return int64(t.Sub(uEpoch)) }
 // and the usernames each key tried recently. It is safe for concurrent use:
 // one mutex guards everything. The zero value is not usable; use NewUsers.
 //
-// A username's budget is only approximate under concurrency: Check does not
-// reserve a token, so guesses for one username that are in flight together
-// may all pass Check before their Failures land (the per-key Limiter still
-// caps each key).
+// A username's budget caps the guesses in flight as well: Attempt holds a
+// place for each guess it lets through until Release, and a guess finds the
+// budget spent when its whole tokens are all held, so guesses sent together
+// cannot all pass before their Failures land. Check holds nothing. With a
+// shared store the places are held per instance.
 //
 // Memory is bounded by MaxTracked entries per table, each of a fixed size
 // (usernames are bounded to MaxUserName bytes, name sets to
@@ -224,6 +229,10 @@ type Users struct {
 	keys    ulru[bkey, uNames]        // touched when the key tries a name
 
 	throttled, tooMany, evicted uint64
+
+	// held counts, per username, the guesses that passed Attempt and are
+	// not Released yet (in flight to the daemon): bounded by the sessions.
+	held map[uname]int
 
 	shared SharedUserBudgets // nil: budgets are this instance's own
 }
@@ -259,7 +268,7 @@ func NewUsers(cfg UserConfig) (*Users, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	u := &Users{cfg: newUserSettings(cfg), seed: maphash.MakeSeed()}
+	u := &Users{cfg: newUserSettings(cfg), seed: maphash.MakeSeed(), held: make(map[uname]int)}
 	u.budgets.init()
 	u.good.init()
 	u.keys.init()
@@ -304,6 +313,35 @@ func (u *Users) Reload(cfg UserConfig) error {
 // counting this one, whichever name it tries (a name tried again does not
 // add to the count).
 func (u *Users) Check(now time.Time, user string, key netip.Prefix) UserDecision {
+	return u.check(now, user, key, false)
+}
+
+// Attempt is Check for a guess about to be forwarded: a guess that is not
+// refused (nor from a known-good key) also holds a place in the username's
+// budget until Release, and a guess finds the budget spent when its whole
+// tokens are all held by guesses in flight. So guesses sent together from
+// many addresses cannot all pass while the daemon is still answering the
+// first (pure-ftpd takes seconds): at most the budget's tokens reach the
+// daemon. (With a shared store the places are held per instance: N
+// instances may let up to N times the tokens left through at once.)
+func (u *Users) Attempt(now time.Time, user string, key netip.Prefix) UserDecision {
+	return u.check(now, user, key, true)
+}
+
+// Release ends a guess held by Attempt (Held), after its Failure or
+// Success, or when it was never answered.
+func (u *Users) Release(user string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	name, _ := u.canon(user)
+	if n := u.held[name]; n > 1 {
+		u.held[name] = n - 1
+	} else {
+		delete(u.held, name)
+	}
+}
+
+func (u *Users) check(now time.Time, user string, key netip.Prefix, hold bool) UserDecision {
 	u.mu.Lock()
 	s, shared := u.cfg, u.shared
 	if s.off() {
@@ -332,8 +370,12 @@ func (u *Users) Check(now time.Time, user string, key netip.Prefix) UserDecision
 			d.Remaining = r
 		}
 	}
-	d.Throttled = d.Remaining < 1
 	u.mu.Lock()
+	d.Throttled = d.Remaining-u.held[name] < 1
+	if hold && !d.Throttled && !d.TooManyNames {
+		u.held[name]++
+		d.Held = true
+	}
 	if d.Throttled {
 		u.throttled++
 	}

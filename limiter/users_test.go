@@ -525,3 +525,42 @@ func BenchmarkUsersCheckFailure(b *testing.B) {
 		}
 	})
 }
+
+// TestUsersAttemptHolds: guesses in flight hold places in the username's
+// budget, so that a burst of guesses sent before the daemon answered the
+// first cannot all pass; a known-good key holds nothing and is never
+// throttled; Release gives the place back whatever the outcome.
+func TestUsersAttemptHolds(t *testing.T) {
+	u := newUsers(t, UserConfig{Failures: 2, Window: time.Hour})
+	now := time.Now()
+	key := func(i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), 32) }
+	owner := netip.MustParsePrefix("192.0.2.1/32")
+	u.Success(now, "alice", owner)
+	a, b := u.Attempt(now, "alice", key(1)), u.Attempt(now, "alice", key(2))
+	if !a.Held || !b.Held || a.Throttled || b.Throttled {
+		t.Fatalf("first two guesses: %+v, %+v; want both held", a, b)
+	}
+	if d := u.Attempt(now, "alice", key(3)); !d.Throttled || d.Held {
+		t.Fatalf("third guess while two are in flight: %+v; want throttled", d)
+	}
+	if d := u.Check(now, "alice", key(4)); !d.Throttled {
+		t.Fatalf("Check while two are in flight: %+v; want throttled", d)
+	}
+	if d := u.Attempt(now, "alice", owner); d.Throttled || d.Held || !d.KnownGood {
+		t.Fatalf("the owner: %+v; want known-good, not held", d)
+	}
+	u.Failure(now, "alice", key(1))
+	u.Release("alice")
+	if d := u.Attempt(now, "alice", key(5)); !d.Throttled {
+		t.Fatalf("one failed (1 token left), one in flight: %+v; want throttled", d)
+	}
+	u.Release("alice") // the second ended without an answer counted here
+	if d := u.Attempt(now, "alice", key(6)); d.Throttled || !d.Held || d.Remaining != 1 {
+		t.Fatalf("one token left, nothing in flight: %+v; want held", d)
+	}
+	u.Release("alice")
+	u.Release("alice") // one too many: harmless
+	if d := u.Attempt(now, "bob", key(1)); d.Throttled || !d.Held {
+		t.Fatalf("another name: %+v", d)
+	}
+}

@@ -30,10 +30,13 @@ const maxPending = 128
 // pending is a command forwarded to the backend and awaiting its final reply,
 // or a reply of the proxy's own waiting for its turn.
 type pending struct {
-	verb    string          // the forwarded verb; "" for the greeting
-	counted bool            // an Attempt is held for it (PASS, ACCT) and must be settled
-	user    string          // the username a USER named or a PASS was for
-	local   *ftpproto.Reply // non-nil: the proxy's own reply, written in order
+	verb    string // the forwarded verb; "" for the greeting
+	counted bool   // an Attempt is held for it (PASS, ACCT) and must be settled
+	user    string // the username a USER named or a PASS was for
+	// userHeld: the PASS holds a place in user's budget (Users.Attempt),
+	// released when it is settled.
+	userHeld bool
+	local    *ftpproto.Reply // non-nil: the proxy's own reply, written in order
 }
 
 // session is one client connection and its backend connection.
@@ -165,6 +168,9 @@ func (s *session) settle() {
 				u.Failure(now, p.user, s.srv.lim.Key(s.peer.Addr()))
 			}
 			s.failedLocked(now, p.verb, 0, "no reply")
+		}
+		if p.userHeld {
+			s.srv.users.Release(p.user)
 		}
 	}
 	s.queue = nil
@@ -366,14 +372,21 @@ func (s *session) command(cmd ftpproto.Command) bool {
 			// something else (pure-ftpd answers 202).
 			return s.replyLocal(ftpproto.NewReply(503, "Bad sequence of commands: no account was asked for."))
 		}
-		if cmd.Verb == "PASS" && s.refusedForUser() {
-			return !s.closing.Load()
+		var held bool
+		if cmd.Verb == "PASS" {
+			var refused bool
+			if refused, held = s.refusedForUser(); refused {
+				return !s.closing.Load()
+			}
 		}
 		if !s.attempt(cmd.Verb) {
+			if held {
+				s.srv.users.Release(s.user)
+			}
 			return false
 		}
 		s.authAlone = true
-		return s.forward(cmd, pending{verb: cmd.Verb, counted: true, user: s.user})
+		return s.forward(cmd, pending{verb: cmd.Verb, counted: true, user: s.user, userHeld: held})
 	case "AUTH":
 		return s.startTLS(cmd)
 	case "PBSZ", "PROT", "CCC":
@@ -437,27 +450,29 @@ func (s *session) awaitAlone() bool {
 }
 
 // refusedForUser applies the per-username budgets before a PASS: a
-// username whose budget is spent (distributed guessing), or one more name
-// than a key may try (spraying), is answered 530 by the proxy after the
-// tarpit delay, never forwarded, and still costs the key a token. It
-// reports whether the PASS was answered here.
-func (s *session) refusedForUser() bool {
+// username whose budget is spent or held by guesses in flight (distributed
+// guessing), or one more name than a key may try (spraying), is answered
+// 530 by the proxy after the tarpit delay, never forwarded, and still
+// costs the key a token. It reports whether the PASS was answered here,
+// and whether it holds a place in the username's budget (to release when
+// it is settled).
+func (s *session) refusedForUser() (refused, held bool) {
 	u := s.srv.users
 	if u == nil {
-		return false
+		return false, false
 	}
 	now := time.Now()
 	key := s.srv.lim.Key(s.peer.Addr())
-	ud := u.Check(now, s.user, key)
+	ud := u.Attempt(now, s.user, key)
 	if !ud.Throttled && !ud.TooManyNames {
-		return false
+		return false, ud.Held
 	}
 	reason := "user budget spent"
 	if ud.TooManyNames {
 		reason = "too many usernames from key"
 	}
 	if !s.srv.enforce(s.log, reason, "user", s.user, "user_remaining", ud.Remaining) {
-		return false // observe mode: forwarded, counted on its reply
+		return false, false // observe mode: forwarded, counted on its reply
 	}
 	u.Failure(now, s.user, key)
 	s.mu.Lock()
@@ -466,7 +481,7 @@ func (s *session) refusedForUser() bool {
 	s.mu.Unlock()
 	if banned {
 		s.finish(421, "Too many failed logins from your address; closing control connection.")
-		return true
+		return true, false
 	}
 	s.awaitReplies(2 * time.Second)
 	if hold = max(hold, s.srv.config().FailureDelay); hold > 0 {
@@ -478,7 +493,7 @@ func (s *session) refusedForUser() bool {
 		t.Stop()
 	}
 	s.replyLocal(ftpproto.NewReply(530, "Login incorrect."))
-	return true
+	return true, false
 }
 
 // attempt takes a place in the peer's budget before a login command is
@@ -751,6 +766,10 @@ func (s *session) reply(r ftpproto.Reply) bool {
 				u.Failure(now, p.user, s.srv.lim.Key(s.peer.Addr()))
 			}
 			banned, hold = s.failedLocked(now, p.verb, r.Code, "rejected")
+		}
+		if p.userHeld { // settled: its place in the username's budget is free
+			s.srv.users.Release(p.user)
+			s.queue[0].userHeld = false
 		}
 	case "PASV", "EPSV":
 		if r.Code == 227 || r.Code == 229 {
