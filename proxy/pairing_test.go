@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +19,9 @@ func TestRepliesStayPaired(t *testing.T) {
 		name   string
 		on     func(c net.Conn, line string) bool
 		send   string
-		want   string // the client's replies, until the connection ends
-		passes int    // PASS lines the daemon received
-		failed int    // "login failed" events
+		want   string // the client's replies, until the connection ends ("|" between alternatives)
+		passes int    // PASS lines the daemon received (-1: any)
+		failed int    // "login failed" events (-1: as many as PASS lines the daemon received)
 	}{
 		{
 			name: "a refused USER leaves no user: the PASS is answered here",
@@ -103,7 +104,12 @@ func TestRepliesStayPaired(t *testing.T) {
 				return false
 			},
 			send: "NOOP\r\nUSER u\r\nPASS bad\r\n",
-			want: "[200 421]", // the second 200 would answer USER
+			// The second 200 answers USER (out of step: 421), or, when it
+			// comes before USER is forwarded, is passed on as unsolicited
+			// and PASS gets its own 530.
+			want:   "[200 421]|[200 200 331 530 421]",
+			passes: -1,
+			failed: -1,
 		},
 	}
 	for _, tt := range tests {
@@ -113,7 +119,7 @@ func TestRepliesStayPaired(t *testing.T) {
 			c := dial(t, p.addr)
 			c.expect(220)
 			c.send(tt.send)
-			if got := fmt.Sprint(c.replies()); got != tt.want {
+			if got := fmt.Sprint(c.replies()); !slices.Contains(strings.Split(tt.want, "|"), got) {
 				t.Fatalf("replies %s, want %s\nlog:\n%s", got, tt.want, p.logs.String())
 			}
 			c.c.Close()
@@ -121,11 +127,16 @@ func TestRepliesStayPaired(t *testing.T) {
 			for p.srv.ActiveSessions() > 0 && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}
-			if n := f.count("PASS"); n != tt.passes {
-				t.Errorf("the daemon received %d PASS, want %d", n, tt.passes)
+			passes := f.count("PASS")
+			if tt.passes >= 0 && passes != tt.passes {
+				t.Errorf("the daemon received %d PASS, want %d", passes, tt.passes)
 			}
-			if n := strings.Count(p.logs.String(), "msg=\"login failed\""); n != tt.failed {
-				t.Errorf("%d failures counted, want %d\nlog:\n%s", n, tt.failed, p.logs.String())
+			wantFailed := tt.failed
+			if wantFailed < 0 {
+				wantFailed = passes
+			}
+			if n := strings.Count(p.logs.String(), "msg=\"login failed\""); n != wantFailed {
+				t.Errorf("%d failures counted, want %d\nlog:\n%s", n, wantFailed, p.logs.String())
 			}
 			for _, l := range f.received() {
 				if !knownShape(strings.SplitN(l, " ", 2)[0]) {
