@@ -87,8 +87,8 @@ type session struct {
 	preauth int
 	epsvAll bool
 	cbuf    []byte
-	// authAlone: a PASS or ACCT was forwarded; the next command waits for
-	// its reply (see awaitAlone).
+	// authAlone: a USER, PASS or ACCT was forwarded; the next command
+	// waits for its reply (see awaitAlone).
 	authAlone bool
 
 	xfer     dataGate   // data legs still relaying to the client (quirks.go)
@@ -358,8 +358,8 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		if !s.awaitAlone() {
 			return false
 		}
-		s.mu.Lock()
-		userOK, asked := s.userOK, s.acctAsked
+		s.mu.Lock() // user was set by the reply to USER, which awaitAlone waited for
+		userOK, asked, user := s.userOK, s.acctAsked, s.user
 		s.mu.Unlock()
 		switch {
 		case s.loggedIn.Load():
@@ -375,18 +375,18 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		var held bool
 		if cmd.Verb == "PASS" {
 			var refused bool
-			if refused, held = s.refusedForUser(); refused {
+			if refused, held = s.refusedForUser(user); refused {
 				return !s.closing.Load()
 			}
 		}
 		if !s.attempt(cmd.Verb) {
 			if held {
-				s.srv.users.Release(s.user)
+				s.srv.users.Release(user)
 			}
 			return false
 		}
 		s.authAlone = true
-		return s.forward(cmd, pending{verb: cmd.Verb, counted: true, user: s.user, userHeld: held})
+		return s.forward(cmd, pending{verb: cmd.Verb, counted: true, user: user, userHeld: held})
 	case "AUTH":
 		return s.startTLS(cmd)
 	case "PBSZ", "PROT", "CCC":
@@ -428,10 +428,10 @@ func (s *session) command(cmd ftpproto.Command) bool {
 }
 
 // awaitAlone waits until every command forwarded so far has its reply, so
-// that a PASS or ACCT goes to the daemon alone and the reply that settles
-// it is its own, whatever a daemon leaves unanswered or answers twice
-// (replyFits catches the latter). Pipelining clients lose one round trip
-// to the daemon per password. If the replies do not come within
+// that a USER, PASS or ACCT goes to the daemon alone and the reply that
+// settles it is its own, whatever a daemon leaves unanswered or answers
+// twice (replyFits catches the latter). Pipelining clients lose one round
+// trip to the daemon per login step. If the replies do not come within
 // login_timeout the session ends with 421 (the attempts waiting are
 // settled as failures). Only relayCommands calls it.
 func (s *session) awaitAlone() bool {
@@ -449,21 +449,21 @@ func (s *session) awaitAlone() bool {
 	return false
 }
 
-// refusedForUser applies the per-username budgets before a PASS: a
+// refusedForUser applies the per-username budgets before a PASS for user: a
 // username whose budget is spent or held by guesses in flight (distributed
 // guessing), or one more name than a key may try (spraying), is answered
 // 530 by the proxy after the tarpit delay, never forwarded, and still
 // costs the key a token. It reports whether the PASS was answered here,
 // and whether it holds a place in the username's budget (to release when
 // it is settled).
-func (s *session) refusedForUser() (refused, held bool) {
+func (s *session) refusedForUser(user string) (refused, held bool) {
 	u := s.srv.users
 	if u == nil {
 		return false, false
 	}
 	now := time.Now()
 	key := s.srv.lim.Key(s.peer.Addr())
-	ud := u.Attempt(now, s.user, key)
+	ud := u.Attempt(now, user, key)
 	if !ud.Throttled && !ud.TooManyNames {
 		return false, ud.Held
 	}
@@ -471,10 +471,10 @@ func (s *session) refusedForUser() (refused, held bool) {
 	if ud.TooManyNames {
 		reason = "too many usernames from key"
 	}
-	if !s.srv.enforce(s.log, reason, "user", s.user, "user_remaining", ud.Remaining) {
+	if !s.srv.enforce(s.log, reason, "user", user, "user_remaining", ud.Remaining) {
 		return false, false // observe mode: forwarded, counted on its reply
 	}
-	u.Failure(now, s.user, key)
+	u.Failure(now, user, key)
 	s.mu.Lock()
 	banned, hold := s.failedOrPenalizedLocked(now, "PASS", 530, reason, true)
 	banned = banned && !s.srv.config().Observe
