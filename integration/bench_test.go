@@ -75,8 +75,10 @@ func TestBench(t *testing.T) {
 	}
 
 	// 32 clients at once, each logging in and out in a loop.
+	const workers = 32
+	perWorker := max(logins/workers, 1)
+	logins = workers * perWorker // what concurrentLogins makes, and the CPU is divided by
 	concurrentLogins := func(addr string, pid int) (float64, float64) {
-		const workers = 32
 		var wg sync.WaitGroup
 		cpu := procCPU(pid)
 		start := time.Now()
@@ -84,7 +86,7 @@ func TestBench(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := 0; i < logins/workers; i++ {
+				for i := 0; i < perWorker; i++ {
 					c, err := ftpClient(t, "127.0.0.22", addr)
 					if err != nil {
 						t.Error(err)
@@ -98,7 +100,7 @@ func TestBench(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		return float64(workers*(logins/workers)) / time.Since(start).Seconds(), procCPU(pid) - cpu
+		return float64(logins) / time.Since(start).Seconds(), procCPU(pid) - cpu
 	}
 	ftps := ftp.DialWithExplicitTLS(&tls.Config{InsecureSkipVerify: true})
 	gpid := g.cmd.Process.Pid
