@@ -70,6 +70,19 @@ type Config struct {
 	// attempts it sees, and bans made meanwhile are shared when the store
 	// is back. Without a shared store it has no effect.
 	FailClosed bool
+	// FailureDelay holds the reply to a failed login (tarpit): this long
+	// for a key's first failure in its budget, doubled for each further
+	// one, up to MaxFailureDelay (failure_delay; 0 — the zero Config — turns
+	// the tarpit off; the config file's default is 1s). Only the failing
+	// session waits. Allowlisted keys are not delayed.
+	FailureDelay time.Duration
+	// MaxFailureDelay caps the tarpit (max_failure_delay; a value below
+	// FailureDelay is read as FailureDelay).
+	MaxFailureDelay time.Duration
+	// CountUserRejects counts a 530 reply to USER (a user list deny, an
+	// unknown user on some daemons) against the key's budget
+	// (count_user_rejects; the config file's default is true).
+	CountUserRejects bool
 }
 
 // ConfigError is the error Validate returns for one bad setting; Validate
@@ -112,6 +125,9 @@ func (c Config) Validate() error {
 		bad("max_ban_time", "must be > 0")
 	} else if d := c.withDefaults(); c.BanTime >= 0 && d.MaxBanTime < d.BanTime {
 		bad("max_ban_time", "must be ≥ ban_time (%v)", d.BanTime)
+	}
+	if c.FailureDelay < 0 {
+		bad("failure_delay", "must be ≥ 0 (0 turns the tarpit off)")
 	}
 	if c.IPv4Prefix < 0 || c.IPv4Prefix > 32 {
 		bad("ipv4_prefix", "must be in 1..32")

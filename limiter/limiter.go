@@ -617,6 +617,23 @@ func (l *Limiter) LastStoreError() error {
 	return nil
 }
 
+// Tarpit is how long to hold the reply to a failed login that got d (from
+// Failure, Penalize or Attempt.Settle): FailureDelay doubled for each
+// failure of the key within its budget (1s, 2s, 4s, …), capped by
+// MaxFailureDelay. Allowlisted keys are not delayed; 0 when the tarpit is
+// off.
+func (l *Limiter) Tarpit(d Decision) time.Duration {
+	s := l.cfg.Load()
+	if s.FailureDelay <= 0 || d.Allowlisted {
+		return 0
+	}
+	n := min(max(s.Failures-d.Remaining-1, 0), 20)
+	return min(s.FailureDelay<<n, max(s.MaxFailureDelay, s.FailureDelay))
+}
+
+// CountsUserRejects reports Config.CountUserRejects in force.
+func (l *Limiter) CountsUserRejects() bool { return l.cfg.Load().CountUserRejects }
+
 // tickLocked advances the clock, runs a bounded sweep of the ban table and
 // returns the settings in force.
 func (l *Limiter) tickLocked(now time.Time) *settings {
