@@ -22,4 +22,4 @@ echo "== proxy (in-process fake daemon): control round trip (NOOP), memory per i
 echo "== limiter: decisions on all cores, memory per tracked key"
 (cd ../limiter && go test -run '^$' -bench '^Benchmark(Check|MemoryPerKey)$' -benchtime 1s . | grep '^Benchmark')
 echo "== against vsftpd, direct vs through ftpguard (and HAProxy); the stores; 10,000 idle sessions"
-FTPGUARD_BENCH=1 go test -count=1 -run '^TestBench' -v . | grep -vE '^(=== RUN|--- PASS|PASS$|ok )'
+FTPGUARD_BENCH=1 go test -tags integration -count=1 -run '^TestBench' -v . | grep -vE '^(=== RUN|--- PASS|PASS$|ok )'

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package integration runs ftpguard as a real process in front of a real
 // vsftpd on loopback, both started and stopped by the tests, and drives them
 // with real clients (github.com/jlaffaye/ftp, curl, raw sockets). Distinct
