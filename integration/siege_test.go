@@ -42,7 +42,7 @@ func TestBenchSiege(t *testing.T) {
 	const balancer = "127.0.0.250"
 
 	d := startVsftpd(t)
-	g := startGuard(t, d.Addr, guardOpts{LogLevel: "warn", Extra: fmt.Sprintf("\n[proxy_protocol]\ntrusted = [%q]\n", balancer)})
+	g := startGuard(t, d.Addr, guardOpts{LogLevel: "info", Extra: fmt.Sprintf("\n[proxy_protocol]\ntrusted = [%q]\n", balancer)})
 	gpid := g.cmd.Process.Pid
 	name := fmt.Sprintf("siege-%d.bin", time.Now().UnixNano())
 	const mib = 128
