@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,10 @@ type Server struct {
 	m   *Metrics
 	log *slog.Logger
 	st  atomic.Pointer[Settings] // token and pprof in force
+
+	mu     sync.Mutex
+	hs     []*http.Server // of Serve
+	closed bool           // by Shutdown
 }
 
 // New returns the admin API with the [admin] settings s.
@@ -89,11 +94,12 @@ func New(s Settings, o Options) *Server {
 // listen address takes effect on restart).
 func (a *Server) SetSettings(s Settings) { a.st.Store(&s) }
 
-// HTTPServer returns the admin HTTP server. Its timeouts bound slow
-// clients (ReadHeaderTimeout: slow-loris), while leaving room for a 30s
-// pprof profile.
-func (a *Server) HTTPServer() *http.Server {
-	return &http.Server{
+// Serve serves the admin API on l until Shutdown, then returns
+// http.ErrServerClosed. Its timeouts bound slow clients
+// (ReadHeaderTimeout: slow-loris), while leaving room for a 30s pprof
+// profile.
+func (a *Server) Serve(l net.Listener) error {
+	hs := &http.Server{
 		Handler:           a.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -102,6 +108,29 @@ func (a *Server) HTTPServer() *http.Server {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		l.Close()
+		return http.ErrServerClosed
+	}
+	a.hs = append(a.hs, hs)
+	a.mu.Unlock()
+	return hs.Serve(l)
+}
+
+// Shutdown stops every Serve: it closes the listeners and waits, until ctx
+// ends, for the requests in flight.
+func (a *Server) Shutdown(ctx context.Context) error {
+	a.mu.Lock()
+	hs := a.hs
+	a.closed = true
+	a.mu.Unlock()
+	var errs []error
+	for _, h := range hs {
+		errs = append(errs, h.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // Handler routes the admin API:

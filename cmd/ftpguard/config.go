@@ -1,17 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/firewall"
@@ -118,33 +113,14 @@ type Settings struct {
 // is reported as "path:line key: reason" (line omitted for a key the file
 // does not set), all of them at once.
 func LoadConfig(path string) (*Settings, error) {
-	data, err := os.ReadFile(path)
+	file, err := conf.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, err
 	}
 	cfg := DefaultConfig()
-	md, err := toml.Decode(string(data), &cfg)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			if pe.LastKey != "" {
-				return nil, fmt.Errorf("%s:%d %s: %s", path, pe.Position.Line, pe.LastKey, pe.Message)
-			}
-			return nil, fmt.Errorf("%s:%d: %s", path, pe.Position.Line, pe.Message)
-		}
-		// Type mismatches come as "toml: line N (last key "K"): reason".
-		var line int
-		var key string
-		msg := err.Error()
-		if n, _ := fmt.Sscanf(msg, "toml: line %d (last key %q):", &line, &key); n == 2 {
-			_, reason, _ := strings.Cut(msg, "): ")
-			return nil, fmt.Errorf("%s:%d %s: %s", path, line, key, reason)
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
 	var p conf.Problems
-	for _, k := range md.Undecoded() {
-		p.Add(k.String(), "unknown key")
+	if err := file.Decode(&cfg, &p); err != nil {
+		return nil, err
 	}
 	for _, f := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile} {
 		if *f != "" && !filepath.IsAbs(*f) {
@@ -152,16 +128,8 @@ func LoadConfig(path string) (*Settings, error) {
 		}
 	}
 	st := cfg.settings(&p)
-	if !p.OK() {
-		msgs := make([]error, len(p.List))
-		for i, e := range p.List {
-			if line := lineOf(data, e.Key); line > 0 {
-				msgs[i] = fmt.Errorf("%s:%d %s: %s", path, line, e.Key, e.Reason)
-			} else {
-				msgs[i] = fmt.Errorf("%s: %s: %s", path, e.Key, e.Reason)
-			}
-		}
-		return nil, errors.Join(msgs...)
+	if err := file.Err(&p); err != nil {
+		return nil, err
 	}
 	return st, nil
 }
@@ -278,32 +246,4 @@ func unjoin(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
-}
-
-// lineOf finds the line (1-based) where a dotted key such as
-// "limits.failures" or a table such as "bogus" is set, or 0. The config is
-// flat (tables of scalars), so a scan of "[table]" headers and "key ="
-// lines suffices.
-func lineOf(data []byte, key string) int {
-	table, name := "", key
-	if i := strings.LastIndexByte(key, '.'); i >= 0 {
-		table, name = key[:i], key[i+1:]
-	}
-	cur := ""
-	for i, raw := range bytes.Split(data, []byte("\n")) {
-		line := strings.TrimSpace(string(raw))
-		if strings.HasPrefix(line, "[") {
-			h := strings.TrimSpace(strings.Trim(line, "[]"))
-			if h == key {
-				return i + 1
-			}
-			cur = h
-			continue
-		}
-		k, _, ok := strings.Cut(line, "=")
-		if ok && cur == table && strings.Trim(strings.TrimSpace(k), `"`) == name {
-			return i + 1
-		}
-	}
-	return 0
 }

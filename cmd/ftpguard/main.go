@@ -150,16 +150,15 @@ func run(path string, st *Settings, stderr io.Writer) error {
 		return err
 	}
 	if aln != nil {
-		hs := d.adm.HTTPServer()
 		go func() {
-			if err := hs.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+			if err := d.adm.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener failed; the proxy goes on", "err", err)
 			}
 		}()
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			hs.Shutdown(ctx)
-			cancel()
+			defer cancel()
+			d.adm.Shutdown(ctx)
 		}()
 		log.Info("admin listening", "admin", aln.Addr().String(), "token", st.Admin.Token != "", "pprof", st.Admin.Pprof)
 	}
