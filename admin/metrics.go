@@ -106,13 +106,16 @@ func (m *Metrics) Register(c prometheus.Collector) error { return m.reg.Register
 
 // The proxy.Observer methods.
 
+// SessionStart counts a session admitted.
 func (m *Metrics) SessionStart() {
 	m.sessionsActive.Add(1)
 	m.sessionsTotal.Add(1)
 }
 
+// SessionEnd counts a session ended.
 func (m *Metrics) SessionEnd() { m.sessionsActive.Add(-1) }
 
+// Reject counts a refusal by its reason (an unknown one as "other").
 func (m *Metrics) Reject(reason string) {
 	i, ok := rejectIndex[reason]
 	if !ok {
@@ -121,6 +124,7 @@ func (m *Metrics) Reject(reason string) {
 	m.rejects[i].Add(1)
 }
 
+// Login counts a login that succeeded or a password attempt that failed.
 func (m *Metrics) Login(ok bool) {
 	if ok {
 		m.loginsOK.Add(1)
@@ -133,6 +137,7 @@ func (m *Metrics) Login(ok bool) {
 // bans too.
 func (m *Metrics) Ban() {}
 
+// Bytes counts data-connection bytes relayed.
 func (m *Metrics) Bytes(upload bool, n int64) {
 	if n <= 0 {
 		return
@@ -144,6 +149,7 @@ func (m *Metrics) Bytes(upload bool, n int64) {
 	}
 }
 
+// BackendDial records a dial of the backend's control port.
 func (m *Metrics) BackendDial(d time.Duration, err error) {
 	m.dial.Observe(d.Seconds())
 	if err != nil {
