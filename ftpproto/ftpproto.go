@@ -24,7 +24,7 @@ package ftpproto
 
 import "errors"
 
-// Default bounds, as in DESIGN.md.
+// Default bounds, as in docs/design.md.
 const (
 	// DefaultMaxLine is the line bound used when a reader is given a
 	// maxLine <= 0 (the max_line setting's default).

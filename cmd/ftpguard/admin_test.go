@@ -13,14 +13,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/limiter"
-	"github.com/ftpguard/ftpguard/proxy"
 )
 
 // syncBuffer is a log sink safe for concurrent writes.
@@ -77,28 +76,18 @@ func newTestDaemon(t *testing.T, extra string) *testDaemon {
 	logs := new(syncBuffer)
 	level := new(slog.LevelVar)
 	level.Set(slog.LevelDebug)
-	events := new(eventRing)
-	log := slog.New(&ringHandler{inner: slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}), ring: events})
+	events := new(admin.EventRing)
+	log := slog.New(admin.NewLogHandler(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}), events))
 	lim, err := limiter.New(st.Limiter, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lim.Close() })
-	users, err := limiter.NewUsers(st.Users)
+	d, err := newDaemon(path, st, lim, log, level, events)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := proxy.New(st.Proxy, lim, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{path: path, lim: lim, users: users, srv: srv, level: level, log: log, events: events, start: time.Now()}
-	d.st.Store(st)
-	d.fw = newFirewall(st.Firewall, st.Proxy.Observe, log)
-	d.m = newMetrics(lim, users, d.fw, d.mode)
-	srv.SetObserver(d.m)
-	lim.SetBanHook(d.onBanChange)
-	hs := httptest.NewServer(d.adminHandler())
+	hs := httptest.NewServer(d.adm.Handler())
 	t.Cleanup(hs.Close)
 	return &testDaemon{daemon: d, url: hs.URL, logs: logs, backend: backend}
 }
@@ -165,7 +154,7 @@ func TestAdminBans(t *testing.T) {
 	}
 	// The admin bans and unbans are logged as events of the status page.
 	var bans, unbans int
-	for _, e := range td.events.list() {
+	for _, e := range td.events.List() {
 		switch e.Msg {
 		case "ban":
 			bans += e.Count
@@ -292,7 +281,7 @@ func TestAdminHealthz(t *testing.T) {
 	}
 	td.backend.Close()
 	code, body = td.call(t, "GET", "/healthz", "", "")
-	var h health
+	var h admin.Health
 	json.Unmarshal([]byte(body), &h)
 	if code != 503 || h.Status != "unhealthy" || h.Backend.OK || !strings.Contains(h.Backend.Error, "refused") || !h.Store.OK {
 		t.Fatalf("healthz with the backend down = %d %s", code, body)
@@ -394,41 +383,8 @@ func TestStatusPage(t *testing.T) {
 		}
 	}
 	code, body = td.call(t, "GET", "/status", "", "")
-	var s status
+	var s admin.Status
 	if err := json.Unmarshal([]byte(body), &s); code != 200 || err != nil || len(s.Bans) != 1 || s.Bans[0].Count != 2 {
 		t.Fatalf("GET /status = %d %v %s", code, err, body)
-	}
-}
-
-// TestRejectReasonsKnown: every reason the proxy refuses for has its own
-// label value in ftpguard_rejects_total (else it is counted as "other"):
-// a reason added to proxy/ must be added to rejectReasons too.
-func TestRejectReasonsKnown(t *testing.T) {
-	files, _ := filepath.Glob("../../proxy/*.go")
-	patterns := []*regexp.Regexp{
-		regexp.MustCompile(`(?:reject|enforce)\([a-z.]*log, "([^"]+)"`), // a refusal
-		regexp.MustCompile(`reason :?= "([^"]+)"`),                      // a reason chosen first
-		regexp.MustCompile(`return "(max_[a-z_]+|shutting down)"`),      // acquire's
-	}
-	seen := 0
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, re := range patterns {
-			for _, m := range re.FindAllSubmatch(b, -1) {
-				seen++
-				if _, ok := rejectIndex[string(m[1])]; !ok {
-					t.Errorf("%s refuses for %q, which is not in rejectReasons (metrics.go)", f, m[1])
-				}
-			}
-		}
-	}
-	if seen < 10 {
-		t.Fatalf("found only %d refusals in proxy/: the patterns are out of date", seen)
 	}
 }

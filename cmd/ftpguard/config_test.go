@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpguard/ftpguard/internal/conf"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -26,9 +28,10 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	def, errs := DefaultConfig().settings()
-	if len(errs) > 0 {
-		t.Fatalf("defaults invalid: %v", errs)
+	var p conf.Problems
+	def := DefaultConfig().settings(&p)
+	if !p.OK() {
+		t.Fatalf("defaults invalid: %v", p.List)
 	}
 	got, want := st.File, def.File
 	want.Store.Path = "../../ftpguard.db" // relative paths are taken from the config file's directory
@@ -42,8 +45,8 @@ func TestEmptyConfigTakesDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Listen != "0.0.0.0:21" || st.Proxy.Backend != "127.0.0.1:2121" || st.Limiter.Failures != 5 ||
-		st.Limiter.Window != 10*time.Minute || st.Proxy.MaxLine != 2048 || !st.Proxy.CountUserRejects {
+	if st.Proxy.Listen != "0.0.0.0:21" || st.Proxy.Backend != "127.0.0.1:2121" || st.Limiter.Failures != 5 ||
+		st.Limiter.Window != 10*time.Minute || st.Proxy.MaxLine != 2048 || !st.Limiter.CountUserRejects {
 		t.Fatalf("defaults not applied: %+v", st)
 	}
 }

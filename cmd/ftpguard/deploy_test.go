@@ -59,8 +59,8 @@ func TestDeploySystemd(t *testing.T) {
 			t.Errorf("ftpguard.service lacks %q", want)
 		}
 	}
-	if st.File.Store.Path != "/var/lib/ftpguard/ftpguard.db" || st.Listen != "0.0.0.0:21" || st.Proxy.Backend != "127.0.0.1:2121" {
-		t.Errorf("systemd config: store %q, listen %q, backend %q", st.File.Store.Path, st.Listen, st.Proxy.Backend)
+	if st.File.Store.Path != "/var/lib/ftpguard/ftpguard.db" || st.Proxy.Listen != "0.0.0.0:21" || st.Proxy.Backend != "127.0.0.1:2121" {
+		t.Errorf("systemd config: store %q, listen %q, backend %q", st.File.Store.Path, st.Proxy.Listen, st.Proxy.Backend)
 	}
 	if tokenPath != "/run/credentials/ftpguard.service/admin.token" {
 		t.Errorf("token_file %q is not where LoadCredential=admin.token puts it", tokenPath)
@@ -94,7 +94,7 @@ func TestDeployDocker(t *testing.T) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
 	}
-	if st.Listen != "0.0.0.0:2100" || st.Proxy.PassivePorts.Min != 50000 || st.Proxy.PassivePorts.Max != 50009 ||
+	if st.Proxy.Listen != "0.0.0.0:2100" || st.Proxy.PassivePorts.Min != 50000 || st.Proxy.PassivePorts.Max != 50009 ||
 		st.File.Store.Path != "/var/lib/ftpguard/ftpguard.db" {
 		t.Errorf("docker config: %+v", st.File)
 	}

@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/proxy"
 )
@@ -66,12 +67,12 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		if cmd == "check" {
-			admin := st.File.Admin.Listen
-			if admin == "" {
-				admin = "off"
+			adm := st.File.Admin.Listen
+			if adm == "" {
+				adm = "off"
 			}
-			fmt.Fprintf(stdout, "%s: OK (listen %s, backend %s, admin %s, mode %s)\n", *path, st.Listen, st.Proxy.Backend,
-				admin, st.File.Mode)
+			fmt.Fprintf(stdout, "%s: OK (listen %s, backend %s, admin %s, mode %s)\n", *path, st.Proxy.Listen, st.Proxy.Backend,
+				adm, st.File.Mode)
 			return 0
 		}
 		if err := run(*path, st, stderr); err != nil {
@@ -80,13 +81,13 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	case "bans", "status", "reload":
-		return runClient(cmd, args, stdout, stderr)
+		return admin.RunClient(cmd, args, stdout, stderr, defaultConfigPath)
 	case "version":
 		fmt.Fprintln(stdout, "ftpguard", versionString())
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: ftpguard [run|check] -config PATH | ftpguard version")
-		fmt.Fprint(stdout, cliUsage)
+		fmt.Fprint(stdout, admin.ClientUsage)
 		fmt.Fprintln(stdout, "  -config PATH, -admin ADDR, -token-file PATH, -timeout DUR, -json, -reason TEXT (bans add)")
 		return 0
 	default:
@@ -108,11 +109,10 @@ func versionString() string {
 // run serves until SIGTERM/SIGINT, then drains. SIGHUP reloads limits,
 // timeouts and the log level from path without dropping sessions.
 func run(path string, st *Settings, stderr io.Writer) error {
-	st.installCert()
 	level := new(slog.LevelVar)
 	level.Set(st.LogLevel)
-	events := new(eventRing)
-	log := slog.New(&ringHandler{inner: newLogger(stderr, st.File.Log.Format, level).Handler(), ring: events})
+	events := new(admin.EventRing)
+	log := slog.New(admin.NewLogHandler(newLogger(stderr, st.File.Log.Format, level).Handler(), events))
 
 	store, err := openStore(st.File.Store, log)
 	if err != nil {
@@ -135,49 +135,35 @@ func run(path string, st *Settings, stderr io.Writer) error {
 			return fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the state file, or set [store] on_corrupt = \"reset\"", err)
 		}
 	}
-	srv, err := proxy.New(st.Proxy, lim, log)
+	d, err := newDaemon(path, st, lim, log, level, events)
 	if err != nil {
 		return err
 	}
-	users, err := limiter.NewUsers(st.Users)
-	if err != nil {
-		return err
-	}
-	if sh := lim.SharedUsers(); sh != nil {
-		users.SetShared(sh) // one budget a username for the whole fleet
-	}
-	srv.SetUsers(users)
-	d := &daemon{path: path, lim: lim, users: users, srv: srv, level: level, log: log, events: events, start: time.Now()}
-	d.st.Store(st)
-	d.fw = newFirewall(st.Firewall, st.Proxy.Observe, log)
-	d.m = newMetrics(lim, users, d.fw, d.mode)
-	srv.SetObserver(d.m)
-	lim.SetBanHook(d.onBanChange)
+	srv := d.srv
 	fwCtx, stopFirewall := context.WithCancel(context.Background())
 	fwDone := make(chan struct{})
-	go func() { defer close(fwDone); d.fw.run(fwCtx, lim.Bans(time.Now())) }()
+	go func() { defer close(fwDone); d.fw.Run(fwCtx, lim.Bans(time.Now())) }()
 	defer func() { stopFirewall(); <-fwDone }()
 
-	aln, err := listenAdmin(st.Admin)
+	aln, err := admin.Listen(st.Admin)
 	if err != nil {
 		return err
 	}
 	if aln != nil {
-		admin := d.newAdminServer()
 		go func() {
-			if err := admin.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+			if err := d.adm.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener failed; the proxy goes on", "err", err)
 			}
 		}()
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			admin.Shutdown(ctx)
-			cancel()
+			defer cancel()
+			d.adm.Shutdown(ctx)
 		}()
 		log.Info("admin listening", "admin", aln.Addr().String(), "token", st.Admin.Token != "", "pprof", st.Admin.Pprof)
 	}
 
-	ln, err := net.Listen("tcp", st.Listen)
+	ln, err := net.Listen("tcp", st.Proxy.Listen)
 	if err != nil {
 		return err
 	}
@@ -189,8 +175,8 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	defer signal.Stop(sigs)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	if st.File.TLS.Mode == "implicit" {
-		iln, err := net.Listen("tcp", st.File.TLS.ImplicitListen)
+	if st.Proxy.ImplicitListen != "" {
+		iln, err := net.Listen("tcp", st.Proxy.ImplicitListen)
 		if err != nil {
 			srv.Close()
 			return err
@@ -211,7 +197,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 				d.reload()
 				continue
 			}
-			drain := d.settings().File.Sessions.DrainTimeout
+			drain := d.settings().Proxy.DrainTimeout
 			log.Info("draining", "signal", sig.String(), "sessions", srv.ActiveSessions(), "drain_timeout", drain)
 			ctx, cancel := context.WithTimeout(context.Background(), drain)
 			err := srv.Shutdown(ctx)

@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -40,17 +41,21 @@ func writeKeyPair(t *testing.T, dir, cn string) (cert, key string) {
 }
 
 // TestCertInstalledOnlyWithAcceptedFile: loading a file puts no key pair
-// in use; installCert does; a file refused for any other key (here a user
-// limit beyond its range) leaves the pair in use as it was, even though its
-// own key pair is valid.
+// in use; the proxy server holds the pair in use, and a reload hands it a
+// new one; a file refused for any other key (here a user limit beyond its
+// range) leaves the pair in use as it was, even though its own key pair is
+// valid.
 func TestCertInstalledOnlyWithAcceptedFile(t *testing.T) {
 	dir := t.TempDir()
-	cfg := func(cn, extra string) string {
+	tlsTable := func(cn string) string {
 		cert, key := writeKeyPair(t, dir, cn)
-		return writeConfig(t, fmt.Sprintf("[tls]\nmode = \"explicit\"\ncert = %q\nkey = %q\n%s", cert, key, extra))
+		return fmt.Sprintf("[tls]\nmode = \"explicit\"\ncert = %q\nkey = %q\n", cert, key)
 	}
+	first := tlsTable("first")
+	td := newTestDaemon(t, first)
+	orig, _ := os.ReadFile(td.path)
 	inUse := func() string {
-		c := certs.Load()
+		c := td.srv.KeyPair()
 		if c == nil {
 			return ""
 		}
@@ -60,28 +65,32 @@ func TestCertInstalledOnlyWithAcceptedFile(t *testing.T) {
 		}
 		return x.Subject.CommonName
 	}
-	old := certs.Load()
-	t.Cleanup(func() { certs.Store(old) })
-
-	a, err := LoadConfig(cfg("first", ""))
-	if err != nil {
-		t.Fatal(err)
+	if got := inUse(); got != "first" {
+		t.Fatalf("at start: %q in use, want first", got)
 	}
-	a.installCert()
-	b, err := LoadConfig(cfg("second", ""))
-	if err != nil {
+	if _, err := LoadConfig(writeConfig(t, tlsTable("second"))); err != nil {
 		t.Fatal(err)
 	}
 	if got := inUse(); got != "first" {
 		t.Fatalf("after loading a second file: %q in use, want first (not installed yet)", got)
 	}
-	if _, err := LoadConfig(cfg("third", "[user_limits]\nmax_names_per_key = 5000\n")); err == nil {
+	write := func(s string) {
+		if err := os.WriteFile(td.path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	third := strings.Replace(string(orig), first, tlsTable("third"), 1) + "[user_limits]\nmax_names_per_key = 5000\n"
+	write(third)
+	if err := td.reload(); err == nil {
 		t.Fatal("max_names_per_key = 5000 accepted")
 	}
 	if got := inUse(); got != "first" {
 		t.Fatalf("after a refused file: %q in use, want first", got)
 	}
-	b.installCert()
+	write(strings.Replace(string(orig), first, tlsTable("second"), 1))
+	if err := td.reload(); err != nil {
+		t.Fatal(err)
+	}
 	if got := inUse(); got != "second" {
 		t.Fatalf("after installing the second: %q in use", got)
 	}

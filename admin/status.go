@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"bytes"
@@ -25,8 +25,9 @@ var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
 // end first); the count of the others is shown.
 const statusBansMax = 200
 
-// status is what the status page and GET /status show.
-type status struct {
+// Status is what the status page and GET /status show (and `ftpguard
+// status` reads).
+type Status struct {
 	Version  string        `json:"version"`
 	Mode     string        `json:"mode"`
 	Started  time.Time     `json:"started"`
@@ -34,12 +35,12 @@ type status struct {
 	Now      time.Time     `json:"now"`
 	Listen   string        `json:"listen"`
 	Backend  string        `json:"backend"`
-	Health   health        `json:"health"`
+	Health   Health        `json:"health"`
 	Counters snapshot      `json:"counters"`
 	Rejects  []reasonCount `json:"-"`
 	Bans     []banView     `json:"bans"`
 	MoreBans int           `json:"more_bans"`
-	Events   []event       `json:"events"`
+	Events   []Event       `json:"events"`
 	Settings []setting     `json:"settings"`
 }
 
@@ -61,21 +62,21 @@ type setting struct {
 
 // status gathers the status page's data. The backend check waits at most
 // a second, so that the page never hangs.
-func (d *daemon) status(r *http.Request) status {
+func (a *Server) status(r *http.Request) Status {
 	now := time.Now()
-	st := d.settings()
-	s := status{
-		Version: versionString(), Mode: d.mode(), Started: d.start, Now: now,
-		Uptime: humanDuration(now.Sub(d.start)), Listen: st.Listen, Backend: st.Proxy.Backend,
-		Health:   d.checkHealth(r.Context(), time.Second),
-		Counters: d.m.snapshot(),
-		Events:   d.events.list(),
-		Settings: settingsView(st),
+	info := a.opt.Info()
+	s := Status{
+		Version: a.opt.Version, Mode: info.Mode, Started: a.opt.Start, Now: now,
+		Uptime: humanDuration(now.Sub(a.opt.Start)), Listen: info.Listen, Backend: info.Backend,
+		Health:   a.checkHealth(r.Context(), time.Second),
+		Counters: a.m.snapshot(),
+		Events:   a.opt.Events.List(),
+		Settings: settingsView(info),
 	}
 	for _, reason := range sortedReasons(s.Counters.Rejects) {
 		s.Rejects = append(s.Rejects, reasonCount{reason, s.Counters.Rejects[reason]})
 	}
-	bans := d.lim.Bans(now)
+	bans := a.lim.Bans(now)
 	s.Counters.BansActive = len(bans)
 	if len(bans) > statusBansMax {
 		s.MoreBans = len(bans) - statusBansMax
@@ -88,8 +89,8 @@ func (d *daemon) status(r *http.Request) status {
 }
 
 // settingsView lists the budget settings in force.
-func settingsView(st *Settings) []setting {
-	l, u, p := st.Limiter, st.Users, st.Proxy
+func settingsView(info Info) []setting {
+	l, u := info.Limits, info.Users
 	allow := "none"
 	if len(l.Allow) > 0 {
 		var a []string
@@ -104,8 +105,8 @@ func settingsView(st *Settings) []setting {
 			u.Failures, shortDuration(u.Window), shortDuration(u.KnownGoodTTL), u.MaxNamesPerKey)
 	}
 	tarpit := "off"
-	if p.FailureDelay > 0 {
-		tarpit = fmt.Sprintf("%s, doubling per failure, up to %s", shortDuration(p.FailureDelay), shortDuration(p.MaxFailureDelay))
+	if l.FailureDelay > 0 {
+		tarpit = fmt.Sprintf("%s, doubling per failure, up to %s", shortDuration(l.FailureDelay), shortDuration(max(l.MaxFailureDelay, l.FailureDelay)))
 	}
 	return []setting{
 		{"limits", "budget", fmt.Sprintf("%d failures per key, refilled over %s", l.Failures, shortDuration(l.Window))},
@@ -115,16 +116,16 @@ func settingsView(st *Settings) []setting {
 		{"limits", "success resets the budget", fmt.Sprint(l.SuccessResets)},
 		{"limits", "tarpit", tarpit},
 		{"user_limits", "username budgets", users},
-		{"sessions", "connections", fmt.Sprintf("at most %d, %d per address", p.MaxConns, p.MaxConnsPerIP)},
-		{"sessions", "timeouts", fmt.Sprintf("login %s, idle %s", shortDuration(p.LoginTimeout), shortDuration(p.IdleTimeout))},
-		{"store", "kind", st.File.Store.Kind},
+		{"sessions", "connections", fmt.Sprintf("at most %d, %d per address", info.MaxConns, info.MaxConnsPerIP)},
+		{"sessions", "timeouts", fmt.Sprintf("login %s, idle %s", shortDuration(info.LoginTimeout), shortDuration(info.IdleTimeout))},
+		{"store", "kind", info.Store},
 	}
 }
 
-func (d *daemon) handleStatusPage(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleStatusPage(w http.ResponseWriter, r *http.Request) {
 	var buf bytes.Buffer
-	if err := statusTmpl.Execute(&buf, d.status(r)); err != nil {
-		d.log.Error("status page", "err", err)
+	if err := statusTmpl.Execute(&buf, a.status(r)); err != nil {
+		a.log.Error("status page", "err", err)
 		http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
@@ -136,8 +137,8 @@ func (d *daemon) handleStatusPage(w http.ResponseWriter, r *http.Request) {
 	w.Write(buf.Bytes())
 }
 
-func (d *daemon) handleStatusJSON(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, d.status(r))
+func (a *Server) handleStatusJSON(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.status(r))
 }
 
 // shortDuration formats a setting's duration without zero tails: "1h",

@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"sync/atomic"
@@ -48,12 +48,13 @@ var rejectIndex = func() map[string]int {
 	return m
 }()
 
-// metrics is the proxy.Observer of a running ftpguard: it counts the
+// Metrics is the proxy.Observer of a running ftpguard: it counts the
 // proxy's events in atomics (its methods are on the proxy's hot paths) and,
 // as a prometheus.Collector, reports them together with the limiter's and
-// the username budgets' counters, read at scrape time. It never sees a
-// password or a username. Safe for concurrent use.
-type metrics struct {
+// the username budgets' counters, read at scrape time; other packages'
+// collectors join it with Register. It never sees a password or a
+// username. Make it with NewMetrics; safe for concurrent use.
+type Metrics struct {
 	sessionsActive atomic.Int64
 	sessionsTotal  atomic.Uint64
 	loginsOK       atomic.Uint64
@@ -66,11 +67,11 @@ type metrics struct {
 	reloadsFailed  atomic.Uint64
 	dial           prometheus.Histogram
 
-	lim   *limiter.Limiter
-	users *limiter.Users
-	fw    *firewall // nil: no firewall push
-	mode  func() string
-	start time.Time
+	lim     *limiter.Limiter
+	users   *limiter.Users
+	mode    func() string
+	version string
+	start   time.Time
 
 	reg *prometheus.Registry
 }
@@ -78,18 +79,19 @@ type metrics struct {
 // dialBuckets span a loopback connect (≈100µs) to a dial timeout.
 var dialBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
-// newMetrics returns the metrics of a daemon, registered in a registry of
+// NewMetrics returns the metrics of a daemon, registered in a registry of
 // their own (with the Go runtime and process collectors), never the global
-// one. fw may be nil; mode reports the current mode.
-func newMetrics(lim *limiter.Limiter, users *limiter.Users, fw *firewall, mode func() string) *metrics {
-	m := &metrics{
+// one. lim and users may be nil; mode reports the current mode ("enforce"
+// or "observe"); version is the build_info label.
+func NewMetrics(lim *limiter.Limiter, users *limiter.Users, version string, mode func() string) *Metrics {
+	m := &Metrics{
 		rejects: make([]atomic.Uint64, len(rejectReasons)),
 		dial: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ftpguard_backend_dial_seconds",
 			Help:    "Time to connect to the backend's control port (successful or not).",
 			Buckets: dialBuckets,
 		}),
-		lim: lim, users: users, fw: fw, mode: mode, start: time.Now(),
+		lim: lim, users: users, mode: mode, version: version, start: time.Now(),
 		reg: prometheus.NewRegistry(),
 	}
 	m.reg.MustRegister(m, m.dial,
@@ -98,16 +100,23 @@ func newMetrics(lim *limiter.Limiter, users *limiter.Users, fw *firewall, mode f
 	return m
 }
 
+// Register adds the collector of another part of the daemon (the firewall
+// runner's) to the metrics served.
+func (m *Metrics) Register(c prometheus.Collector) error { return m.reg.Register(c) }
+
 // The proxy.Observer methods.
 
-func (m *metrics) SessionStart() {
+// SessionStart counts a session admitted.
+func (m *Metrics) SessionStart() {
 	m.sessionsActive.Add(1)
 	m.sessionsTotal.Add(1)
 }
 
-func (m *metrics) SessionEnd() { m.sessionsActive.Add(-1) }
+// SessionEnd counts a session ended.
+func (m *Metrics) SessionEnd() { m.sessionsActive.Add(-1) }
 
-func (m *metrics) Reject(reason string) {
+// Reject counts a refusal by its reason (an unknown one as "other").
+func (m *Metrics) Reject(reason string) {
 	i, ok := rejectIndex[reason]
 	if !ok {
 		i = rejectIndex["other"]
@@ -115,7 +124,8 @@ func (m *metrics) Reject(reason string) {
 	m.rejects[i].Add(1)
 }
 
-func (m *metrics) Login(ok bool) {
+// Login counts a login that succeeded or a password attempt that failed.
+func (m *Metrics) Login(ok bool) {
 	if ok {
 		m.loginsOK.Add(1)
 	} else {
@@ -125,9 +135,10 @@ func (m *metrics) Login(ok bool) {
 
 // Ban is counted by the limiter (Stats.BansCreated), which sees admin
 // bans too.
-func (m *metrics) Ban() {}
+func (m *Metrics) Ban() {}
 
-func (m *metrics) Bytes(upload bool, n int64) {
+// Bytes counts data-connection bytes relayed.
+func (m *Metrics) Bytes(upload bool, n int64) {
 	if n <= 0 {
 		return
 	}
@@ -138,15 +149,16 @@ func (m *metrics) Bytes(upload bool, n int64) {
 	}
 }
 
-func (m *metrics) BackendDial(d time.Duration, err error) {
+// BackendDial records a dial of the backend's control port.
+func (m *Metrics) BackendDial(d time.Duration, err error) {
 	m.dial.Observe(d.Seconds())
 	if err != nil {
 		m.dialErrors.Add(1)
 	}
 }
 
-// reloaded counts a reload (SIGHUP or POST /reload).
-func (m *metrics) reloaded(err error) {
+// Reloaded counts a reload (SIGHUP or POST /reload); err nil: accepted.
+func (m *Metrics) Reloaded(err error) {
 	if err != nil {
 		m.reloadsFailed.Add(1)
 	} else {
@@ -175,8 +187,6 @@ var (
 	descUserThrottled  = desc("ftpguard_user_budgets_throttled_total", "Password attempts answered 530 by ftpguard because the username's budget was spent.")
 	descUserNames      = desc("ftpguard_user_names_refused_total", "Password attempts refused because the address tried too many usernames.")
 	descUserTracked    = desc("ftpguard_tracked_usernames", "Usernames with budget state in memory.")
-	descFirewall       = desc("ftpguard_firewall_commands_total", "Firewall commands, by action (ban, unban) and result (ok, failed, timeout, dropped: the queue was full).", "action", "result")
-	descFirewallQueue  = desc("ftpguard_firewall_queue_length", "Firewall commands waiting to run.")
 	descReloads        = desc("ftpguard_config_reloads_total", "Config reloads (SIGHUP or POST /reload), by result (ok, failed: the old config stays).", "result")
 	descObserve        = desc("ftpguard_observe_mode", "1 in observe mode (nothing is refused), 0 in enforce mode.")
 	descBuildInfo      = desc("ftpguard_build_info", "Always 1; the version label says which ftpguard runs.", "version")
@@ -184,18 +194,17 @@ var (
 )
 
 // Describe implements prometheus.Collector.
-func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionsActive, descSessionsTotal, descLogins, descBansActive,
 		descBansTotal, descRejects, descBytes, descStoreErrors, descStoreDown, descDialErrors, descTracked,
-		descRemembered, descEvicted, descUserThrottled, descUserNames, descUserTracked, descFirewall,
-		descFirewallQueue, descReloads, descObserve, descBuildInfo, descStart} {
+		descRemembered, descEvicted, descUserThrottled, descUserNames, descUserTracked, descReloads, descObserve, descBuildInfo, descStart} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector: the proxy's counters, and the
 // limiter's and username budgets' read now.
-func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -236,23 +245,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descUserNames, us.TooManyNames)
 		gauge(descUserTracked, float64(us.Users))
 	}
-	if m.fw != nil {
-		fs := m.fw.stats()
-		for _, a := range []struct {
-			action string
-			c      fwCounts
-		}{{"ban", fs.ban}, {"unban", fs.unban}} {
-			counter(descFirewall, a.c.ok, a.action, "ok")
-			counter(descFirewall, a.c.failed, a.action, "failed")
-			counter(descFirewall, a.c.timeout, a.action, "timeout")
-			counter(descFirewall, a.c.dropped, a.action, "dropped")
-		}
-		gauge(descFirewallQueue, float64(fs.queued))
-	}
 	if m.mode != nil {
 		gauge(descObserve, b2f(m.mode() == "observe"))
 	}
-	gauge(descBuildInfo, 1, versionString())
+	gauge(descBuildInfo, 1, m.version)
 	gauge(descStart, float64(m.start.UnixNano())/1e9)
 }
 
@@ -275,7 +271,7 @@ type snapshot struct {
 	UserThrottled  uint64            `json:"user_budgets_throttled"`
 }
 
-func (m *metrics) snapshot() snapshot {
+func (m *Metrics) snapshot() snapshot {
 	s := snapshot{
 		SessionsActive: m.sessionsActive.Load(),
 		SessionsTotal:  m.sessionsTotal.Load(),

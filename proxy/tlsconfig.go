@@ -1,4 +1,4 @@
-package main
+package proxy
 
 import (
 	"crypto/tls"
@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync/atomic"
+
+	"github.com/ftpguard/ftpguard/internal/conf"
 )
 
-// TLSConfig is the [tls] table.
+// TLSConfig is the [tls] table of the config file: FTPS with clients
+// (mode, cert, key, min_version, require, implicit_listen) and with the
+// daemon (backend_tls, backend_ca, backend_server_name).
 type TLSConfig struct {
 	Mode           string `toml:"mode"` // "off" | "explicit" | "implicit"
 	Cert           string `toml:"cert"`
@@ -51,53 +54,50 @@ func loadBackendTLS(c TLSConfig, backend string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// certs holds the certificate in use; a reload swaps it, so sessions
-// handshake with the new one from then on.
-var certs atomic.Pointer[tls.Certificate]
-
-// loadTLS loads the key pair and returns the server TLS config and the
-// pair, or nils for mode "off". The config reads the certificate through
-// certs, so a reload that installs a new pair (Settings.installCert, once
-// the whole file is accepted) applies to later handshakes without a new
-// listener.
-func loadTLS(c TLSConfig) (*tls.Config, *tls.Certificate, error) {
+// loadTLS loads the key pair and returns the server TLS config that
+// presents it, or nil for mode "off". Nothing is in use until the Config
+// holding it is given to a Server: a reload whose file is refused for any
+// key leaves the pair in use as it was.
+func loadTLS(c TLSConfig) (*tls.Config, error) {
 	if c.Mode == "off" {
-		return nil, nil, nil
+		return nil, nil
 	}
 	pair, err := tls.LoadX509KeyPair(c.Cert, c.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("tls.cert/tls.key: %w", err)
+		return nil, fmt.Errorf("tls.cert/tls.key: %w", err)
 	}
 	min := uint16(tls.VersionTLS12)
 	if c.MinVersion == "1.3" {
 		min = tls.VersionTLS13
 	}
-	return &tls.Config{
-		MinVersion: min,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return certs.Load(), nil
-		},
-	}, &pair, nil
+	return &tls.Config{MinVersion: min, Certificates: []tls.Certificate{pair}}, nil
 }
 
-// validateTLS checks the [tls] table.
-func validateTLS(c TLSConfig, bad func(key, format string, args ...any)) {
+// KeyPair returns the TLS key pair the server presents to clients now, or
+// nil without TLS.
+func (s *Server) KeyPair() *tls.Certificate {
+	if t := s.config().TLS; t != nil && len(t.Certificates) > 0 {
+		return &t.Certificates[0]
+	}
+	return nil
+}
+
+// validate checks the [tls] table into p.
+func (c TLSConfig) validate(p *conf.Problems) {
 	switch c.Mode {
 	case "off":
 	case "explicit", "implicit":
 		if c.Cert == "" {
-			bad("tls.cert", "must name a PEM certificate file for mode = %q", c.Mode)
+			p.Add("tls.cert", "must name a PEM certificate file for mode = %q", c.Mode)
 		}
 		if c.Key == "" {
-			bad("tls.key", "must name a PEM key file for mode = %q", c.Mode)
+			p.Add("tls.key", "must name a PEM key file for mode = %q", c.Mode)
 		}
 	default:
-		bad("tls.mode", "must be \"off\", \"explicit\" or \"implicit\", got %q", c.Mode)
+		p.OneOf("tls.mode", c.Mode, "off", "explicit", "implicit")
 	}
-	if c.MinVersion != "1.2" && c.MinVersion != "1.3" {
-		bad("tls.min_version", "must be \"1.2\" or \"1.3\", got %q", c.MinVersion)
-	}
+	p.OneOf("tls.min_version", c.MinVersion, "1.2", "1.3")
 	if c.Require && c.Mode == "off" {
-		bad("tls.require", "needs mode = \"explicit\" or \"implicit\"")
+		p.Add("tls.require", "needs mode = \"explicit\" or \"implicit\"")
 	}
 }

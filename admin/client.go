@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"bytes"
@@ -29,8 +29,8 @@ const (
 	exitUsage = 2 // a bad command line, or input the endpoint rejected
 )
 
-// cliUsage is the help of the client subcommands.
-const cliUsage = `usage:
+// ClientUsage is the help of the client subcommands.
+const ClientUsage = `usage:
   ftpguard bans list                    list the bans in force
   ftpguard bans add IP|CIDR [DURATION]  ban (DURATION like 90m, 12h, 7d; default: the escalated ban time)
   ftpguard bans del IP|CIDR             lift a ban
@@ -174,7 +174,9 @@ func resolveTarget(configPath string, configSet bool, admin, tokenFile string) (
 	t := cliTarget{admin: admin}
 	var fileToken string
 	if admin == "" || tokenFile == "" {
-		cfg := DefaultConfig()
+		cfg := struct {
+			Admin Config `toml:"admin"`
+		}{DefaultConfig()}
 		data, err := os.ReadFile(configPath)
 		switch {
 		case err == nil:
@@ -201,7 +203,7 @@ func resolveTarget(configPath string, configSet bool, admin, tokenFile string) (
 		tokenFile = fileToken
 	}
 	if tokenFile != "" {
-		tok, err := readToken(tokenFile)
+		tok, err := ReadToken(tokenFile)
 		if err != nil {
 			return t, failf(exitFail, "admin token: %v", err)
 		}
@@ -210,16 +212,18 @@ func resolveTarget(configPath string, configSet bool, admin, tokenFile string) (
 	return t, nil
 }
 
-// runClient runs a client subcommand (bans, status, reload) and returns
-// its exit code.
-func runClient(cmd string, args []string, stdout, stderr io.Writer) int {
+// RunClient runs a client subcommand of ftpguard (bans, status, reload)
+// with its arguments and returns its exit code: 0 done (status: healthy),
+// 1 failed, 2 a bad command line. defaultConfig is the config file read for
+// the endpoint's address and token when -config is not given.
+func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfig string) int {
 	fset := flag.NewFlagSet("ftpguard "+cmd, flag.ContinueOnError)
 	fset.SetOutput(stderr)
 	fset.Usage = func() {
-		fmt.Fprint(stderr, cliUsage)
+		fmt.Fprint(stderr, ClientUsage)
 		fset.PrintDefaults()
 	}
-	configPath := fset.String("config", defaultConfigPath, "config file whose [admin] listen and token_file to use")
+	configPath := fset.String("config", defaultConfig, "config file whose [admin] listen and token_file to use")
 	admin := fset.String("admin", "", "admin endpoint: host:port or unix:/path (default: [admin] listen of -config)")
 	tokenFile := fset.String("token-file", "", "file holding the admin token (default: [admin] token_file of -config)")
 	timeout := fset.Duration("timeout", 10*time.Second, "give up on the endpoint after this long")
@@ -259,7 +263,7 @@ func runClient(cmd string, args []string, stdout, stderr io.Writer) int {
 			return failf(exitUsage, "ftpguard bans: unknown subcommand %q (want list, add or del)", sub)
 		}
 		if len(pos) < n[0] || len(pos) > n[1] {
-			return failf(exitUsage, "ftpguard %s: wrong arguments %q\n%s", name, pos, cliUsage)
+			return failf(exitUsage, "ftpguard %s: wrong arguments %q\n%s", name, pos, ClientUsage)
 		}
 		t, err := resolveTarget(*configPath, configSet, *admin, *tokenFile)
 		if err != nil {
@@ -316,7 +320,7 @@ func runClient(cmd string, args []string, stdout, stderr io.Writer) int {
 			}
 			fmt.Fprintf(stdout, "reloaded %s (mode %s)\n", out["config"], out["mode"])
 		case "status":
-			var s status
+			var s Status
 			if _, err := c.do("GET", "/status", nil, &s); err != nil {
 				return err
 			}
@@ -371,7 +375,7 @@ func writeBansTable(w io.Writer, bans []banJSON) {
 }
 
 // writeStatus prints a status summary.
-func writeStatus(w io.Writer, s status) {
+func writeStatus(w io.Writer, s Status) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	okb := func(ok bool, yes, no string) string {
 		if ok {
@@ -406,7 +410,7 @@ func writeStatus(w io.Writer, s status) {
 }
 
 // banList returns the status's bans as the API lists them.
-func (s status) banList() []banJSON {
+func (s Status) banList() []banJSON {
 	out := make([]banJSON, len(s.Bans))
 	for i, b := range s.Bans {
 		out[i] = b.banJSON

@@ -1,4 +1,9 @@
-package main
+// Package firewall pushes ftpguard's bans into the kernel's firewall: it
+// runs the [firewall] ban_command and unban_command of the config file for
+// each ban the limiter makes or lifts (and, with unban_expired, when a ban
+// runs out), one at a time, each within a timeout. It owns the [firewall]
+// section (config.go) and its metrics (metrics.go).
+package firewall
 
 import (
 	"bytes"
@@ -49,15 +54,15 @@ type fwStats struct {
 	queued     int
 }
 
-// firewall runs the [firewall] commands for the limiter's ban changes, one
-// at a time and in the order they came, on a goroutine of its own (run),
+// Runner runs the [firewall] commands for the limiter's ban changes, one
+// at a time and in the order they came, on a goroutine of its own (Run),
 // each within the configured timeout (then its process group is killed).
 // With unban_expired it also queues the unban of each ban pushed when the
-// ban runs out (a timer per banned prefix). hook never blocks. Safe for
-// concurrent use.
-type firewall struct {
-	cfg     atomic.Pointer[FirewallSettings]
-	observe atomic.Bool // observe mode: log the commands, run none
+// ban runs out (a timer per banned prefix). Hook never blocks. Make it with
+// New; safe for concurrent use.
+type Runner struct {
+	cfg     atomic.Pointer[Settings]
+	observe func() bool // observe mode: log the commands, run none
 	queue   chan fwJob
 	log     *slog.Logger
 
@@ -65,24 +70,29 @@ type firewall struct {
 	counts   [2]fwCounts // ban, unban
 	lastDrop time.Time   // last "queue full" log line
 	ends     map[netip.Prefix]*time.Timer
-	stopped  bool // run has returned: no more timers
+	stopped  bool // Run has returned: no more timers
 }
 
-func newFirewall(fs FirewallSettings, observe bool, log *slog.Logger) *firewall {
-	f := &firewall{queue: make(chan fwJob, fwQueueSize), log: log, ends: make(map[netip.Prefix]*time.Timer)}
-	f.setConfig(fs, observe)
+// New returns a Runner of the commands of s. observe reports whether the
+// daemon is in observe mode (then the commands are logged, not run); nil:
+// never.
+func New(s Settings, observe func() bool, log *slog.Logger) *Runner {
+	if observe == nil {
+		observe = func() bool { return false }
+	}
+	f := &Runner{queue: make(chan fwJob, fwQueueSize), observe: observe, log: log, ends: make(map[netip.Prefix]*time.Timer)}
+	f.SetConfig(s)
 	return f
 }
 
-// setConfig applies reloaded settings to the commands not yet run.
-func (f *firewall) setConfig(fs FirewallSettings, observe bool) {
-	f.cfg.Store(&fs)
-	f.observe.Store(observe)
+// SetConfig applies reloaded settings to the commands not yet run.
+func (f *Runner) SetConfig(s Settings) {
+	f.cfg.Store(&s)
 }
 
-// hook is the limiter's ban hook: it queues the change, or drops it (and
+// Hook is the limiter's ban hook: it queues the change, or drops it (and
 // counts and logs that) when the queue is full.
-func (f *firewall) hook(c limiter.BanChange) {
+func (f *Runner) Hook(c limiter.BanChange) {
 	if len(f.cfg.Load().Ban) == 0 {
 		return
 	}
@@ -97,7 +107,7 @@ func (f *firewall) hook(c limiter.BanChange) {
 // scheduleEnd queues the unban of b when b runs out, in place of the one
 // queued for an earlier ban of its prefix (an escalation ends later), if
 // unban_expired is on and b is in force.
-func (f *firewall) scheduleEnd(b limiter.Ban, now time.Time) {
+func (f *Runner) scheduleEnd(b limiter.Ban, now time.Time) {
 	if cfg := f.cfg.Load(); !cfg.UnbanExpired || len(cfg.Unban) == 0 || !b.Active(now) {
 		return
 	}
@@ -125,7 +135,7 @@ func (f *firewall) scheduleEnd(b limiter.Ban, now time.Time) {
 }
 
 // cancelEnd forgets the scheduled unban of key (it was lifted).
-func (f *firewall) cancelEnd(key netip.Prefix) {
+func (f *Runner) cancelEnd(key netip.Prefix) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if t := f.ends[key]; t != nil {
@@ -134,8 +144,8 @@ func (f *firewall) cancelEnd(key netip.Prefix) {
 	}
 }
 
-// stopEnds stops every scheduled unban: run has returned.
-func (f *firewall) stopEnds() {
+// stopEnds stops every scheduled unban: Run has returned.
+func (f *Runner) stopEnds() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.stopped = true
@@ -147,7 +157,7 @@ func (f *firewall) stopEnds() {
 
 // enqueue queues j, or drops it (and counts and logs that) when the queue
 // is full. It never blocks.
-func (f *firewall) enqueue(j fwJob) {
+func (f *Runner) enqueue(j fwJob) {
 	select {
 	case f.queue <- j:
 	default:
@@ -165,24 +175,24 @@ func (f *firewall) enqueue(j fwJob) {
 	}
 }
 
-func (f *firewall) counter(j fwJob) *fwCounts {
+func (f *Runner) counter(j fwJob) *fwCounts {
 	if j.unban {
 		return &f.counts[1]
 	}
 	return &f.counts[0]
 }
 
-func (f *firewall) stats() fwStats {
+func (f *Runner) stats() fwStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return fwStats{ban: f.counts[0], unban: f.counts[1], queued: len(f.queue)}
 }
 
-// run executes queued commands until ctx ends. It first pushes initial
+// Run executes queued commands until ctx ends. It first pushes initial
 // (the bans in force at start, which the firewall may have lost with a
 // reboot), each only while no change waits in the queue, and schedules
 // their unbans.
-func (f *firewall) run(ctx context.Context, initial []limiter.Ban) {
+func (f *Runner) Run(ctx context.Context, initial []limiter.Ban) {
 	defer f.stopEnds()
 	if len(f.cfg.Load().Ban) > 0 {
 		now := time.Now()
@@ -213,7 +223,7 @@ func (f *firewall) run(ctx context.Context, initial []limiter.Ban) {
 
 // do runs the command of one job, if one is configured, and logs and
 // counts the result.
-func (f *firewall) do(ctx context.Context, j fwJob) {
+func (f *Runner) do(ctx context.Context, j fwJob) {
 	cfg := f.cfg.Load()
 	argv := cfg.Ban
 	if j.unban {
@@ -234,7 +244,7 @@ func (f *firewall) do(ctx context.Context, j fwJob) {
 	if j.expired {
 		log = log.With("expired", true)
 	}
-	if f.observe.Load() {
+	if f.observe() {
 		log.Info("observe: would run firewall command")
 		return
 	}

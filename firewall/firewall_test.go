@@ -1,6 +1,7 @@
-package main
+package firewall
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,20 +43,20 @@ func TestExpandArgv(t *testing.T) {
 
 // startFirewall runs a firewall with argv as its ban command (and unban
 // with "unban" put first) until the test ends; its log goes to logs.
-func startFirewall(t *testing.T, ban, unban []string, timeout time.Duration, observe bool) (*firewall, *syncBuffer) {
+func startFirewall(t *testing.T, ban, unban []string, timeout time.Duration, observe bool) (*Runner, *syncBuffer) {
 	t.Helper()
-	return runFirewall(t, FirewallSettings{Ban: ban, Unban: unban, Timeout: timeout}, observe, nil)
+	return runFirewall(t, Settings{Ban: ban, Unban: unban, Timeout: timeout}, observe, nil)
 }
 
 // runFirewall runs a firewall with fs, pushing initial first, until the
 // test ends.
-func runFirewall(t *testing.T, fs FirewallSettings, observe bool, initial []limiter.Ban) (*firewall, *syncBuffer) {
+func runFirewall(t *testing.T, fs Settings, observe bool, initial []limiter.Ban) (*Runner, *syncBuffer) {
 	t.Helper()
 	logs := new(syncBuffer)
-	fw := newFirewall(fs, observe, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	fw := New(fs, func() bool { return observe }, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); fw.run(ctx, initial) }()
+	go func() { defer close(done); fw.Run(ctx, initial) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return fw, logs
 }
@@ -79,10 +81,10 @@ func TestFirewallCommands(t *testing.T) {
 		[]string{"/bin/sh", "-c", script, "sh", "ban", "{ip}", "{prefix}", "{seconds}", "{family}", "; rm -rf /"},
 		[]string{"/bin/sh", "-c", script, "sh", "unban", "{prefix}"}, 5*time.Second, false)
 	now := time.Now()
-	fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.7/32"), Until: now.Add(time.Hour)}})
-	fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("2001:db8::/64"), Until: now.Add(90 * time.Second)}, Remote: true})
-	fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.7/32"), Until: now.Add(time.Hour)}, Lifted: true})
-	fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Until: now.Add(-time.Second)}}) // over: skipped
+	fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.7/32"), Until: now.Add(time.Hour)}})
+	fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("2001:db8::/64"), Until: now.Add(90 * time.Second)}, Remote: true})
+	fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.7/32"), Until: now.Add(time.Hour)}, Lifted: true})
+	fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Until: now.Add(-time.Second)}}) // over: skipped
 	waitUntil(t, "three commands", func() bool { return fw.stats().unban.ok == 1 })
 	b, _ := os.ReadFile(out)
 	want := "ban 203.0.113.7 203.0.113.7/32 3600 ip ; rm -rf /\nban 2001:db8:: 2001:db8::/64 90 ip6 ; rm -rf /\nunban 203.0.113.7/32\n"
@@ -104,8 +106,8 @@ func TestFirewallTimeout(t *testing.T) {
 	fw, logs := startFirewall(t, hang, []string{"/bin/sh", "-c", "echo unban-ran > " + filepath.Join(dir, "unban")}, 300*time.Millisecond, false)
 	ban := limiter.Ban{Key: netip.MustParsePrefix("203.0.113.9/32"), Until: time.Now().Add(time.Hour)}
 	start := time.Now()
-	fw.hook(limiter.BanChange{Ban: ban})
-	fw.hook(limiter.BanChange{Ban: ban, Lifted: true})
+	fw.Hook(limiter.BanChange{Ban: ban})
+	fw.Hook(limiter.BanChange{Ban: ban, Lifted: true})
 	waitUntil(t, "the timeout", func() bool { return fw.stats().ban.timeout == 1 })
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("the hanging command was killed after %v, want about 300ms", took)
@@ -128,8 +130,8 @@ func TestFirewallTimeout(t *testing.T) {
 
 func TestFirewallFailureLogged(t *testing.T) {
 	fw, logs := startFirewall(t, []string{"/bin/sh", "-c", "echo 'Error: No such file or directory' >&2; exit 1"}, nil, 5*time.Second, false)
-	fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.10/32"), Until: time.Now().Add(time.Hour)}})
-	fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.10/32")}, Lifted: true}) // no unban command
+	fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.10/32"), Until: time.Now().Add(time.Hour)}})
+	fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.10/32")}, Lifted: true}) // no unban command
 	waitUntil(t, "the failure", func() bool { return fw.stats().ban.failed == 1 })
 	waitUntil(t, "the log line", func() bool { return strings.Contains(logs.String(), "firewall command failed") })
 	l := logs.String()
@@ -141,11 +143,11 @@ func TestFirewallFailureLogged(t *testing.T) {
 // TestFirewallQueueBounded: with the worker stuck, changes beyond the
 // queue are dropped and counted, and hook never blocks.
 func TestFirewallQueueBounded(t *testing.T) {
-	fw := newFirewall(FirewallSettings{Ban: []string{"/bin/true"}, Timeout: time.Second}, false, slog.New(slog.DiscardHandler))
+	fw := New(Settings{Ban: []string{"/bin/true"}, Timeout: time.Second}, nil, slog.New(slog.DiscardHandler))
 	ban := limiter.Ban{Key: netip.MustParsePrefix("203.0.113.11/32"), Until: time.Now().Add(time.Hour)}
 	start := time.Now()
 	for range fwQueueSize + 10 {
-		fw.hook(limiter.BanChange{Ban: ban})
+		fw.Hook(limiter.BanChange{Ban: ban})
 	}
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("hook blocked for %v", took)
@@ -159,7 +161,7 @@ func TestFirewallQueueBounded(t *testing.T) {
 func TestFirewallObserve(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "ran")
 	fw, logs := startFirewall(t, []string{"/bin/sh", "-c", "touch " + out}, nil, time.Second, true)
-	fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.12/32"), Until: time.Now().Add(time.Hour)}})
+	fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: netip.MustParsePrefix("203.0.113.12/32"), Until: time.Now().Add(time.Hour)}})
 	waitUntil(t, "the log line", func() bool { return strings.Contains(logs.String(), "observe: would run firewall command") })
 	if _, err := os.Stat(out); err == nil {
 		t.Error("the command ran in observe mode")
@@ -179,17 +181,17 @@ func TestFirewallUnbanExpired(t *testing.T) {
 			now := time.Now()
 			short := now.Add(time.Second)
 			initial := []limiter.Ban{{Key: p("198.51.100.4/32"), Until: short}}
-			fw, logs := runFirewall(t, FirewallSettings{
+			fw, logs := runFirewall(t, Settings{
 				Ban:          []string{"/bin/sh", "-c", script, "sh", "ban", "{prefix}"},
 				Unban:        []string{"/bin/sh", "-c", script, "sh", "unban", "{prefix}"},
 				Timeout:      5 * time.Second,
 				UnbanExpired: on,
 			}, false, initial)
-			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.1/32"), Until: short}})               // runs out
-			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.2/32"), Until: short}})               // escalated:
-			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.2/32"), Until: now.Add(time.Hour)}})  // ends later
-			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.3/32"), Until: short}})               // lifted
-			fw.hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.3/32"), Until: short}, Lifted: true}) // before its end
+			fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.1/32"), Until: short}})               // runs out
+			fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.2/32"), Until: short}})               // escalated:
+			fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.2/32"), Until: now.Add(time.Hour)}})  // ends later
+			fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.3/32"), Until: short}})               // lifted
+			fw.Hook(limiter.BanChange{Ban: limiter.Ban{Key: p("203.0.113.3/32"), Until: short}, Lifted: true}) // before its end
 			want := "ban 203.0.113.1/32\nban 203.0.113.2/32\nban 203.0.113.2/32\nban 203.0.113.3/32\nunban 203.0.113.3/32\nban 198.51.100.4/32\n"
 			unbans := 1
 			if on {
@@ -221,4 +223,22 @@ func sortLines(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

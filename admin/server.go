@@ -1,4 +1,9 @@
-package main
+// Package admin is ftpguard's admin HTTP API and its command-line client:
+// bans (list, add, lift), reload, health, Prometheus metrics, and a status
+// page with the recent events. It owns the [admin] section of the config
+// file (config.go); the daemon feeds a Server with the limiter, the
+// metrics and funcs for what only it knows (reload, the settings in force).
+package admin
 
 import (
 	"context"
@@ -14,7 +19,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,147 +27,113 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ftpguard/ftpguard/internal/conf"
 	"github.com/ftpguard/ftpguard/limiter"
-	"github.com/ftpguard/ftpguard/proxy"
 )
 
-// daemon is a running ftpguard: the parts that the signal loop, the admin
-// listener and the status page share. Safe for concurrent use.
-type daemon struct {
-	path   string                   // the config file, re-read by reload
-	st     atomic.Pointer[Settings] // the settings in force
-	lim    *limiter.Limiter
-	users  *limiter.Users
-	srv    *proxy.Server
-	level  *slog.LevelVar
-	log    *slog.Logger
-	m      *metrics
-	events *eventRing
-	fw     *firewall
-	start  time.Time
-
-	reloadMu sync.Mutex // one reload at a time (SIGHUP and POST /reload)
+// Options are what a Server is fed with. Limiter, Metrics, Reload and Info
+// are required.
+type Options struct {
+	Limiter *limiter.Limiter
+	Metrics *Metrics
+	Events  *EventRing   // the status page's recent events; nil: none
+	Log     *slog.Logger // nil: slog.Default()
+	Version string
+	Start   time.Time // when the daemon started
+	// Reload re-reads the config file, as SIGHUP does (POST /reload). An
+	// error says why the file was refused; the old settings stay.
+	Reload func() error
+	// Info returns the settings in force, as the status page, the health
+	// check and POST /reload show them.
+	Info func() Info
 }
 
-// settings returns the settings in force.
-func (d *daemon) settings() *Settings { return d.st.Load() }
-
-// mode returns "enforce" or "observe".
-func (d *daemon) mode() string {
-	if d.settings().Proxy.Observe {
-		return "observe"
-	}
-	return "enforce"
+// Info is what the admin API shows of the settings in force.
+type Info struct {
+	Config      string // the config file's path
+	Mode        string // "enforce" or "observe"
+	Listen      string
+	Backend     string
+	DialTimeout time.Duration // of the backend: bounds the health check's dial
+	Store       string        // [store] kind
+	Limits      limiter.Config
+	Users       limiter.UserConfig
+	// [sessions]
+	MaxConns, MaxConnsPerIP   int
+	LoginTimeout, IdleTimeout time.Duration
 }
 
-// reload re-reads the config file and applies it to later decisions
-// without dropping a session: limits, allowlist, timeouts, mode, log level,
-// firewall commands, the admin token, pprof and the TLS key pair. listen,
-// admin.listen, tls.implicit_listen, [store], log.format and
-// proxy_protocol.header_timeout take effect on restart. An invalid file
-// changes nothing (its key pair included): the error says why, and is
-// logged. SIGHUP and POST /reload both come here.
-func (d *daemon) reload() error {
-	d.reloadMu.Lock()
-	defer d.reloadMu.Unlock()
-	st, err := LoadConfig(d.path)
-	if err == nil {
-		err = d.lim.Reload(st.Limiter)
-	}
-	if err == nil {
-		err = d.users.Reload(st.Users)
-	}
-	if d.m != nil {
-		d.m.reloaded(err)
-	}
-	if err != nil {
-		d.log.Error("reload rejected; keeping the old config", "err", err)
-		return err
-	}
-	old := d.settings()
-	if st.Listen != old.Listen {
-		d.log.Warn("reload: listen changed; it takes effect on restart", "listen", st.Listen)
-	}
-	if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
-		d.log.Warn("reload: admin.listen changed; it takes effect on restart", "admin", st.File.Admin.Listen)
-	}
-	st.installCert()
-	d.srv.SetConfig(st.Proxy)
-	d.level.Set(st.LogLevel)
-	if d.fw != nil {
-		d.fw.setConfig(st.Firewall, st.Proxy.Observe)
-	}
-	d.st.Store(st)
-	d.log.Info("reloaded", "config", d.path, "mode", d.mode())
-	return nil
+// Server is the admin API of a running ftpguard. Make it with New; safe
+// for concurrent use.
+type Server struct {
+	opt Options
+	lim *limiter.Limiter
+	m   *Metrics
+	log *slog.Logger
+	st  atomic.Pointer[Settings] // token and pprof in force
+
+	mu     sync.Mutex
+	hs     []*http.Server // of Serve
+	closed bool           // by Shutdown
 }
 
-// onBanChange is the limiter's ban hook: it logs the bans and unbans
-// learned from the shared store (this instance's own are logged where they
-// are made) and hands every change to the firewall push.
-func (d *daemon) onBanChange(c limiter.BanChange) {
-	if c.Remote {
-		if c.Lifted {
-			d.log.Info("unban", "key", c.Ban.Key.String(), "origin", "shared store")
-		} else {
-			d.log.Warn("ban", "key", c.Ban.Key.String(), "until", c.Ban.Until.Format(time.RFC3339),
-				"count", c.Ban.Count, "reason", c.Ban.Reason, "origin", "shared store")
-		}
+// New returns the admin API with the [admin] settings s.
+func New(s Settings, o Options) *Server {
+	if o.Log == nil {
+		o.Log = slog.Default()
 	}
-	if d.fw != nil {
-		d.fw.hook(c)
+	if o.Events == nil {
+		o.Events = new(EventRing)
 	}
+	a := &Server{opt: o, lim: o.Limiter, m: o.Metrics, log: o.Log}
+	a.st.Store(&s)
+	return a
 }
 
-// listenAdmin opens the admin listener of s ("" network: none). A stale
-// unix socket file is replaced; a new one is made readable and writable by
-// the owner and group only.
-func listenAdmin(s AdminSettings) (net.Listener, error) {
-	switch s.Network {
-	case "":
-		return nil, nil
-	case "unix":
-		if fi, err := os.Lstat(s.Address); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			if c, err := net.Dial("unix", s.Address); err == nil {
-				c.Close()
-				return nil, fmt.Errorf("admin.listen: %s is in use by another process", s.Address)
-			}
-			os.Remove(s.Address)
-		}
-		ln, err := net.Listen("unix", s.Address)
-		if err != nil {
-			return nil, fmt.Errorf("admin.listen: %w", err)
-		}
-		if err := os.Chmod(s.Address, 0o660); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("admin.listen: %w", err)
-		}
-		return ln, nil
-	default:
-		ln, err := net.Listen(s.Network, s.Address)
-		if err != nil {
-			return nil, fmt.Errorf("admin.listen: %w", err)
-		}
-		return ln, nil
-	}
-}
+// SetSettings applies reloaded [admin] settings: the token and pprof (a new
+// listen address takes effect on restart).
+func (a *Server) SetSettings(s Settings) { a.st.Store(&s) }
 
-// newAdminServer returns the admin HTTP server. Its timeouts bound slow
-// clients (ReadHeaderTimeout: slow-loris), while leaving room for a 30s
-// pprof profile.
-func (d *daemon) newAdminServer() *http.Server {
-	return &http.Server{
-		Handler:           d.adminHandler(),
+// Serve serves the admin API on l until Shutdown, then returns
+// http.ErrServerClosed. Its timeouts bound slow clients
+// (ReadHeaderTimeout: slow-loris), while leaving room for a 30s pprof
+// profile.
+func (a *Server) Serve(l net.Listener) error {
+	hs := &http.Server{
+		Handler:           a.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      90 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		l.Close()
+		return http.ErrServerClosed
+	}
+	a.hs = append(a.hs, hs)
+	a.mu.Unlock()
+	return hs.Serve(l)
 }
 
-// adminHandler routes the admin API:
+// Shutdown stops every Serve: it closes the listeners and waits, until ctx
+// ends, for the requests in flight.
+func (a *Server) Shutdown(ctx context.Context) error {
+	a.mu.Lock()
+	hs := a.hs
+	a.closed = true
+	a.mu.Unlock()
+	var errs []error
+	for _, h := range hs {
+		errs = append(errs, h.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// Handler routes the admin API:
 //
 //	GET    /                 status page (HTML)
 //	GET    /status           the same, as JSON
@@ -174,18 +144,18 @@ func (d *daemon) newAdminServer() *http.Server {
 //	DELETE /bans/{ip-or-cidr} lift a ban
 //	POST   /reload           re-read the config (as SIGHUP)
 //	       /debug/pprof/     with [admin] pprof = true
-func (d *daemon) adminHandler() http.Handler {
+func (a *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", d.handleStatusPage)
-	mux.HandleFunc("GET /status", d.handleStatusJSON)
-	mux.HandleFunc("GET /healthz", d.handleHealthz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{
-		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn), MaxRequestsInFlight: 4,
+	mux.HandleFunc("GET /{$}", a.handleStatusPage)
+	mux.HandleFunc("GET /status", a.handleStatusJSON)
+	mux.HandleFunc("GET /healthz", a.handleHealthz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn), MaxRequestsInFlight: 4,
 	}))
-	mux.HandleFunc("GET /bans", d.handleBansList)
-	mux.HandleFunc("POST /bans", d.handleBanAdd)
-	mux.HandleFunc("DELETE /bans/{key...}", d.handleBanDel)
-	mux.HandleFunc("POST /reload", d.handleReload)
+	mux.HandleFunc("GET /bans", a.handleBansList)
+	mux.HandleFunc("POST /bans", a.handleBanAdd)
+	mux.HandleFunc("DELETE /bans/{key...}", a.handleBanDel)
+	mux.HandleFunc("POST /reload", a.handleReload)
 	pp := http.NewServeMux()
 	pp.HandleFunc("/debug/pprof/", pprof.Index)
 	pp.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -193,7 +163,7 @@ func (d *daemon) adminHandler() http.Handler {
 	pp.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	pp.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/pprof/", func(w http.ResponseWriter, r *http.Request) {
-		if !d.settings().Admin.Pprof {
+		if !a.st.Load().Pprof {
 			http.NotFound(w, r)
 			return
 		}
@@ -201,19 +171,19 @@ func (d *daemon) adminHandler() http.Handler {
 	})
 	// A browser page must not make the operator's browser ban, unban or
 	// reload by a cross-site form post.
-	return d.guard(http.NewCrossOriginProtection().Handler(mux))
+	return a.guard(http.NewCrossOriginProtection().Handler(mux))
 }
 
 // guard checks the bearer token (every route but /healthz) and, without a
 // token, that the Host header names an address: a DNS-rebinding page
 // could otherwise reach a loopback listener from the operator's browser.
-func (d *daemon) guard(next http.Handler) http.Handler {
+func (a *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" {
 			next.ServeHTTP(w, r)
 			return
 		}
-		token := d.settings().Admin.Token
+		token := a.st.Load().Token
 		if token == "" {
 			if !hostIsAddress(r.Host) {
 				writeError(w, http.StatusMisdirectedRequest, "admin: Host %q is not an IP address or localhost", r.Host)
@@ -302,9 +272,9 @@ func toBanJSON(b limiter.Ban, now time.Time) banJSON {
 		Count: b.Count, SecondsLeft: max(left, 0)}
 }
 
-func (d *daemon) handleBansList(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleBansList(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	bans := d.lim.Bans(now)
+	bans := a.lim.Bans(now)
 	out := make([]banJSON, 0, len(bans))
 	for _, b := range bans {
 		out = append(out, toBanJSON(b, now))
@@ -325,7 +295,7 @@ const maxAdminBody = 4096
 // maxAdminBan bounds a ban's duration (ten years).
 const maxAdminBan = 10 * 365 * 24 * time.Hour
 
-func (d *daemon) handleBanAdd(w http.ResponseWriter, r *http.Request) {
+func (a *Server) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxAdminBody)
 	var req banRequest
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
@@ -343,7 +313,7 @@ func (d *daemon) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 		}
 		req = banRequest{IP: r.Form.Get("ip"), Duration: r.Form.Get("duration"), Reason: r.Form.Get("reason")}
 	}
-	key, err := d.parseTarget(req.IP)
+	key, err := a.parseTarget(req.IP)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
@@ -359,7 +329,7 @@ func (d *daemon) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	ban, err := d.lim.BanKey(now, key, dur, reason)
+	ban, err := a.lim.BanKey(now, key, dur, reason)
 	switch {
 	case errors.Is(err, limiter.ErrAllowlisted):
 		writeError(w, http.StatusBadRequest, "ip: %v is allowlisted ([limits] allow): it is never banned", key)
@@ -371,58 +341,58 @@ func (d *daemon) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 	out := toBanJSON(ban, now)
 	if err != nil { // ErrStore: in force, not saved
 		out.Warning = fmt.Sprintf("the ban is in force but was not saved: %v", err)
-		d.log.Error("admin ban not saved", "key", key.String(), "err", err)
+		a.log.Error("admin ban not saved", "key", key.String(), "err", err)
 	}
-	d.log.Warn("ban", "key", key.String(), "until", ban.Until.Format(time.RFC3339),
+	a.log.Warn("ban", "key", key.String(), "until", ban.Until.Format(time.RFC3339),
 		"for", ban.Until.Sub(now).Round(time.Second), "count", ban.Count, "reason", ban.Reason,
 		"origin", "admin", "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusCreated, out)
 }
 
-func (d *daemon) handleBanDel(w http.ResponseWriter, r *http.Request) {
-	key, err := d.parseTarget(r.PathValue("key"))
+func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
+	key, err := a.parseTarget(r.PathValue("key"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	lifted, err := d.lim.Unban(key)
+	lifted, err := a.lim.Unban(key)
 	if !lifted && err == nil {
 		msg := fmt.Sprintf("no ban of %v in force", key)
-		if c := d.lim.Check(time.Now(), key.Addr()); !c.Allowed && c.Ban.Key.IsValid() && c.Ban.Key != key {
+		if c := a.lim.Check(time.Now(), key.Addr()); !c.Allowed && c.Ban.Key.IsValid() && c.Ban.Key != key {
 			msg += fmt.Sprintf(" (the ban of %v covers it: lift that one)", c.Ban.Key)
 		}
 		writeError(w, http.StatusNotFound, "%s", msg)
 		return
 	}
 	if err != nil {
-		d.log.Error("admin unban: store", "key", key.String(), "err", err)
+		a.log.Error("admin unban: store", "key", key.String(), "err", err)
 		writeError(w, http.StatusInternalServerError, "the ban of %v is lifted here, but the store still has it: %v", key, err)
 		return
 	}
-	d.log.Info("unban", "key", key.String(), "origin", "admin", "remote", r.RemoteAddr)
+	a.log.Info("unban", "key", key.String(), "origin", "admin", "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, map[string]string{"unbanned": key.String()})
 }
 
 // parseTarget reads the ip of a ban request: a CIDR is taken as it is
 // (masked); a bare address is taken as its key ([limits] ipv4_prefix and
 // ipv6_prefix), the prefix its budget bans.
-func (d *daemon) parseTarget(v string) (netip.Prefix, error) {
+func (a *Server) parseTarget(v string) (netip.Prefix, error) {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return netip.Prefix{}, errors.New("ip: missing (an IP address or CIDR)")
 	}
 	if strings.Contains(v, "/") {
-		p, err := parsePrefix(v)
+		p, err := conf.ParsePrefix(v)
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("ip: %q is not an IP address or CIDR", v)
 		}
 		return p, nil
 	}
-	a, err := netip.ParseAddr(v)
+	addr, err := netip.ParseAddr(v)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("ip: %q is not an IP address or CIDR (names are never resolved)", v)
 	}
-	return d.lim.Key(a), nil
+	return a.lim.Key(addr), nil
 }
 
 // parseBanDuration reads a ban duration: "" (0: the escalated ban time),
@@ -454,16 +424,17 @@ func parseBanDuration(v string) (time.Duration, error) {
 	return dur, nil
 }
 
-func (d *daemon) handleReload(w http.ResponseWriter, r *http.Request) {
-	if err := d.reload(); err != nil {
+func (a *Server) handleReload(w http.ResponseWriter, r *http.Request) {
+	if err := a.opt.Reload(); err != nil {
 		writeError(w, http.StatusBadRequest, "reload rejected; the old config stays: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded", "config": d.path, "mode": d.mode()})
+	info := a.opt.Info()
+	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded", "config": info.Config, "mode": info.Mode})
 }
 
-// health is the answer of /healthz.
-type health struct {
+// Health is the answer of /healthz.
+type Health struct {
 	Status  string        `json:"status"` // "ok" or "unhealthy"
 	Backend backendHealth `json:"backend"`
 	Store   storeHealth   `json:"store"`
@@ -487,14 +458,14 @@ type storeHealth struct {
 // checkHealth dials the backend (within dial_timeout, at most limit) and
 // looks at the store: a shared store (Redis) is healthy while reachable;
 // a local one always is (its last error is reported).
-func (d *daemon) checkHealth(ctx context.Context, limit time.Duration) health {
-	st := d.settings()
-	h := health{Status: "ok"}
-	h.Backend.Address = st.Proxy.Backend
-	ctx, cancel := context.WithTimeout(ctx, min(st.Proxy.DialTimeout, limit))
+func (a *Server) checkHealth(ctx context.Context, limit time.Duration) Health {
+	info := a.opt.Info()
+	h := Health{Status: "ok"}
+	h.Backend.Address = info.Backend
+	ctx, cancel := context.WithTimeout(ctx, min(info.DialTimeout, limit))
 	defer cancel()
 	start := time.Now()
-	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", st.Proxy.Backend)
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", info.Backend)
 	h.Backend.DialMS = float64(time.Since(start).Microseconds()) / 1000
 	if err != nil {
 		h.Backend.Error = err.Error()
@@ -502,9 +473,9 @@ func (d *daemon) checkHealth(ctx context.Context, limit time.Duration) health {
 		c.Close()
 		h.Backend.OK = true
 	}
-	ls := d.lim.Stats()
-	h.Store = storeHealth{Kind: st.File.Store.Kind, OK: !ls.SharedDown, SharedDown: ls.SharedDown, Errors: ls.StoreErrors}
-	if err := d.lim.LastStoreError(); err != nil {
+	ls := a.lim.Stats()
+	h.Store = storeHealth{Kind: info.Store, OK: !ls.SharedDown, SharedDown: ls.SharedDown, Errors: ls.StoreErrors}
+	if err := a.lim.LastStoreError(); err != nil {
 		h.Store.LastError = err.Error()
 	}
 	if !h.Backend.OK || !h.Store.OK {
@@ -513,8 +484,8 @@ func (d *daemon) checkHealth(ctx context.Context, limit time.Duration) health {
 	return h
 }
 
-func (d *daemon) handleHealthz(w http.ResponseWriter, r *http.Request) {
-	h := d.checkHealth(r.Context(), time.Minute)
+func (a *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	h := a.checkHealth(r.Context(), time.Minute)
 	code := http.StatusOK
 	if h.Status != "ok" {
 		code = http.StatusServiceUnavailable

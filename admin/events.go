@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"context"
@@ -22,10 +22,10 @@ const eventMergeWindow = 8
 // client-chosen strings are attacker-controlled).
 const eventValueMax = 64
 
-// event is one recent event of the status page: a log record of interest,
+// Event is one recent event of the status page: a log record of interest,
 // reduced to a few attributes. It never holds a password (the proxy never
 // logs one).
-type event struct {
+type Event struct {
 	Time   time.Time `json:"time"` // of the latest repeat
 	Level  string    `json:"level"`
 	Msg    string    `json:"msg"`
@@ -38,19 +38,19 @@ type event struct {
 }
 
 // same reports whether e repeats o.
-func (e *event) same(o *event) bool {
+func (e *Event) same(o *Event) bool {
 	return e.Msg == o.Msg && e.Peer == o.Peer && e.User == o.User && e.Key == o.Key && e.Reason == o.Reason &&
 		e.Level == o.Level
 }
 
-// eventRing keeps the latest eventRingSize events, oldest first. Safe for
-// concurrent use.
-type eventRing struct {
+// EventRing keeps the latest eventRingSize events, oldest first. The zero
+// value is empty and ready to use; safe for concurrent use.
+type EventRing struct {
 	mu  sync.Mutex
-	buf []event
+	buf []Event
 }
 
-func (r *eventRing) add(e event) {
+func (r *EventRing) add(e Event) {
 	e.Count = 1
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -67,11 +67,11 @@ func (r *eventRing) add(e event) {
 	r.buf = append(r.buf, e)
 }
 
-// list returns the events held, newest first.
-func (r *eventRing) list() []event {
+// List returns the events held, newest first.
+func (r *EventRing) List() []Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]event, len(r.buf))
+	out := make([]Event, len(r.buf))
 	for i, e := range r.buf {
 		out[len(out)-1-i] = e
 	}
@@ -89,12 +89,19 @@ var ringMsgs = map[string]bool{
 // (besides peer, user, key and reason, which have columns).
 var ringAttrs = []string{"session", "count", "until", "for", "code", "cmd", "why", "origin", "action", "signal", "err"}
 
+// NewLogHandler returns a slog.Handler that passes records to inner (at
+// inner's level) and keeps the events of interest (info and above, whatever
+// the log level) in ring, for the status page.
+func NewLogHandler(inner slog.Handler, ring *EventRing) slog.Handler {
+	return &ringHandler{inner: inner, ring: ring}
+}
+
 // ringHandler is a slog.Handler that passes records to inner (at inner's
 // level) and keeps the events of interest (info and above, whatever the
 // log level) in a ring for the status page.
 type ringHandler struct {
 	inner slog.Handler
-	ring  *eventRing
+	ring  *EventRing
 	attrs []slog.Attr // from WithAttrs
 }
 
@@ -121,9 +128,9 @@ func (h *ringHandler) WithGroup(name string) slog.Handler {
 	return &ringHandler{inner: h.inner.WithGroup(name), ring: h.ring, attrs: h.attrs}
 }
 
-// event reduces r to an event.
-func (h *ringHandler) event(r slog.Record) event {
-	e := event{Time: r.Time, Level: r.Level.String(), Msg: r.Message}
+// event reduces r to an Event.
+func (h *ringHandler) event(r slog.Record) Event {
+	e := Event{Time: r.Time, Level: r.Level.String(), Msg: r.Message}
 	other := make(map[string]string)
 	take := func(a slog.Attr) bool {
 		v := bound(a.Value.Resolve().String())

@@ -1,0 +1,141 @@
+package admin
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/ftpguard/ftpguard/internal/conf"
+)
+
+// Config is the [admin] table of the config file: the admin HTTP listener
+// (bans, reload, health, metrics, status page).
+type Config struct {
+	// Listen is "host:port", "unix:/path/to/socket", or "" (no listener).
+	Listen string `toml:"listen"`
+	// TokenFile holds a bearer token that every route but /healthz
+	// requires. "" = no token (only allowed on loopback or a unix socket).
+	TokenFile string `toml:"token_file"`
+	// Pprof serves net/http/pprof under /debug/pprof/.
+	Pprof bool `toml:"pprof"`
+}
+
+// DefaultConfig returns the [admin] settings of a file that leaves the
+// table out: a listener on 127.0.0.1:9121, no token, no pprof.
+func DefaultConfig() Config {
+	return Config{Listen: "127.0.0.1:9121"}
+}
+
+// Settings are the validated [admin] settings.
+type Settings struct {
+	Network, Address string // for net.Listen; Network "" = off
+	Token            string // the token read from TokenFile; "" = none
+	Pprof            bool
+}
+
+// minTokenLen is the shortest admin token accepted: a short one can be
+// guessed over the network like any password.
+const minTokenLen = 16
+
+// Settings validates c into p (keys "admin.…"; the token file is read) and
+// returns the settings it gives.
+func (c Config) Settings(p *conf.Problems) Settings {
+	network, address, err := parseListen(c.Listen)
+	if err != nil {
+		p.Add("admin.listen", "%v", err)
+	}
+	s := Settings{Network: network, Address: address, Pprof: c.Pprof}
+	if c.TokenFile != "" {
+		tok, err := ReadToken(c.TokenFile)
+		if err != nil {
+			p.Add("admin.token_file", "%v", err)
+		}
+		s.Token = tok
+	} else if network == "tcp" && !isLoopbackListen(address) {
+		p.Add("admin.listen", "%q is reachable from other hosts: set admin.token_file too (whoever reaches the admin listener can lift bans)", c.Listen)
+	}
+	return s
+}
+
+// parseListen splits an [admin] listen value into network and address.
+func parseListen(v string) (network, address string, err error) {
+	switch {
+	case v == "":
+		return "", "", nil
+	case strings.HasPrefix(v, "unix:"):
+		p := strings.TrimPrefix(v, "unix:")
+		if !filepath.IsAbs(p) {
+			return "", "", fmt.Errorf("a unix socket needs an absolute path (\"unix:/run/ftpguard/admin.sock\"), got %q", v)
+		}
+		return "unix", p, nil
+	}
+	host, _, err := net.SplitHostPort(v)
+	if err != nil {
+		return "", "", fmt.Errorf("must be host:port, \"unix:/path\" or \"\" (off), got %q: %v", v, err)
+	}
+	if host == "" {
+		return "", "", fmt.Errorf("must name an IP address (127.0.0.1 keeps it local), got %q", v)
+	}
+	return "tcp", v, nil
+}
+
+// isLoopbackListen reports whether a tcp listen address stays on this host.
+func isLoopbackListen(addr string) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// ReadToken reads an admin token file: its first line, trimmed, of at
+// least 16 bytes.
+func ReadToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok, _, _ := strings.Cut(string(b), "\n")
+	tok = strings.TrimSpace(tok)
+	if len(tok) < minTokenLen {
+		return "", fmt.Errorf("the token in %s is %d bytes; use at least %d random ones (e.g. openssl rand -hex 32 > %s)",
+			path, len(tok), minTokenLen, path)
+	}
+	return tok, nil
+}
+
+// Listen opens the admin listener of s (nil when Network is "": none). A
+// stale unix socket file is replaced; a new one is made readable and
+// writable by the owner and group only.
+func Listen(s Settings) (net.Listener, error) {
+	switch s.Network {
+	case "":
+		return nil, nil
+	case "unix":
+		if fi, err := os.Lstat(s.Address); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			if c, err := net.Dial("unix", s.Address); err == nil {
+				c.Close()
+				return nil, fmt.Errorf("admin.listen: %s is in use by another process", s.Address)
+			}
+			os.Remove(s.Address)
+		}
+		ln, err := net.Listen("unix", s.Address)
+		if err != nil {
+			return nil, fmt.Errorf("admin.listen: %w", err)
+		}
+		if err := os.Chmod(s.Address, 0o660); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("admin.listen: %w", err)
+		}
+		return ln, nil
+	default:
+		ln, err := net.Listen(s.Network, s.Address)
+		if err != nil {
+			return nil, fmt.Errorf("admin.listen: %w", err)
+		}
+		return ln, nil
+	}
+}

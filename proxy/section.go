@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ftpguard/ftpguard/internal/conf"
+)
+
+// Section is the proxy's part of the config file: the top-level listen and
+// active keys and the [tls], [backend], [passive], [sessions] and
+// [proxy_protocol] tables. cmd/ftpguard embeds it in the file's struct.
+type Section struct {
+	Listen        string              `toml:"listen"`
+	Active        bool                `toml:"active"`
+	TLS           TLSConfig           `toml:"tls"`
+	Backend       BackendConfig       `toml:"backend"`
+	Passive       PassiveConfig       `toml:"passive"`
+	Sessions      SessionsConfig      `toml:"sessions"`
+	ProxyProtocol ProxyProtocolConfig `toml:"proxy_protocol"`
+}
+
+// BackendConfig is the [backend] table.
+type BackendConfig struct {
+	Address     string        `toml:"address"`
+	DialTimeout time.Duration `toml:"dial_timeout"`
+	SendProxy   string        `toml:"send_proxy"`
+}
+
+// PassiveConfig is the [passive] table.
+type PassiveConfig struct {
+	Address string `toml:"address"`
+	Ports   string `toml:"ports"`
+}
+
+// SessionsConfig is the [sessions] table.
+type SessionsConfig struct {
+	MaxConns           int           `toml:"max_conns"`
+	MaxConnsPerIP      int           `toml:"max_conns_per_ip"`
+	LoginTimeout       time.Duration `toml:"login_timeout"`
+	IdleTimeout        time.Duration `toml:"idle_timeout"`
+	DataTimeout        time.Duration `toml:"data_timeout"`
+	DrainTimeout       time.Duration `toml:"drain_timeout"`
+	MaxPreauthCommands int           `toml:"max_preauth_commands"`
+	MaxLine            int           `toml:"max_line"`
+	MaxReply           int           `toml:"max_reply"`
+}
+
+// ProxyProtocolConfig is the [proxy_protocol] table.
+type ProxyProtocolConfig struct {
+	Trusted       []string      `toml:"trusted"`
+	HeaderTimeout time.Duration `toml:"header_timeout"`
+}
+
+// DefaultSection returns the settings of a file that sets none of the
+// section's keys.
+func DefaultSection() Section {
+	return Section{
+		Listen:  "0.0.0.0:21",
+		Active:  true,
+		TLS:     TLSConfig{Mode: "off", MinVersion: "1.2", ImplicitListen: "0.0.0.0:990"},
+		Backend: BackendConfig{Address: "127.0.0.1:2121", DialTimeout: 5 * time.Second, SendProxy: "off"},
+		Passive: PassiveConfig{Ports: "50000-50099"},
+		Sessions: SessionsConfig{
+			MaxConns: 2000, MaxConnsPerIP: 10,
+			LoginTimeout: 30 * time.Second, IdleTimeout: 10 * time.Minute,
+			DataTimeout: 30 * time.Second, DrainTimeout: 30 * time.Second,
+			MaxPreauthCommands: 20, MaxLine: 2048, MaxReply: 256 << 10,
+		},
+		ProxyProtocol: ProxyProtocolConfig{Trusted: []string{}, HeaderTimeout: 5 * time.Second},
+	}
+}
+
+// Settings are the validated section: the Server's Config (its Observe
+// left false: mode is not a key of the section), and where to listen.
+type Settings struct {
+	Config
+	Listen         string
+	ImplicitListen string        // tls.implicit_listen; "" unless tls.mode is "implicit"
+	DrainTimeout   time.Duration // how long a shutdown waits for sessions
+}
+
+// Settings validates c into p (keys "listen", "backend.…", "tls.…", …)
+// and returns the settings it gives. Once the [tls] keys are valid, it
+// loads the key pair and the backend CA; the pair is in use only once the
+// Config is given to a Server (New or SetConfig).
+func (c Section) Settings(p *conf.Problems) Settings {
+	p.HostPort("listen", c.Listen)
+	before := len(p.List)
+	c.TLS.validate(p)
+	if c.TLS.Mode == "implicit" {
+		p.HostPort("tls.implicit_listen", c.TLS.ImplicitListen)
+	}
+	tlsOK := len(p.List) == before
+	p.HostPort("backend.address", c.Backend.Address)
+	p.Positive("backend.dial_timeout", c.Backend.DialTimeout)
+
+	var sendProxy byte
+	switch c.Backend.SendProxy {
+	case "v1":
+		sendProxy = 1
+	case "v2":
+		sendProxy = 2
+	default:
+		p.OneOf("backend.send_proxy", c.Backend.SendProxy, "off", "v1", "v2")
+	}
+	trusted := p.Prefixes("proxy_protocol.trusted", c.ProxyProtocol.Trusted)
+	p.Positive("proxy_protocol.header_timeout", c.ProxyProtocol.HeaderTimeout)
+
+	var passiveAddr netip.Addr
+	if c.Passive.Address != "" {
+		a, err := netip.ParseAddr(c.Passive.Address)
+		if err != nil {
+			p.Add("passive.address", "must be an IP address (never a name: no DNS), got %q", c.Passive.Address)
+		}
+		passiveAddr = a.Unmap()
+	}
+	ports, err := parsePortRange(c.Passive.Ports)
+	if err != nil {
+		p.Add("passive.ports", "%v", err)
+	}
+
+	ss := c.Sessions
+	p.AtLeast("sessions.max_conns", ss.MaxConns, 1)
+	p.AtLeast("sessions.max_conns_per_ip", ss.MaxConnsPerIP, 1)
+	p.Positive("sessions.login_timeout", ss.LoginTimeout)
+	p.Positive("sessions.idle_timeout", ss.IdleTimeout)
+	p.Positive("sessions.data_timeout", ss.DataTimeout)
+	p.Positive("sessions.drain_timeout", ss.DrainTimeout)
+	p.AtLeast("sessions.max_preauth_commands", ss.MaxPreauthCommands, 1)
+	p.AtLeast("sessions.max_line", ss.MaxLine, 512)
+	p.AtLeast("sessions.max_reply", ss.MaxReply, 4096)
+
+	s := Settings{
+		Listen:       c.Listen,
+		DrainTimeout: ss.DrainTimeout,
+		Config: Config{
+			Backend:            c.Backend.Address,
+			DialTimeout:        c.Backend.DialTimeout,
+			PassiveAddr:        passiveAddr,
+			PassivePorts:       ports,
+			MaxConns:           ss.MaxConns,
+			MaxConnsPerIP:      ss.MaxConnsPerIP,
+			LoginTimeout:       ss.LoginTimeout,
+			IdleTimeout:        ss.IdleTimeout,
+			MaxPreauthCommands: ss.MaxPreauthCommands,
+			MaxLine:            ss.MaxLine,
+			MaxReply:           ss.MaxReply,
+			DataTimeout:        ss.DataTimeout,
+			TrustedProxies:     trusted,
+			ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,
+			SendProxy:          sendProxy,
+			RequireTLS:         c.TLS.Require,
+			Active:             c.Active,
+		},
+	}
+	if c.TLS.Mode == "implicit" {
+		s.ImplicitListen = c.TLS.ImplicitListen
+	}
+	if tlsOK {
+		var err error
+		if s.Config.TLS, err = loadTLS(c.TLS); err != nil {
+			p.Add("tls.cert", "%v", err)
+		}
+		if s.Config.BackendTLS, err = loadBackendTLS(c.TLS, c.Backend.Address); err != nil {
+			p.Add("tls.backend_ca", "%v", err)
+		}
+	}
+	return s
+}
+
+// parsePortRange parses "50000-50099" (or a single port).
+func parsePortRange(v string) (PortRange, error) {
+	lo, hi, found := strings.Cut(strings.TrimSpace(v), "-")
+	if !found {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	switch {
+	case err1 != nil || err2 != nil:
+		return PortRange{}, fmt.Errorf("must be \"LOW-HIGH\" with ports 1024–65535, got %q", v)
+	case a < 1024 || b < a:
+		return PortRange{}, fmt.Errorf("must be \"LOW-HIGH\" with 1024 ≤ LOW ≤ HIGH ≤ 65535, got %q", v)
+	}
+	return PortRange{Min: uint16(a), Max: uint16(b)}, nil
+}
