@@ -385,15 +385,11 @@ func (c Config) settings() (*Settings, []keyError) {
 		MaxLine:            ss.MaxLine,
 		MaxReply:           ss.MaxReply,
 		DataTimeout:        ss.DataTimeout,
-		CountUserRejects:   l.CountUserRejects,
 		TrustedProxies:     trusted,
 		ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,
 		SendProxy:          sendProxy,
 		RequireTLS:         c.TLS.Require,
 		Active:             c.Active,
-		FailureDelay:       l.FailureDelay,
-		MaxFailureDelay:    l.MaxFailureDelay,
-		Budget:             l.Failures,
 	}
 	s.Limiter = limiter.Config{
 		Failures:      l.Failures,
@@ -406,6 +402,10 @@ func (c Config) settings() (*Settings, []keyError) {
 		Allow:         allow,
 		MaxTracked:    l.MaxTracked,
 		SuccessResets: l.SuccessResets,
+
+		FailureDelay:     l.FailureDelay,
+		MaxFailureDelay:  l.MaxFailureDelay,
+		CountUserRejects: l.CountUserRejects,
 	}
 	u := c.UserLimits
 	s.Users = limiter.UserConfig{Failures: u.Failures, Window: u.Window, KnownGoodTTL: u.KnownGoodTTL,

@@ -43,7 +43,7 @@ func TestEmptyConfigTakesDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.Listen != "0.0.0.0:21" || st.Proxy.Backend != "127.0.0.1:2121" || st.Limiter.Failures != 5 ||
-		st.Limiter.Window != 10*time.Minute || st.Proxy.MaxLine != 2048 || !st.Proxy.CountUserRejects {
+		st.Limiter.Window != 10*time.Minute || st.Proxy.MaxLine != 2048 || !st.Limiter.CountUserRejects {
 		t.Fatalf("defaults not applied: %+v", st)
 	}
 }

@@ -104,8 +104,8 @@ func settingsView(st *Settings) []setting {
 			u.Failures, shortDuration(u.Window), shortDuration(u.KnownGoodTTL), u.MaxNamesPerKey)
 	}
 	tarpit := "off"
-	if p.FailureDelay > 0 {
-		tarpit = fmt.Sprintf("%s, doubling per failure, up to %s", shortDuration(p.FailureDelay), shortDuration(p.MaxFailureDelay))
+	if l.FailureDelay > 0 {
+		tarpit = fmt.Sprintf("%s, doubling per failure, up to %s", shortDuration(l.FailureDelay), shortDuration(max(l.MaxFailureDelay, l.FailureDelay)))
 	}
 	return []setting{
 		{"limits", "budget", fmt.Sprintf("%d failures per key, refilled over %s", l.Failures, shortDuration(l.Window))},
