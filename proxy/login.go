@@ -23,6 +23,14 @@ type ticket struct {
 	attempt *limiter.Attempt // PASS, ACCT: settled once, by settleLogin; nil for USER
 }
 
+// release gives back the places of a guess that never reached the daemon
+// (the session ended before it was sent). A nil ticket holds nothing.
+func (t *ticket) release() {
+	if t != nil && t.attempt != nil {
+		t.attempt.Settle(time.Now(), limiter.OutcomeRelease)
+	}
+}
+
 // login handles USER, PASS and ACCT and reports whether the session goes
 // on. Only relayCommands calls it.
 func (s *session) login(cmd ftpproto.Command) bool {
@@ -97,11 +105,12 @@ func (s *session) loginUser(cmd ftpproto.Command) bool {
 //     down with fail_closed, and a key with too many guesses in flight.
 //   - In observe mode both are forwarded all the same, and counted.
 func (s *session) guess(cmd ftpproto.Command, user string) bool {
+	named := user
 	if cmd.Verb != "PASS" {
-		user = "" // ACCT: the account's budget is the address's alone
+		named = "" // ACCT: the address's budget alone
 	}
 	now := time.Now()
-	a, v := s.srv.lim.Begin(now, s.peer.Addr(), user, s.srv.users)
+	a, v := s.srv.lim.Begin(now, s.peer.Addr(), named, s.srv.users)
 	switch {
 	case v.OK():
 	case v.UserRefused:

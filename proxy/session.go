@@ -352,12 +352,14 @@ func (s *session) forward(cmd ftpproto.Command, verb string, t *ticket) bool {
 		acts := s.pair.Forward(verb, t)
 		s.mu.Unlock()
 		if ended {
+			t.release()
 			return false
 		}
 		if len(acts) == 0 {
 			break
 		}
 		if !s.awaitRoom() { // Wait
+			t.release()
 			return false
 		}
 	}
