@@ -79,7 +79,7 @@ func (s *session) reply(r ftpproto.Reply) bool {
 	s.mu.Lock()
 	acts := s.pair.Reply(r)
 	if len(acts) == 0 || acts[len(acts)-1].Op != pairing.Deliver {
-		if len(acts) > 0 && acts[len(acts)-1].Why == "out of step" {
+		if len(acts) > 0 && acts[len(acts)-1].Why == pairing.WhyOutOfStep {
 			// The daemon answered a command twice or not at all: from
 			// here on replies would settle the wrong commands. The
 			// attempts still waiting are settled as failures at the end.

@@ -71,10 +71,18 @@ type Action[T any] struct {
 	Info  Verb   // Lookup(Verb)
 	Data  T      // the entry's data (Settle, Deliver)
 	Reply ftpproto.Reply
-	// Why says, for a Close, what happened (for the log): "out of step",
-	// "unsolicited 421", "quit", "not greeted", "client gone".
+	// Why says, for a Close, what happened (Why… constants).
 	Why string
 }
+
+// Why a Machine closes a session (Action.Why of a Close).
+const (
+	WhyOutOfStep   = "out of step"     // a reply that cannot answer its command, or one too many
+	WhyUnsolicited = "unsolicited 421" // the daemon's own 421 with nothing awaiting a reply
+	WhyQuit        = "quit"            // the reply to QUIT was written
+	WhyNotGreeted  = "not greeted"     // the daemon's greeting was not 220
+	WhyClientGone  = "client gone"     // the client's input ended and nothing awaits a reply
+)
 
 // Quirks are the daemons' ways of answering that the pairing must know of.
 // The zero value knows none.
@@ -180,12 +188,12 @@ func (m *Machine[T]) Reply(r ftpproto.Reply) []Action[T] {
 	if len(m.q) == 0 {
 		acts := []Action[T]{{Op: Write, Reply: r}}
 		if r.Code == 421 {
-			acts = append(acts, m.close(ftpproto.Reply{}, "unsolicited 421"))
+			acts = append(acts, m.close(ftpproto.Reply{}, WhyUnsolicited))
 		}
 		return acts
 	}
 	if m.busy {
-		return []Action[T]{m.close(OutOfStep, "out of step")}
+		return []Action[T]{m.close(OutOfStep, WhyOutOfStep)}
 	}
 	if r.Code < 200 {
 		return []Action[T]{{Op: Write, Reply: r}}
@@ -195,7 +203,7 @@ func (m *Machine[T]) Reply(r ftpproto.Reply) []Action[T] {
 	}
 	h := &m.q[0]
 	if !h.info.Fits(r.Code) {
-		a := m.close(OutOfStep, "out of step")
+		a := m.close(OutOfStep, WhyOutOfStep)
 		a.Verb, a.Info = h.verb, h.info
 		return []Action[T]{a}
 	}
@@ -236,11 +244,11 @@ func (m *Machine[T]) Delivered(code int) []Action[T] {
 	}
 	switch {
 	case h.info.Ends:
-		acts = append(acts, m.close(ftpproto.Reply{}, "quit"))
+		acts = append(acts, m.close(ftpproto.Reply{}, WhyQuit))
 	case h.greeting && code != 220:
-		acts = append(acts, m.close(ftpproto.Reply{}, "not greeted"))
+		acts = append(acts, m.close(ftpproto.Reply{}, WhyNotGreeted))
 	case m.eof && len(m.q) == 0:
-		acts = append(acts, m.close(ftpproto.Reply{}, "client gone"))
+		acts = append(acts, m.close(ftpproto.Reply{}, WhyClientGone))
 	}
 	return acts
 }
@@ -253,7 +261,7 @@ func (m *Machine[T]) ClientEOF() []Action[T] {
 	if m.ended || len(m.q) > 0 {
 		return nil
 	}
-	return []Action[T]{m.close(ftpproto.Reply{}, "client gone")}
+	return []Action[T]{m.close(ftpproto.Reply{}, WhyClientGone)}
 }
 
 // End empties the Machine as the session ends: each login entry still
