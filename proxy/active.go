@@ -71,7 +71,7 @@ func (s *session) activeMode(cmd ftpproto.Command) bool {
 		defer end()
 		s.acceptActive(ln, target, end)
 	}()
-	return s.forward(fwd, pending{verb: fwd.Verb})
+	return s.forward(fwd, fwd.Verb, nil)
 }
 
 // acceptActive waits for the daemon's data connection (from the daemon's

@@ -23,7 +23,7 @@ func (s *session) announceAddr() netip.Addr {
 // openPassive answers the backend's 227/229 with a listener of the proxy's
 // own and returns the rewritten reply (or a 425 when that fails). The
 // backend's data port is always dialed on the backend's control address:
-// a daemon cannot make the proxy connect elsewhere (DESIGN: 227 parsing).
+// a daemon cannot make the proxy connect elsewhere (docs/design.md: 227 parsing).
 func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
 	var port uint16
 	if r.Code == 227 {

@@ -224,3 +224,32 @@ func TestBackendRestartMidSession(t *testing.T) {
 	}
 	dial(t, p.addr).expect(220)
 }
+
+// TestLocalRepliesBounded: replies of the proxy's own (500 to "!") wait
+// behind a command the daemon has not answered (a LIST whose data
+// connection never comes); they count against maxPending like forwarded
+// commands, so the client is not read past the bound and, with no room
+// within DataTimeout, is closed with 421. (They were queued without bound.)
+func TestLocalRepliesBounded(t *testing.T) {
+	f := startFake(t, func(c net.Conn, line string) bool {
+		return line == "LIST" // never answered
+	})
+	p := startProxy(t, f.ln.Addr().String(), Config{DataTimeout: 300 * time.Millisecond}, loose)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("USER u\r\nPASS good\r\n")
+	c.expect(331)
+	c.expect(230)
+	go c.c.Write([]byte("LIST\r\n" + strings.Repeat("!\r\n", 200000)))
+	start := time.Now()
+	codes := c.replies()
+	if len(codes) != 1 || codes[0] != 421 {
+		t.Fatalf("replies %v; want only 421 (nothing answers LIST, so no 500 may overtake it)", codes)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+	if !strings.Contains(p.logs.String(), "reason=\"replies not read\"") {
+		t.Fatalf("no \"replies not read\" rejection logged:\n%s", p.logs)
+	}
+}

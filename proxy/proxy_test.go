@@ -485,7 +485,7 @@ func TestShutdownDrains(t *testing.T) {
 }
 
 // TestUserRejectsCount: a 530 to USER (a user list deny) costs a token
-// when CountUserRejects is on, and nothing when it is off.
+// when the limiter's CountUserRejects is on, and nothing when it is off.
 func TestUserRejectsCount(t *testing.T) {
 	for _, count := range []bool{true, false} {
 		t.Run(fmt.Sprint("count=", count), func(t *testing.T) {
@@ -496,7 +496,9 @@ func TestUserRejectsCount(t *testing.T) {
 				}
 				return false
 			})
-			p := startProxy(t, f.ln.Addr().String(), Config{CountUserRejects: count, MaxPreauthCommands: 100}, testLimits)
+			lcfg := testLimits
+			lcfg.CountUserRejects = count
+			p := startProxy(t, f.ln.Addr().String(), Config{MaxPreauthCommands: 100}, lcfg)
 			c := dial(t, p.addr)
 			c.expect(220)
 			c.send(strings.Repeat("USER root\r\n", 5) + "QUIT\r\n")
@@ -615,8 +617,8 @@ func TestBackendClosesAfterGreeting(t *testing.T) {
 // slowed: its 230 overtakes the held 530.
 func TestTarpit(t *testing.T) {
 	f := startFake(t, nil)
-	cfg := Config{FailureDelay: 100 * time.Millisecond, MaxFailureDelay: 250 * time.Millisecond, Budget: 10}
-	p := startProxy(t, f.ln.Addr().String(), cfg, limiter.Config{Failures: 10, Window: time.Hour, BanTime: time.Hour})
+	p := startProxy(t, f.ln.Addr().String(), Config{}, limiter.Config{Failures: 10, Window: time.Hour, BanTime: time.Hour,
+		FailureDelay: 100 * time.Millisecond, MaxFailureDelay: 250 * time.Millisecond})
 	for i, want := range []time.Duration{100, 200, 250, 250} {
 		c := dial(t, p.addr)
 		c.expect(220)
@@ -659,7 +661,7 @@ func TestTarpit(t *testing.T) {
 // banned peer still connects.
 func TestObserveMode(t *testing.T) {
 	f := startFake(t, nil)
-	p := startProxy(t, f.ln.Addr().String(), Config{Observe: true, FailureDelay: time.Second, MaxPreauthCommands: 50}, limiter.Config{Failures: 2, Window: time.Hour, BanTime: time.Hour})
+	p := startProxy(t, f.ln.Addr().String(), Config{Observe: true, MaxPreauthCommands: 50}, limiter.Config{Failures: 2, Window: time.Hour, BanTime: time.Hour, FailureDelay: time.Second})
 	c := dial(t, p.addr)
 	c.expect(220)
 	c.send(strings.Repeat("USER u\r\nPASS bad\r\n", 5) + "QUIT\r\n")

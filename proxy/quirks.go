@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ftpguard/ftpguard/ftpproto"
+	"github.com/ftpguard/ftpguard/proxy/internal/pairing"
 )
 
 // Daemon and client quirks, handled here and nowhere else. Replies are
@@ -33,35 +34,23 @@ func refusedAfterGoodPassword(r ftpproto.Reply) bool {
 		strings.Contains(t, "are already connected")
 }
 
-// answersAbort reports whether r, a final reply while q holds a transfer
-// command and then ABOR, is the ABOR's own reply: the transfer then gets
-// none. pure-ftpd, aborted mid-transfer, sends "150 <statistics>" and
-// "226 Since you see this ABOR must've succeeded" and nothing for the
-// transfer, where vsftpd and proftpd answer it with 426 before answering
-// ABOR with 225/226. Paired with the transfer, that 226 would leave every
-// later reply answering the command before its own (a 227 passed through
-// unrewritten, a 530 to PASS not counted). The word "ABOR" in upper case is
-// the sign: no transfer reply says it (proftpd's "426 Transfer aborted"
-// does not), and a daemon that sends 426 first is paired as before.
-func answersAbort(q []pending, r ftpproto.Reply) bool {
-	if len(q) < 2 || !transferVerb(q[0].verb) || q[1].verb != "ABOR" || r.Code < 200 {
-		return false
-	}
-	for _, w := range strings.FieldsFunc(r.Text(), func(c rune) bool { return !('A' <= c && c <= 'Z') }) {
-		if w == "ABOR" {
-			return true
-		}
-	}
-	return false
-}
+// daemonQuirks are the daemons' ways of answering that the pairing
+// machine must know of.
+var daemonQuirks = pairing.Quirks{AbortOnly: pureftpdAbortReply}
 
-// transferVerb reports whether verb moves data over a data connection.
-func transferVerb(verb string) bool {
-	switch verb {
-	case "RETR", "LIST", "NLST", "MLSD", "STOR", "STOU", "APPE":
-		return true
-	}
-	return false
+// pureftpdAbortReply reports whether r, a final reply while a transfer
+// command and then ABOR await their replies, is the ABOR's own and the
+// transfer gets none. pure-ftpd, aborted mid-transfer, sends "150
+// <statistics>" and "226 Since you see this ABOR must've succeeded" and
+// nothing for the transfer, where vsftpd and proftpd answer it with 426
+// before answering ABOR with 225/226. Paired with the transfer, that 226
+// would leave every later reply answering the command before its own (a
+// 227 passed through unrewritten, a 530 to PASS not counted). Only that
+// exact reply matches: another daemon's reply that merely names ABOR
+// (proftpd's "550 ABOR: No such file or directory" to RETR of a file
+// named ABOR) is its transfer's.
+func pureftpdAbortReply(r ftpproto.Reply) bool {
+	return r.Code == 226 && len(r.Lines) == 1 && r.Text() == "Since you see this ABOR must've succeeded"
 }
 
 // dataGate holds the positive final reply to a transfer command (226, 250)
@@ -138,43 +127,4 @@ func knownShape(verb string) bool {
 		}
 	}
 	return true
-}
-
-// replyFits reports whether a final reply with code can answer verb, for
-// the commands that log in (RFC 959 §5.4; 232 from RFC 2228): any 4xx or
-// 5xx; USER 230, 232, 331, 332; PASS 230, 202, 332; ACCT 230, 202. A
-// reply that cannot (a 200 to PASS, a 331 to ACCT) means the daemon and the
-// proxy pair replies with different commands — the daemon answered one
-// twice or not at all — and a PASS would be settled by another command's
-// reply. Other verbs' replies are not checked.
-func replyFits(verb string, code int) bool {
-	if code >= 400 {
-		return true
-	}
-	switch verb {
-	case "USER":
-		return code == 230 || code == 232 || code == 331 || code == 332
-	case "PASS":
-		return code == 230 || code == 202 || code == 332
-	case "ACCT":
-		return code == 230 || code == 202
-	}
-	return true
-}
-
-// preLoginVerb reports whether verb is forwarded to the daemon before the
-// session has logged in: logging in and what clients ask before it
-// (FEAT, OPTS UTF8, SYST, HOST, CLNT, LANG, HELP, NOOP, QUIT), and what the
-// proxy answers itself (AUTH, PBSZ, PROT, CCC, REIN, the PROXY check).
-// Anything else is answered 530 by the proxy, as the daemons would: what
-// a daemon does with it before login is not for a guesser to explore
-// (proftpd answers SITE CHMOD with two replies, which would put every
-// later reply one command early).
-func preLoginVerb(verb string) bool {
-	switch verb {
-	case "USER", "PASS", "ACCT", "FEAT", "OPTS", "SYST", "HOST", "CLNT", "LANG", "HELP", "NOOP", "QUIT",
-		"AUTH", "PBSZ", "PROT", "CCC", "REIN", "PROXY":
-		return true
-	}
-	return false
 }

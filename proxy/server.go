@@ -65,9 +65,6 @@ type Config struct {
 	// DataTimeout bounds the wait for a client's passive data connection
 	// and for dialing the backend's data port. Default 30s.
 	DataTimeout time.Duration
-	// CountUserRejects counts a 530 reply to USER (a user list deny, an
-	// unknown user on some daemons) as a failure of the peer.
-	CountUserRejects bool
 	// TrustedProxies are the sources (load balancers) whose PROXY protocol
 	// header (v1 or v2) names the true peer. From them a header is required;
 	// nobody else can choose its address. Empty: no PROXY protocol.
@@ -75,14 +72,6 @@ type Config struct {
 	// ProxyHeaderTimeout bounds the wait for a trusted source's header.
 	// Default 5s.
 	ProxyHeaderTimeout time.Duration
-	// FailureDelay holds the reply to a failed login (tarpit): this long
-	// for a key's first failure, doubled for each further one, up to
-	// MaxFailureDelay. 0: no delay. Only the failing session waits.
-	FailureDelay    time.Duration
-	MaxFailureDelay time.Duration
-	// Budget is the limiter's failures per key, to count a key's failures
-	// from Decision.Remaining for the tarpit. Default 5.
-	Budget int
 	// TLS, when set, terminates FTPS at the proxy: AUTH TLS on the control
 	// port (explicit), or ServeImplicitTLS listeners; PROT P secures the
 	// data connections with the client. Nil: AUTH is answered 534.
@@ -127,10 +116,6 @@ func (c Config) withDefaults() Config {
 	defInt(&c.MaxPreauthCommands, 20)
 	defInt(&c.MaxLine, 2048)
 	defInt(&c.MaxReply, 256<<10)
-	defInt(&c.Budget, 5)
-	if c.MaxFailureDelay < c.FailureDelay {
-		c.MaxFailureDelay = c.FailureDelay
-	}
 	return c
 }
 
@@ -481,7 +466,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	ss := newSession(s, c, client, bc, e, log)
 	ss.btls = btls
 	if greeting != nil {
-		ss.queue, ss.pregreeted = nil, greeting
+		ss.pregreeted = greeting
 	}
 	if implicit {
 		ss.tlsOn.Store(true)

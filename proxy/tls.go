@@ -10,8 +10,8 @@ import (
 	"github.com/ftpguard/ftpguard/ftpproto"
 )
 
-// TLS is terminated at the proxy, never passed through blind (DESIGN rule
-// 7): a tunnel would hide the replies to PASS from the proxy. The daemon
+// TLS is terminated at the proxy, never passed through blind (docs/design.md
+// rule 7): a tunnel would hide the replies to PASS from the proxy. The daemon
 // behind it speaks plain FTP.
 
 // startTLS answers AUTH TLS (or SSL): 234, then the server handshake on the

@@ -203,7 +203,6 @@ func (c Config) settings(p *conf.Problems) *Settings {
 		MaxFailureDelay:  l.MaxFailureDelay,
 		CountUserRejects: l.CountUserRejects,
 	}
-	proxyLimits(&s.Proxy.Config, s.Limiter)
 	u := c.UserLimits
 	s.Users = limiter.UserConfig{Failures: u.Failures, Window: u.Window, KnownGoodTTL: u.KnownGoodTTL,
 		MaxNamesPerKey: u.MaxNamesPerKey, MaxTracked: u.MaxTracked}
@@ -229,15 +228,6 @@ func (c Config) settings(p *conf.Problems) *Settings {
 		}
 	}
 	return s
-}
-
-// proxyLimits hands the proxy the [limits] keys its session code still
-// reads from proxy.Config (the tarpit, count_user_rejects, and the budget
-// the tarpit counts from). They are the limiter's: this goes once the
-// proxy asks the limiter (Limiter.Tarpit, CountsUserRejects) instead.
-func proxyLimits(pc *proxy.Config, l limiter.Config) {
-	pc.Budget, pc.FailureDelay, pc.MaxFailureDelay, pc.CountUserRejects =
-		l.Failures, l.FailureDelay, l.MaxFailureDelay, l.CountUserRejects
 }
 
 // unjoin splits an errors.Join result.

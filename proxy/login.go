@@ -1,0 +1,289 @@
+package proxy
+
+import (
+	"strings"
+	"time"
+
+	"github.com/ftpguard/ftpguard/ftpproto"
+	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/proxy/internal/pairing"
+)
+
+// The login policy: USER, PASS and ACCT, from the client's line to the
+// daemon's reply. Read top to bottom: what is refused before forwarding
+// and why (login), what each reply means for the guess it answers
+// (settleLogin), and what a failure costs (failed: the tarpit, a ban
+// mid-session). The limiter is called here only, and never while the
+// session's lock is held.
+
+// ticket is what the pairing entry of a login command carries to the
+// command's reply: the username, and for PASS and ACCT the guess itself.
+type ticket struct {
+	user    string           // the username USER named, or the PASS was for
+	attempt *limiter.Attempt // PASS, ACCT: settled once, by settleLogin; nil for USER
+}
+
+// release gives back the places of a guess that never reached the daemon
+// (the session ended before it was sent). A nil ticket holds nothing.
+func (t *ticket) release() {
+	if t != nil && t.attempt != nil {
+		t.attempt.Settle(time.Now(), limiter.OutcomeRelease)
+	}
+}
+
+// login handles USER, PASS and ACCT and reports whether the session goes
+// on. Only relayCommands calls it.
+func (s *session) login(cmd ftpproto.Command) bool {
+	if s.srv.config().RequireTLS && !s.tlsOn.Load() {
+		return s.replyLocal(ftpproto.NewReply(530, "TLS required: use AUTH TLS before logging in."))
+	}
+	if cmd.Verb == "USER" {
+		return s.loginUser(cmd)
+	}
+	// A PASS or ACCT goes to the daemon alone, after every reply before
+	// it: the state it is judged by (userOK, acctAsked) comes from the
+	// reply to the USER before it.
+	if !s.awaitAlone() {
+		return false
+	}
+	s.mu.Lock()
+	userOK, asked, user := s.userOK, s.acctAsked, s.user
+	s.mu.Unlock()
+	switch {
+	case s.loggedIn.Load():
+		return s.replyLocal(ftpproto.NewReply(230, "Already logged in."))
+	case cmd.Verb == "PASS" && !userOK:
+		// Whose password it would be is the daemon's guess: not asked.
+		return s.replyLocal(ftpproto.NewReply(503, "Login with USER first."))
+	case cmd.Verb == "ACCT" && !asked:
+		// Only in answer to a 332: elsewhere a daemon may take it for
+		// something else (pure-ftpd answers 202).
+		return s.replyLocal(ftpproto.NewReply(503, "Bad sequence of commands: no account was asked for."))
+	}
+	return s.guess(cmd, user)
+}
+
+// loginUser: USER carries no secret, so it takes no place in a budget (a
+// pipelined USER+PASS must not hold the token its PASS needs), but a
+// banned key goes no further, and a 530 to it may be penalised
+// (settleLogin). The name becomes the session's user only when the daemon
+// accepts it (proftpd keeps the earlier name after refusing a USER).
+func (s *session) loginUser(cmd ftpproto.Command) bool {
+	name := strings.TrimSpace(cmd.Arg)
+	switch {
+	case s.loggedIn.Load():
+		// No daemon here lets a session log in again (vsftpd would answer
+		// a PASS with "230 Already logged in.", a login of nobody); not
+		// forwarded.
+		return s.replyLocal(ftpproto.NewReply(530, "Can't change to another user."))
+	case strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		// pure-ftpd reads control bytes as "_": one account under many
+		// names, each with a budget of its own.
+		return s.replyLocal(ftpproto.NewReply(501, "Syntax error: control characters in the username."))
+	}
+	s.mu.Lock()
+	s.acctAsked, s.userOK = false, false
+	s.mu.Unlock()
+	if d := s.srv.lim.Check(time.Now(), s.peer.Addr()); !d.Allowed && !d.StoreDown &&
+		s.srv.enforce(s.log, "banned", "cmd", cmd.Verb, "key", d.Key.String()) {
+		s.finish(421, "Too many failed logins from your address; try again later.")
+		return false
+	}
+	s.authAlone = true
+	return s.forward(cmd, cmd.Verb, &ticket{user: logSafe(name)})
+}
+
+// guess begins the attempt of a PASS (for user) or an ACCT and forwards it
+// if the budgets allow it.
+//
+//   - A username whose budget is spent or held by guesses in flight
+//     (distributed guessing), or one more name than a key may try
+//     (spraying), is answered 530 by the proxy after the tarpit, never
+//     forwarded; the guess still costs the key a token.
+//   - A key with no place left is answered 421 and the session ends
+//     (docs/design.md rule 3); so is every guess while the shared store is
+//     down with fail_closed, and a key with too many guesses in flight.
+//   - In observe mode both are forwarded all the same, and counted.
+func (s *session) guess(cmd ftpproto.Command, user string) bool {
+	named := user
+	if cmd.Verb != "PASS" {
+		named = "" // ACCT: the address's budget alone
+	}
+	now := time.Now()
+	a, v := s.srv.lim.Begin(now, s.peer.Addr(), named, s.srv.users)
+	switch {
+	case v.OK():
+	case v.UserRefused:
+		reason := "user budget spent"
+		if v.User.TooManyNames {
+			reason = "too many usernames from key"
+		}
+		if s.srv.enforce(s.log, reason, "user", user, "user_remaining", v.User.Remaining) {
+			return s.refuseGuess(a, user, reason)
+		}
+	default:
+		if v.NewBan {
+			s.logBan(v.Decision, user)
+		}
+		if refused := s.refusedByBudget(cmd.Verb, user, v.Decision); refused {
+			a.Settle(now, limiter.OutcomeRelease) // it holds nothing
+			return false
+		}
+	}
+	s.authAlone = true
+	return s.forward(cmd, cmd.Verb, &ticket{user: user, attempt: a})
+}
+
+// refusedByBudget reports whether a guess the address's budget refused
+// (d) is refused (421, the session ends), or, in observe mode, forwarded.
+func (s *session) refusedByBudget(verb, user string, d limiter.Decision) bool {
+	var refused bool
+	switch {
+	case d.StoreDown:
+		if refused = s.srv.enforce(s.log, "store unreachable (fail_closed)", "cmd", verb); refused {
+			s.finish(421, "Service temporarily unavailable, try again later.")
+		}
+	case d.Busy:
+		if refused = s.srv.enforce(s.log, "attempts in flight", "cmd", verb, "key", d.Key.String()); refused {
+			s.finish(421, "Too many logins in progress from your address; try again later.")
+		}
+	default:
+		if refused = s.srv.enforce(s.log, "budget exhausted", "cmd", verb, "user", user, "key", d.Key.String()); refused {
+			s.finish(421, "Too many failed logins from your address; try again later.")
+		}
+	}
+	return refused
+}
+
+// refuseGuess answers a PASS its username's budget refused: counted as a
+// failure, then 530 after the replies before it and the tarpit (held even
+// for an allowlisted key: the username is what is guessed), or 421 if the
+// key is banned now. It reports whether the session goes on.
+func (s *session) refuseGuess(a *limiter.Attempt, user, reason string) bool {
+	d := a.Settle(time.Now(), limiter.OutcomeFailure)
+	_, banned := s.failed("PASS", user, 530, reason, d)
+	if banned {
+		s.finish(421, "Too many failed logins from your address; closing control connection.")
+		return false
+	}
+	s.awaitReplies(2 * time.Second)
+	d.Allowlisted = false
+	if hold := s.srv.lim.Tarpit(d); hold > 0 {
+		s.sleep(hold)
+	}
+	return s.replyLocal(ftpproto.NewReply(530, "Login incorrect.")) && !s.closing.Load()
+}
+
+// awaitAlone waits until every command forwarded so far has its reply, so
+// that a USER, PASS or ACCT goes to the daemon alone and the reply that
+// settles it is its own, whatever a daemon leaves unanswered or answers
+// twice (the verb table's Fits catches the latter). Pipelining clients
+// lose one round trip to the daemon per login step. If the replies do not
+// come within login_timeout the session ends with 421 (the attempts
+// waiting are settled as failures). Only relayCommands calls it.
+func (s *session) awaitAlone() bool {
+	d := s.srv.config().LoginTimeout
+	if s.awaitQueue(0, d) {
+		s.authAlone = false
+		return true
+	}
+	s.mu.Lock()
+	ended := s.replyDone // the daemon left: the session ends anyway
+	s.mu.Unlock()
+	if !ended && !s.closing.Load() {
+		s.srv.reject(s.log, "reply out of step", "waited", d)
+		s.replyFinal(421, "Service not available: the FTP server did not answer; closing.")
+	}
+	return false
+}
+
+// settleLogin is the login policy's reading of the final reply r to a
+// login command (r.Code 0: none came, the session ended first). It settles
+// the entry's attempt and reports how long to hold the reply (tarpit) and
+// whether the key is banned now (the session then ends with 421 after the
+// reply). Called without the session's lock.
+func (s *session) settleLogin(verb string, t *ticket, r ftpproto.Reply) (hold time.Duration, banned bool) {
+	now := time.Now()
+	if verb == "USER" {
+		s.mu.Lock()
+		s.acctAsked = r.Code == 332
+		s.userOK = r.Code == 331 || r.Code == 332 || r.Code == 230
+		if r.Code != 0 {
+			s.user = t.user
+		}
+		s.mu.Unlock()
+		switch {
+		case r.Code == 230: // no password asked (e.g. anonymous)
+			s.loggedInNow(t.user)
+		case r.Code == 530 && s.srv.lim.CountsUserRejects():
+			// A user list deny, an unknown user on some daemons: with no
+			// attempt taken before it, a penalty.
+			return s.failed(verb, t.user, r.Code, "user rejected", s.srv.lim.Penalize(now, s.peer.Addr()))
+		}
+		return 0, false
+	}
+	s.mu.Lock()
+	s.acctAsked = verb == "PASS" && r.Code == 332
+	s.mu.Unlock()
+	switch {
+	case r.Code == 0:
+		_, banned = s.failed(verb, t.user, 0, "no reply", t.attempt.Settle(now, limiter.OutcomeFailure))
+		return 0, banned // the session is over: nothing to hold
+	case r.Code == 230, r.Code == 202 && verb == "PASS":
+		t.attempt.Settle(now, limiter.OutcomeSuccess)
+		s.loggedInNow(t.user)
+	case r.Code < 400: // 332: account needed, ACCT is counted itself; 202 to ACCT: no login
+		t.attempt.Settle(now, limiter.OutcomeRelease)
+	case refusedAfterGoodPassword(r): // proftpd full: see quirks.go
+		t.attempt.Settle(now, limiter.OutcomeRelease)
+		s.log.Info("login refused by the daemon after the password", "user", t.user, "code", r.Code, "reply", logSafe(r.Text()))
+	default:
+		return s.failed(verb, t.user, r.Code, "rejected", t.attempt.Settle(now, limiter.OutcomeFailure))
+	}
+	return 0, false
+}
+
+// loggedInNow records the session's login.
+func (s *session) loggedInNow(user string) {
+	if !s.loggedIn.Swap(true) {
+		s.log.Info("login ok", "user", user)
+		s.srv.obs.Login(true)
+	}
+	s.armClientDeadline()
+}
+
+// failed records a failed login whose Decision is d (code 0: no reply
+// came) and reports whether the key is now banned — never in observe mode,
+// where the ban is logged as a would-be refusal — and how long to hold the
+// reply: the limiter's tarpit, none in observe mode.
+func (s *session) failed(verb, user string, code int, why string, d limiter.Decision) (hold time.Duration, banned bool) {
+	s.log.Warn("login failed", "user", user, "cmd", verb, "code", code, "why", why,
+		"remaining", d.Remaining, "allowlisted", d.Allowlisted)
+	s.srv.obs.Login(false)
+	if d.NewBan {
+		s.logBan(d, user)
+	}
+	if s.srv.config().Observe {
+		if !d.Allowed && code != 0 {
+			s.log.Warn("observe: would reject", "reason", "banned", "cmd", verb)
+		}
+		return 0, false
+	}
+	return s.srv.lim.Tarpit(d), !d.Allowed
+}
+
+func (s *session) logBan(d limiter.Decision, user string) {
+	s.srv.obs.Ban()
+	s.log.Warn("ban", "key", d.Key.String(), "user", user, "until", d.Ban.Until.Format(time.RFC3339),
+		"for", time.Until(d.Ban.Until).Round(time.Second), "count", d.Ban.Count, "reason", d.Ban.Reason)
+}
+
+// settleEnd settles, as the session ends, the login entries left without
+// a reply.
+func (s *session) settleEnd(acts []pairing.Action[*ticket]) {
+	for _, a := range acts {
+		if a.Op == pairing.Settle {
+			s.settleLogin(a.Verb, a.Data, ftpproto.Reply{})
+		}
+	}
+}
