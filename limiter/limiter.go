@@ -16,10 +16,11 @@
 // count is remembered for MaxBanTime after a ban ends, then forgotten. A ban
 // clears the key's budget, so a key comes out of a ban with a full budget
 // (and its next ban is longer). Bans go to a Store (NewMemoryStore, or a
-// persistent one) and New loads them back.
+// persistent one: package filestore, package redisstore; package stores
+// opens the one the [store] config section names) and New loads them back.
 //
-// A store that implements SharedBudgets (RedisShared) also keeps the budgets,
-// shared by every limiter on it: N proxies in front of one daemon then allow
+// A store that implements SharedBudgets (redisstore.Store) also keeps the
+// budgets, shared by every limiter on it: N proxies in front of one daemon then allow
 // a key the failures one would, and a ban made by one is enforced by all
 // within milliseconds. Check still never waits on the store; when the store
 // is down, decisions go on locally (or refuse, with Config.FailClosed).
@@ -39,6 +40,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftpguard/ftpguard/limiter/internal/prefix"
 )
 
 // Errors returned by the limiter and its stores; match them with errors.Is.
@@ -50,7 +53,7 @@ var (
 	// ErrAllowlisted is returned by BanKey for a prefix that Config.Allow covers.
 	ErrAllowlisted = errors.New("limiter: prefix is allowlisted")
 	// ErrInvalidPrefix is returned by BanKey and Unban for an invalid prefix.
-	ErrInvalidPrefix = errors.New("limiter: invalid prefix")
+	ErrInvalidPrefix = prefix.ErrInvalid
 )
 
 // sweepBatch bounds the ban records that one write call expires or forgets.
@@ -104,7 +107,7 @@ type Stats struct {
 // all while no ban is active); store I/O happens outside it. The zero value
 // is not usable; use New.
 //
-// With a store that implements SharedBudgets (RedisShared), budgets are
+// With a store that implements SharedBudgets (redisstore.Store), budgets are
 // shared with the other limiters on that store: Attempt, Failure,
 // Penalize, Success and Release wait for one call to the store (bounded by
 // the store's timeout), while Check still only reads the local ban table,
@@ -802,16 +805,4 @@ func normAddr(a netip.Addr) netip.Addr {
 
 // normPrefix masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or
 // more into the IPv4 prefix it maps.
-func normPrefix(p netip.Prefix) (netip.Prefix, error) {
-	if !p.IsValid() {
-		return netip.Prefix{}, fmt.Errorf("%w: %v", ErrInvalidPrefix, p)
-	}
-	a, bits := p.Addr().WithZone(""), p.Bits()
-	if a.Is4In6() {
-		if bits < 96 {
-			return netip.Prefix{}, fmt.Errorf("%w: %v mixes IPv4-mapped and IPv6 addresses", ErrInvalidPrefix, p)
-		}
-		a, bits = a.Unmap(), bits-96
-	}
-	return netip.PrefixFrom(a, bits).Masked(), nil
-}
+func normPrefix(p netip.Prefix) (netip.Prefix, error) { return prefix.Norm(p) }

@@ -22,7 +22,7 @@ const resyncBatch = 1024
 const probeInterval = 250 * time.Millisecond
 
 // SharedBudgets is implemented by stores that keep budgets shared between
-// limiters (RedisShared), so that N limiters together allow a key the
+// limiters (redisstore.Store), so that N limiters together allow a key the
 // failures that one would. New detects it on its Store with a type
 // assertion; the limiter then asks the store to decide Attempt, Failure,
 // Penalize, Success and Release, and keeps its ban table current with
@@ -43,7 +43,7 @@ type SharedBudgets interface {
 	// flight hold every whole token left, SharedBanned when the store holds
 	// an active ban of key itself, or SharedNewBan when the budget is spent.
 	// An attempt in flight that is never settled stops counting after a
-	// time the store chooses (RedisOptions.AttemptTTL).
+	// time the store chooses (redisstore.Options.AttemptTTL).
 	SharedAttempt(ctx context.Context, key netip.Prefix, now time.Time, p BudgetParams) (SharedResult, error)
 	// SharedSettle settles an attempt of this store's limiter (OutcomePenalty:
 	// a failure without one). OutcomeFailure and OutcomePenalty take a token

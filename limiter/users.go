@@ -238,7 +238,7 @@ type Users struct {
 }
 
 // SharedUserBudgets is implemented by a store that keeps the username
-// budgets for every instance sharing it (RedisShared), so that guesses for
+// budgets for every instance sharing it (redisstore.Store), so that guesses for
 // one account spread over a fleet meet one budget, not one per instance.
 // user is the name as sent (the store derives its own fixed-size key);
 // failures and window are UserConfig's. Both return the whole tokens left.

@@ -1,4 +1,7 @@
-package limiter
+// Package filestore is a limiter.Store kept in a bbolt file
+// (go.etcd.io/bbolt): bans and their escalation counts survive a restart of
+// the process and of the host.
+package filestore
 
 import (
 	"bytes"
@@ -21,16 +24,19 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/limiter/internal/prefix"
 )
 
-// ErrCorruptStore is wrapped by the errors of OpenFileStore and of a
-// FileStore's methods when the file is not a store this package can read:
+// ErrCorrupt is wrapped by the errors of Open and of a
+// Store's methods when the file is not a store this package can read:
 // not a bbolt database, truncated, damaged pages, an unknown format version,
 // or a record that does not decode. The error names the file (and the key,
-// for a bad record). ResetFileStore moves such a file aside.
-var ErrCorruptStore = errors.New("limiter: store file is corrupt")
+// for a bad record). Reset moves such a file aside.
+var ErrCorrupt = errors.New("filestore: store file is corrupt")
 
-// DefaultLockTimeout is the FileStoreOptions.LockTimeout used when it is zero.
+// DefaultLockTimeout is the Options.LockTimeout used when it is zero.
 const DefaultLockTimeout = 2 * time.Second
 
 // The file's layout, format version 1. Three buckets:
@@ -65,20 +71,20 @@ const (
 	// zeroNano stands for the zero time.Time, which has no UnixNano.
 	zeroNano = math.MinInt64
 
-	// resetLockTimeout is how long ResetFileStore waits for the file lock.
+	// resetLockTimeout is how long Reset waits for the file lock.
 	resetLockTimeout = 500 * time.Millisecond
 )
 
-// FileStoreOptions tunes OpenFileStore. The zero value gives the defaults.
-type FileStoreOptions struct {
+// Options tunes Open. The zero value gives the defaults.
+type Options struct {
 	// LockTimeout bounds the wait for the file's exclusive lock, which
 	// another process using the same file (another ftpguard) holds
 	// (default DefaultLockTimeout; a negative value also means the default).
-	// OpenFileStore then fails with an error that names the file.
+	// Open then fails with an error that names the file.
 	LockTimeout time.Duration
 }
 
-// FileStore is a Store kept in a bbolt file (go.etcd.io/bbolt): bans and
+// Store is a Store kept in a bbolt file (go.etcd.io/bbolt): bans and
 // their escalation counts survive a restart of the process and of the host.
 // Every SaveBan and DeleteBan is a transaction committed with fdatasync, so
 // it is durable when it returns: a crash (kill -9, power loss on a disk that
@@ -91,16 +97,16 @@ type FileStoreOptions struct {
 // long is forever). Records past their Forget time are pruned without a full
 // scan: each SaveBan drops at most 64 of those due first.
 //
-// One process at a time may open a file: OpenFileStore takes an exclusive
+// One process at a time may open a file: Open takes an exclusive
 // lock (flock), so a second ftpguard on the same file fails to start. If
 // the process panics or faults on a damaged file (bbolt maps it in memory),
 // the panic is recovered and the call returns an error wrapping
-// ErrCorruptStore; the store then refuses further calls with that error, as
+// ErrCorrupt; the store then refuses further calls with that error, as
 // bbolt's state may be broken.
 //
-// A FileStore is safe for concurrent use. The zero value is not usable; use
-// OpenFileStore. After Close, methods return ErrStoreClosed.
-type FileStore struct {
+// A Store is safe for concurrent use. The zero value is not usable; use
+// Open. After Close, methods return limiter.ErrStoreClosed.
+type Store struct {
 	path   string
 	db     *bolt.DB
 	mu     sync.RWMutex // held for reading by calls, for writing by Close
@@ -108,32 +114,32 @@ type FileStore struct {
 	broken atomic.Pointer[error] // set when a call recovered a panic
 }
 
-var _ Store = (*FileStore)(nil)
+var _ limiter.Store = (*Store)(nil)
 
-// OpenFileStore opens the store in the file at path, creating it with mode
+// Open opens the store in the file at path, creating it with mode
 // 0600 if it does not exist. Its directory must exist. A zero-length file is
 // treated as a new store (a file created but never written, e.g. by touch).
 //
 // It fails with an error naming the file if another process holds the file
-// (after opt.LockTimeout), and with an error wrapping ErrCorruptStore if the
+// (after opt.LockTimeout), and with an error wrapping ErrCorrupt if the
 // file is not a store this package can read: not a bbolt database, truncated,
-// with damaged pages, or of an unknown format version. OpenFileStore reads
+// with damaged pages, or of an unknown format version. Open reads
 // every page of the file once to find damage before the proxy relies on it;
 // it does not decode records (LoadBans reports bad ones and still returns
-// the others). ResetFileStore is the way out of a corrupt file.
-func OpenFileStore(path string, opt FileStoreOptions) (*FileStore, error) {
+// the others). Reset is the way out of a corrupt file.
+func Open(path string, opt Options) (*Store, error) {
 	timeout := opt.LockTimeout
 	if timeout <= 0 {
 		timeout = DefaultLockTimeout
 	}
 	dir := filepath.Dir(path)
 	if st, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("limiter: directory of store file %s: %w", path, err)
+		return nil, fmt.Errorf("filestore: directory of store file %s: %w", path, err)
 	} else if !st.IsDir() {
-		return nil, fmt.Errorf("limiter: directory of store file %s: %s is not a directory", path, dir)
+		return nil, fmt.Errorf("filestore: directory of store file %s: %s is not a directory", path, dir)
 	}
 	if poisoned.has(path) {
-		return nil, fmt.Errorf("%w: %s: bbolt failed on it earlier in this process, which holds its lock until it exits", ErrCorruptStore, path)
+		return nil, fmt.Errorf("%w: %s: bbolt failed on it earlier in this process, which holds its lock until it exits", ErrCorrupt, path)
 	}
 	created := false
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
@@ -143,7 +149,7 @@ func OpenFileStore(path string, opt FileStoreOptions) (*FileStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &FileStore{path: path, db: db}
+	f := &Store{path: path, db: db}
 	if err := f.validate(); err != nil {
 		db.Close()
 		return nil, err
@@ -153,7 +159,7 @@ func OpenFileStore(path string, opt FileStoreOptions) (*FileStore, error) {
 		// this, a new store could vanish in a power loss.
 		if err := syncDir(dir); err != nil {
 			db.Close()
-			return nil, fmt.Errorf("limiter: sync directory of store file %s: %w", path, err)
+			return nil, fmt.Errorf("filestore: sync directory of store file %s: %w", path, err)
 		}
 	}
 	return f, nil
@@ -162,7 +168,7 @@ func OpenFileStore(path string, opt FileStoreOptions) (*FileStore, error) {
 // openBolt opens the bbolt database at path, turning a panic or a memory
 // fault (SIGBUS/SIGSEGV on a truncated or damaged file: bbolt reads it
 // through mmap, and v1.5.0 reads the freelist page within Open) into an
-// error wrapping ErrCorruptStore.
+// error wrapping ErrCorrupt.
 func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 	var (
 		file    *os.File
@@ -181,7 +187,7 @@ func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 				poisoned.add(file)
 				file.Close()
 			}
-			db, err = nil, fmt.Errorf("%w: %s: %v", ErrCorruptStore, path, r)
+			db, err = nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, r)
 		}
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -190,19 +196,19 @@ func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 	case err == nil:
 		return db, nil
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("limiter: store file %s is locked by another process (another ftpguard running?): %w", path, err)
+		return nil, fmt.Errorf("filestore: store file %s is locked by another process (another ftpguard running?): %w", path, err)
 	case openErr != nil || isIOError(err):
-		return nil, fmt.Errorf("limiter: open store file %s: %w", path, err)
+		return nil, fmt.Errorf("filestore: open store file %s: %w", path, err)
 	default: // bad meta pages, "file size too small", …
-		return nil, fmt.Errorf("%w: %s: %w", ErrCorruptStore, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
 	}
 }
 
 // poisoned is the set of files on which bbolt panicked within Open in this
 // process: bbolt's mapping of such a file, which cannot be unmapped, holds
-// its lock (flock) until the process exits. OpenFileStore reports them as
+// its lock (flock) until the process exits. Open reports them as
 // corrupt at once, rather than as locked after LockTimeout, and
-// ResetFileStore moves them although they are locked.
+// Reset moves them although they are locked.
 var poisoned fileSet
 
 // fileSet is a set of files, by identity (device and inode on Unix).
@@ -240,11 +246,11 @@ func isIOError(err error) bool {
 }
 
 // validate checks the file (a new one gets its buckets) and reads every page.
-func (f *FileStore) validate() error {
+func (f *Store) validate() error {
 	empty := false
 	err := f.view(func(tx *bolt.Tx) error {
 		if st, err := os.Stat(f.path); err != nil {
-			return fmt.Errorf("limiter: open store file %s: %w", f.path, err)
+			return fmt.Errorf("filestore: open store file %s: %w", f.path, err)
 		} else if st.Size() < tx.Size() {
 			return f.corrupt("truncated to %d bytes; the database needs %d", st.Size(), tx.Size())
 		}
@@ -295,22 +301,22 @@ func (f *FileStore) validate() error {
 	})
 }
 
-// Path returns the file's path, as given to OpenFileStore.
-func (f *FileStore) Path() string { return f.path }
+// Path returns the file's path, as given to Open.
+func (f *Store) Path() string { return f.path }
 
 // SaveBan records b as the ban of b.Key, replacing any earlier one, and
 // forgets at most 64 records whose forget time is not after b.Since (none
 // if Since is zero), in the same transaction. It is durable when it returns. An invalid b.Key is an
-// error wrapping ErrInvalidPrefix.
-func (f *FileStore) SaveBan(b Ban) error {
-	p, err := normPrefix(b.Key)
+// error wrapping limiter.ErrInvalidPrefix.
+func (f *Store) SaveBan(b limiter.Ban) error {
+	p, err := prefix.Norm(b.Key)
 	if err != nil {
 		return err
 	}
 	b.Key = p
 	k := encodePrefix(p)
 	v := encodeBan(b)
-	ik := indexKey(b.forget(), k)
+	ik := indexKey(forgetAt(b), k)
 	err = f.update(func(tx *bolt.Tx) error {
 		bans, forget, err := f.buckets(tx)
 		if err != nil {
@@ -325,7 +331,7 @@ func (f *FileStore) SaveBan(b Ban) error {
 			// An old record that does not decode leaves its index
 			// entry dangling; prune drops it when it comes due.
 			if ob, err := decodeBan(p, old); err == nil {
-				if err := forget.Delete(indexKey(ob.forget(), k)); err != nil {
+				if err := forget.Delete(indexKey(forgetAt(ob), k)); err != nil {
 					return err
 				}
 			}
@@ -336,15 +342,15 @@ func (f *FileStore) SaveBan(b Ban) error {
 		return forget.Put(ik, []byte{})
 	})
 	if err != nil {
-		return fmt.Errorf("limiter: save ban of %v in %s: %w", p, f.path, err)
+		return fmt.Errorf("filestore: save ban of %v in %s: %w", p, f.path, err)
 	}
 	return nil
 }
 
 // DeleteBan removes the ban of key, if any; it is durable when it returns.
-// An invalid key is an error wrapping ErrInvalidPrefix.
-func (f *FileStore) DeleteBan(key netip.Prefix) error {
-	p, err := normPrefix(key)
+// An invalid key is an error wrapping limiter.ErrInvalidPrefix.
+func (f *Store) DeleteBan(key netip.Prefix) error {
+	p, err := prefix.Norm(key)
 	if err != nil {
 		return err
 	}
@@ -359,14 +365,14 @@ func (f *FileStore) DeleteBan(key netip.Prefix) error {
 			return nil
 		}
 		if ob, err := decodeBan(p, old); err == nil {
-			if err := forget.Delete(indexKey(ob.forget(), k)); err != nil {
+			if err := forget.Delete(indexKey(forgetAt(ob), k)); err != nil {
 				return err
 			}
 		}
 		return bans.Delete(k)
 	})
 	if err != nil {
-		return fmt.Errorf("limiter: delete ban of %v in %s: %w", p, f.path, err)
+		return fmt.Errorf("filestore: delete ban of %v in %s: %w", p, f.path, err)
 	}
 	return nil
 }
@@ -376,13 +382,13 @@ func (f *FileStore) DeleteBan(key netip.Prefix) error {
 // reads the whole file, then deletes the records it found stale.
 //
 // A record that does not decode is skipped: LoadBans then returns the bans
-// it could read together with an error wrapping ErrCorruptStore that names
+// it could read together with an error wrapping ErrCorrupt that names
 // the file and the first bad key (the Limiter still enforces the bans it is
 // given).
-func (f *FileStore) LoadBans(now time.Time) ([]Ban, error) {
+func (f *Store) LoadBans(now time.Time) ([]limiter.Ban, error) {
 	var (
-		out     []Ban
-		stale   []Ban
+		out     []limiter.Ban
+		stale   []limiter.Ban
 		corrupt error
 	)
 	err := f.view(func(tx *bolt.Tx) error {
@@ -399,7 +405,7 @@ func (f *FileStore) LoadBans(now time.Time) ([]Ban, error) {
 				}
 				continue
 			}
-			if !now.IsZero() && !now.Before(b.forget()) {
+			if !now.IsZero() && !now.Before(forgetAt(b)) {
 				stale = append(stale, b)
 				continue
 			}
@@ -408,7 +414,7 @@ func (f *FileStore) LoadBans(now time.Time) ([]Ban, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("limiter: load bans from %s: %w", f.path, err)
+		return nil, fmt.Errorf("filestore: load bans from %s: %w", f.path, err)
 	}
 	slices.SortFunc(out, compareBans)
 	if len(stale) > 0 {
@@ -421,7 +427,7 @@ func (f *FileStore) LoadBans(now time.Time) ([]Ban, error) {
 
 // forgetStale deletes the records of stale that are still stale at now (a
 // SaveBan may have replaced some since they were read).
-func (f *FileStore) forgetStale(now time.Time, stale []Ban) error {
+func (f *Store) forgetStale(now time.Time, stale []limiter.Ban) error {
 	err := f.update(func(tx *bolt.Tx) error {
 		bans, forget, err := f.buckets(tx)
 		if err != nil {
@@ -430,10 +436,10 @@ func (f *FileStore) forgetStale(now time.Time, stale []Ban) error {
 		for _, sb := range stale {
 			k := encodePrefix(sb.Key)
 			b, err := decodeBan(sb.Key, bans.Get(k))
-			if err != nil || now.Before(b.forget()) {
+			if err != nil || now.Before(forgetAt(b)) {
 				continue
 			}
-			if err := forget.Delete(indexKey(b.forget(), k)); err != nil {
+			if err := forget.Delete(indexKey(forgetAt(b), k)); err != nil {
 				return err
 			}
 			if err := bans.Delete(k); err != nil {
@@ -443,14 +449,14 @@ func (f *FileStore) forgetStale(now time.Time, stale []Ban) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("limiter: prune bans in %s: %w", f.path, err)
+		return fmt.Errorf("filestore: prune bans in %s: %w", f.path, err)
 	}
 	return nil
 }
 
 // Close closes the file and releases its lock. Later calls return
-// ErrStoreClosed; closing again does nothing.
-func (f *FileStore) Close() error {
+// limiter.ErrStoreClosed; closing again does nothing.
+func (f *Store) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -458,24 +464,24 @@ func (f *FileStore) Close() error {
 	}
 	f.closed = true
 	if err := f.db.Close(); err != nil {
-		return fmt.Errorf("limiter: close store file %s: %w", f.path, err)
+		return fmt.Errorf("filestore: close store file %s: %w", f.path, err)
 	}
 	return nil
 }
 
-// ResetFileStore moves the file at path aside, to path + ".corrupt-" + the
+// Reset moves the file at path aside, to path + ".corrupt-" + the
 // UTC time (and a counter if that name is taken), and returns the new name.
-// It is the way out of a file that OpenFileStore reports as corrupt (config
-// [store] on_corrupt = "reset"): the next OpenFileStore starts an empty
+// It is the way out of a file that Open reports as corrupt (config
+// [store] on_corrupt = "reset"): the next Open starts an empty
 // store, so the bans and escalation counts of the old file are lost (the old
 // file is kept for inspection, e.g. with the bbolt command).
 //
 // It refuses to move a file that another process holds open (a running
 // ftpguard), waiting at most half a second for the lock. It does not look at
 // the file's content: it moves a good store too.
-func ResetFileStore(path string) (moved string, err error) {
+func Reset(path string) (moved string, err error) {
 	if _, err := os.Lstat(path); err != nil {
-		return "", fmt.Errorf("limiter: reset store file %s: %w", path, err)
+		return "", fmt.Errorf("filestore: reset store file %s: %w", path, err)
 	}
 	// Probe the lock: a read-only open takes a shared lock, which fails
 	// while another process holds the exclusive one. A file on which
@@ -483,7 +489,7 @@ func ResetFileStore(path string) (moved string, err error) {
 	if !poisoned.has(path) {
 		db, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: resetLockTimeout})
 		if errors.Is(err, berrors.ErrTimeout) {
-			return "", fmt.Errorf("limiter: reset store file: %w", err)
+			return "", fmt.Errorf("filestore: reset store file: %w", err)
 		}
 		if db != nil {
 			db.Close()
@@ -498,40 +504,40 @@ func ResetFileStore(path string) (moved string, err error) {
 		moved = fmt.Sprintf("%s.corrupt-%s.%d", path, stamp, i)
 	}
 	if err := os.Rename(path, moved); err != nil {
-		return "", fmt.Errorf("limiter: reset store file %s: %w", path, err)
+		return "", fmt.Errorf("filestore: reset store file %s: %w", path, err)
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {
-		return moved, fmt.Errorf("limiter: reset store file %s: sync directory: %w", path, err)
+		return moved, fmt.Errorf("filestore: reset store file %s: sync directory: %w", path, err)
 	}
 	return moved, nil
 }
 
 // view runs fn in a read transaction; see guard.
-func (f *FileStore) view(fn func(*bolt.Tx) error) error {
+func (f *Store) view(fn func(*bolt.Tx) error) error {
 	return f.guard(func() error { return f.db.View(fn) })
 }
 
 // update runs fn in a write transaction, committed with fdatasync; see guard.
-func (f *FileStore) update(fn func(*bolt.Tx) error) error {
+func (f *Store) update(fn func(*bolt.Tx) error) error {
 	return f.guard(func() error { return f.db.Update(fn) })
 }
 
 // guard runs op unless the store is closed or broken. A panic or a memory
 // fault in op (bbolt on a damaged page) becomes an error wrapping
-// ErrCorruptStore, and the store is broken from then on: bbolt rolls back
+// ErrCorrupt, and the store is broken from then on: bbolt rolls back
 // the transaction, but its in-memory state is no longer to be trusted.
-func (f *FileStore) guard(op func() error) (err error) {
+func (f *Store) guard(op func() error) (err error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.closed {
-		return ErrStoreClosed
+		return limiter.ErrStoreClosed
 	}
 	if p := f.broken.Load(); p != nil {
 		return *p
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %s: %v", ErrCorruptStore, f.path, r)
+			err = fmt.Errorf("%w: %s: %v", ErrCorrupt, f.path, r)
 			sticky := err
 			f.broken.CompareAndSwap(nil, &sticky)
 		}
@@ -541,7 +547,7 @@ func (f *FileStore) guard(op func() error) (err error) {
 }
 
 // buckets returns the bans and forget buckets of tx.
-func (f *FileStore) buckets(tx *bolt.Tx) (bans, forget *bolt.Bucket, err error) {
+func (f *Store) buckets(tx *bolt.Tx) (bans, forget *bolt.Bucket, err error) {
 	bans, forget = tx.Bucket(bucketBans), tx.Bucket(bucketForget)
 	if bans == nil || forget == nil {
 		return nil, nil, f.corrupt("a bucket is missing")
@@ -549,20 +555,20 @@ func (f *FileStore) buckets(tx *bolt.Tx) (bans, forget *bolt.Bucket, err error) 
 	return bans, forget, nil
 }
 
-// corrupt returns an error wrapping ErrCorruptStore that names the file.
-func (f *FileStore) corrupt(format string, args ...any) error {
-	return fmt.Errorf("%w: %s: %s", ErrCorruptStore, f.path, fmt.Sprintf(format, args...))
+// corrupt returns an error wrapping ErrCorrupt that names the file.
+func (f *Store) corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrCorrupt, f.path, fmt.Sprintf(format, args...))
 }
 
 // decode decodes the record v of key k, or returns an error naming both.
-func (f *FileStore) decode(k, v []byte) (Ban, error) {
+func (f *Store) decode(k, v []byte) (limiter.Ban, error) {
 	p, err := decodePrefix(k)
 	if err != nil {
-		return Ban{}, f.corrupt("key %s: %v", hex.EncodeToString(k), err)
+		return limiter.Ban{}, f.corrupt("key %s: %v", hex.EncodeToString(k), err)
 	}
 	b, err := decodeBan(p, v)
 	if err != nil {
-		return Ban{}, f.corrupt("key %v: %v", p, err)
+		return limiter.Ban{}, f.corrupt("key %v: %v", p, err)
 	}
 	return b, nil
 }
@@ -593,7 +599,7 @@ func prune(bans, forget *bolt.Bucket, now time.Time, n int) error {
 			continue
 		}
 		b, err := decodeBan(p, bans.Get(k))
-		if err != nil || !bytes.Equal(indexKey(b.forget(), k), ik) {
+		if err != nil || !bytes.Equal(indexKey(forgetAt(b), k), ik) {
 			continue
 		}
 		if err := bans.Delete(k); err != nil {
@@ -601,112 +607,6 @@ func prune(bans, forget *bolt.Bucket, now time.Time, n int) error {
 		}
 	}
 	return nil
-}
-
-// encodePrefix returns the key of the normalised prefix p.
-func encodePrefix(p netip.Prefix) []byte {
-	a := p.Addr()
-	if a.Is4() {
-		a4 := a.As4()
-		return append([]byte{4, byte(p.Bits())}, a4[:]...)
-	}
-	a16 := a.As16()
-	return append([]byte{6, byte(p.Bits())}, a16[:]...)
-}
-
-// decodePrefix decodes a key made by encodePrefix, which must be canonical.
-func decodePrefix(k []byte) (netip.Prefix, error) {
-	var a netip.Addr
-	switch {
-	case len(k) == 6 && k[0] == 4:
-		a = netip.AddrFrom4([4]byte(k[2:]))
-	case len(k) == 18 && k[0] == 6:
-		a = netip.AddrFrom16([16]byte(k[2:]))
-	default:
-		return netip.Prefix{}, errors.New("not a prefix key")
-	}
-	p := netip.PrefixFrom(a, int(k[1]))
-	if np, err := normPrefix(p); err != nil || np != p {
-		return netip.Prefix{}, fmt.Errorf("prefix %v is not canonical", p)
-	}
-	return p, nil
-}
-
-// encodeBan returns the record of b (its key is not in it).
-func encodeBan(b Ban) []byte {
-	v := make([]byte, 0, 1+3*8+2*binary.MaxVarintLen64+len(b.Reason))
-	v = append(v, recVersion)
-	v = binary.BigEndian.AppendUint64(v, uint64(nanos(b.Until)))
-	v = binary.BigEndian.AppendUint64(v, uint64(nanos(b.Since)))
-	v = binary.BigEndian.AppendUint64(v, uint64(nanos(b.Forget)))
-	v = binary.AppendVarint(v, int64(b.Count))
-	v = binary.AppendUvarint(v, uint64(len(b.Reason)))
-	return append(v, b.Reason...)
-}
-
-// decodeBan decodes the record v of the ban of p.
-func decodeBan(p netip.Prefix, v []byte) (Ban, error) {
-	if len(v) == 0 {
-		return Ban{}, errors.New("empty record")
-	}
-	if v[0] != recVersion {
-		return Ban{}, fmt.Errorf("record version %d unknown", v[0])
-	}
-	if len(v) < 1+3*8 {
-		return Ban{}, errors.New("short record")
-	}
-	b := Ban{Key: p}
-	b.Until = fromNanos(int64(binary.BigEndian.Uint64(v[1:])))
-	b.Since = fromNanos(int64(binary.BigEndian.Uint64(v[9:])))
-	b.Forget = fromNanos(int64(binary.BigEndian.Uint64(v[17:])))
-	v = v[25:]
-	count, n := binary.Varint(v)
-	if n <= 0 || int64(int(count)) != count {
-		return Ban{}, errors.New("bad count")
-	}
-	b.Count, v = int(count), v[n:]
-	size, n := binary.Uvarint(v)
-	if n <= 0 || size != uint64(len(v)-n) {
-		return Ban{}, errors.New("bad reason length")
-	}
-	b.Reason = string(v[n:])
-	return b, nil
-}
-
-// indexKey returns the forget index key of the record with key k.
-func indexKey(forget time.Time, k []byte) []byte {
-	ik := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(k)), indexTime(forget))
-	return append(ik, k...)
-}
-
-// indexTime maps t to a uint64 that sorts as t does.
-func indexTime(t time.Time) uint64 { return uint64(nanos(t)) ^ 1<<63 }
-
-var (
-	minNanoTime = time.Unix(0, math.MinInt64+1)
-	maxNanoTime = time.Unix(0, math.MaxInt64)
-)
-
-// nanos returns t as UnixNano, zeroNano for the zero time, and saturates
-// times outside the range of UnixNano (years 1678 to 2262).
-func nanos(t time.Time) int64 {
-	switch {
-	case t.IsZero():
-		return zeroNano
-	case t.Before(minNanoTime):
-		return math.MinInt64 + 1
-	case t.After(maxNanoTime):
-		return math.MaxInt64
-	}
-	return t.UnixNano()
-}
-
-// fromNanos is the inverse of nanos, in UTC.
-func fromNanos(n int64) time.Time {
-	if n == zeroNano {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
 }
 
 // syncDir flushes the directory dir, so that a file created or renamed in
