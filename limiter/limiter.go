@@ -20,9 +20,9 @@
 // opens the one the [store] config section names) and New loads them back.
 //
 // A store that implements SharedBudgets (redisstore.Store) also keeps the
-// budgets, shared by every limiter on it: N proxies in front of one daemon then allow
-// a key the failures one would, and a ban made by one is enforced by all
-// within milliseconds. Check still never waits on the store; when the store
+// budgets, shared by every limiter on it: N proxies in front of one daemon
+// then allow a key the failures one would, and a ban made by one is
+// enforced by all within milliseconds. Check still never waits on the store; when the store
 // is down, decisions go on locally (or refuse, with Config.FailClosed).
 //
 // Every method takes the current time as now: the package never reads the

@@ -306,8 +306,8 @@ func (f *Store) Path() string { return f.path }
 
 // SaveBan records b as the ban of b.Key, replacing any earlier one, and
 // forgets at most 64 records whose forget time is not after b.Since (none
-// if Since is zero), in the same transaction. It is durable when it returns. An invalid b.Key is an
-// error wrapping limiter.ErrInvalidPrefix.
+// if Since is zero), in the same transaction. It is durable when it
+// returns. An invalid b.Key is an error wrapping limiter.ErrInvalidPrefix.
 func (f *Store) SaveBan(b limiter.Ban) error {
 	p, err := prefix.Norm(b.Key)
 	if err != nil {

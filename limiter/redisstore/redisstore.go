@@ -67,11 +67,11 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Store is a limiter.Store on Redis that also keeps budgets shared by every
-// limiter on the same server and Prefix (it implements limiter.SharedBudgets), and
-// the username budgets of every limiter.Users set on it (limiter.SharedUserBudgets). Give
-// each limiter.Limiter its own Store: it tells its limiter's attempts in
-// flight from those of others.
+// Store is a limiter.Store on Redis that also keeps budgets shared by
+// every limiter on the same server and Prefix (it implements
+// limiter.SharedBudgets), and the username budgets of every limiter.Users
+// set on it (limiter.SharedUserBudgets). Give each limiter.Limiter its own
+// Store: it tells its limiter's attempts in flight from those of others.
 //
 // Layout, for a key K such as "192.0.2.7/32" (all under Prefix):
 //
@@ -539,8 +539,9 @@ func parseEvent(payload string) (string, limiter.BanEvent, bool) {
 }
 
 // Subscribe delivers the ban events of other instances until ctx ends (see
-// limiter.SharedBudgets). Each broken subscription is reported (limiter.EventLost) and
-// replaced by a new one, after a backoff of 50ms doubling up to 1s.
+// limiter.SharedBudgets). Each broken subscription is reported
+// (limiter.EventLost) and replaced by a new one, after a backoff of 50ms
+// doubling up to 1s.
 func (r *Store) Subscribe(ctx context.Context, fn func(limiter.BanEvent)) {
 	backoff := redisMinBackoff
 	lost := false
