@@ -936,3 +936,7 @@ func BenchmarkStoreSaveBan(b *testing.B) {
 		}
 	}
 }
+
+func TestConformance(t *testing.T) {
+	storetest.Conformance(t, func(t *testing.T) limiter.Store { return openTestStore(t, tempStorePath(t)) })
+}

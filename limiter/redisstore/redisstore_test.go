@@ -898,3 +898,9 @@ func TestBanHookShared(t *testing.T) {
 		t.Fatalf("a's hook got %+v, want its own ban then its unban", got)
 	}
 }
+
+func TestConformance(t *testing.T) {
+	noLeaks(t)
+	srv := startRedis(t)
+	storetest.Conformance(t, func(t *testing.T) limiter.Store { return newStore(t, srv, Options{Prefix: "conformance:"}) })
+}
