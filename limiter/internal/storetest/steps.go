@@ -29,6 +29,7 @@ const (
 	EvPenalize       // Penalize (a failure with no Attempt before it)
 )
 
+// String names the event, for test failures.
 func (e Event) String() string {
 	return [...]string{"check", "attempt", "failure", "guess", "success", "release", "penalize"}[e]
 }
