@@ -60,7 +60,7 @@ func (l *Limiter) Begin(now time.Time, addr netip.Addr, user string, u *Users) (
 			return a, v
 		}
 	}
-	v.Decision = l.Attempt(now, addr)
+	v.Decision = l.attempt(now, addr, a.key)
 	a.held = v.Allowed && !v.Allowlisted
 	if !v.Allowed {
 		a.releaseUser()
@@ -87,7 +87,7 @@ func (a *Attempt) Settle(now time.Time, o Outcome) Decision {
 	switch o {
 	case OutcomeSuccess:
 		if a.held {
-			a.l.Success(now, a.addr)
+			a.l.settle(now, a.addr, a.key, OutcomeSuccess)
 		}
 		if a.u != nil {
 			a.u.Success(now, a.user, a.key)
@@ -98,13 +98,13 @@ func (a *Attempt) Settle(now time.Time, o Outcome) Decision {
 			a.u.Failure(now, a.user, a.key)
 		}
 		if a.held {
-			d = a.l.Failure(now, a.addr)
+			d = a.l.fail(now, a.addr, a.key, OutcomeFailure)
 		} else {
-			d = a.l.Penalize(now, a.addr)
+			d = a.l.fail(now, a.addr, a.key, OutcomePenalty)
 		}
 	default:
 		if a.held {
-			a.l.Release(now, a.addr)
+			a.l.settle(now, a.addr, a.key, OutcomeRelease)
 		}
 		d = Decision{Key: a.key, Allowed: true}
 	}

@@ -77,37 +77,3 @@ func TestBanHookLocal(t *testing.T) {
 		t.Errorf("hook removed, but got %d changes", n)
 	}
 }
-
-// TestBanHookShared: a ban made by one limiter reaches the other's hook
-// as Remote (once), and so does its unban; the maker's hook sees its own
-// ban once, not again when it comes back from the store.
-func TestBanHookShared(t *testing.T) {
-	noLeaks(t)
-	srv := startRedis(t)
-	a := newRedisLimiter(t, srv, Config{Failures: 1}, RedisOptions{})
-	b := newRedisLimiter(t, srv, Config{}, RedisOptions{})
-	var ha, hb hookLog
-	a.SetBanHook(ha.fn)
-	b.SetBanHook(hb.fn)
-	addr := netip.MustParseAddr("203.0.113.9")
-	now := stepNow()
-	if d := a.Attempt(now, addr); d.Allowed {
-		a.Failure(now, addr)
-	}
-	waitFor(t, 2*time.Second, "ban reaches b's hook", func() bool { return len(hb.changes()) == 1 })
-	if c := hb.changes()[0]; !c.Remote || c.Lifted || c.Ban.Key != netip.PrefixFrom(addr, 32) {
-		t.Fatalf("b's hook got %+v, want the remote ban of %v", c, addr)
-	}
-	if _, err := a.Unban(netip.PrefixFrom(addr, 32)); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 2*time.Second, "unban reaches b's hook", func() bool { return len(hb.changes()) == 2 })
-	if c := hb.changes()[1]; !c.Remote || !c.Lifted {
-		t.Fatalf("b's hook got %+v, want the remote unban", c)
-	}
-	time.Sleep(50 * time.Millisecond) // a's own ban would have come back by now
-	got := ha.changes()
-	if len(got) != 2 || got[0].Remote || got[0].Lifted || got[1].Remote || !got[1].Lifted {
-		t.Fatalf("a's hook got %+v, want its own ban then its unban", got)
-	}
-}

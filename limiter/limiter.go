@@ -16,12 +16,13 @@
 // count is remembered for MaxBanTime after a ban ends, then forgotten. A ban
 // clears the key's budget, so a key comes out of a ban with a full budget
 // (and its next ban is longer). Bans go to a Store (NewMemoryStore, or a
-// persistent one) and New loads them back.
+// persistent one: package filestore, package redisstore; package stores
+// opens the one the [store] config section names) and New loads them back.
 //
-// A store that implements SharedBudgets (RedisShared) also keeps the budgets,
-// shared by every limiter on it: N proxies in front of one daemon then allow
-// a key the failures one would, and a ban made by one is enforced by all
-// within milliseconds. Check still never waits on the store; when the store
+// A store that implements SharedBudgets (redisstore.Store) also keeps the
+// budgets, shared by every limiter on it: N proxies in front of one daemon
+// then allow a key the failures one would, and a ban made by one is
+// enforced by all within milliseconds. Check still never waits on the store; when the store
 // is down, decisions go on locally (or refuse, with Config.FailClosed).
 //
 // Every method takes the current time as now: the package never reads the
@@ -31,14 +32,14 @@
 package limiter
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftpguard/ftpguard/limiter/internal/prefix"
 )
 
 // Errors returned by the limiter and its stores; match them with errors.Is.
@@ -50,7 +51,7 @@ var (
 	// ErrAllowlisted is returned by BanKey for a prefix that Config.Allow covers.
 	ErrAllowlisted = errors.New("limiter: prefix is allowlisted")
 	// ErrInvalidPrefix is returned by BanKey and Unban for an invalid prefix.
-	ErrInvalidPrefix = errors.New("limiter: invalid prefix")
+	ErrInvalidPrefix = prefix.ErrInvalid
 )
 
 // sweepBatch bounds the ban records that one write call expires or forgets.
@@ -104,7 +105,7 @@ type Stats struct {
 // all while no ban is active); store I/O happens outside it. The zero value
 // is not usable; use New.
 //
-// With a store that implements SharedBudgets (RedisShared), budgets are
+// With a store that implements SharedBudgets (redisstore.Store), budgets are
 // shared with the other limiters on that store: Attempt, Failure,
 // Penalize, Success and Release wait for one call to the store (bounded by
 // the store's timeout), while Check still only reads the local ban table,
@@ -135,18 +136,11 @@ type Limiter struct {
 	store        Store
 	storeErrors  atomic.Uint64
 	lastStoreErr atomic.Pointer[error]
+	unbanned     map[bkey]bool // keys unbanned during a resync's load (nil: none under way); under mu
 
-	// Shared budgets (nil shared: none); see shared.go.
-	shared     SharedBudgets
-	sharedDown atomic.Bool // the circuit is open: decisions are local
-	subUp      atomic.Bool // the subscription to other limiters' bans is up
-	resync     chan struct{}
-	queueMu    sync.Mutex            // guards queue, and closing the circuit
-	queue      map[bkey]netip.Prefix // ban changes to write once the store is back
-	unbanned   map[bkey]bool         // keys unbanned during a resync's load (nil: none under way); under mu
-	stop       context.CancelFunc
-	wg         sync.WaitGroup
-	closeOnce  sync.Once
+	// keeper decides budgets: localKeeper, or a circuit on a shared store.
+	keeper    budgetKeeper
+	closeOnce sync.Once
 
 	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
 }
@@ -174,6 +168,7 @@ func New(cfg Config, store Store) (*Limiter, error) {
 		store = newMemoryStore(s.MaxTracked)
 	}
 	l := &Limiter{budgets: newBudgets(s.MaxTracked), bans: newBanTable(), store: store}
+	l.keeper = localKeeper{l}
 	l.cfg.Store(s)
 	bans, err := store.LoadBans(time.Time{})
 	if err != nil {
@@ -186,8 +181,7 @@ func New(cfg Config, store Store) (*Limiter, error) {
 	l.nactive.Store(int64(l.bans.active))
 	l.mu.Unlock()
 	if sb, ok := store.(SharedBudgets); ok {
-		l.sharedDown.Store(err != nil) // until the first reconcile
-		l.startShared(sb)
+		l.keeper = newCircuit(l, sb, err != nil) // open until the first reconcile if the load failed
 	}
 	return l, nil
 }
@@ -244,7 +238,7 @@ func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 		d.Allowlisted = true
 		return d
 	}
-	if s.FailClosed && l.sharedDown.Load() {
+	if s.FailClosed && l.keeper.down() {
 		d.Allowed, d.StoreDown = false, true
 		return d
 	}
@@ -264,294 +258,6 @@ func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 		l.mu.Unlock()
 	}
 	return d
-}
-
-// Attempt is called before a guess (a PASS, or a counted USER or ACCT) is
-// forwarded. It takes a place in the key's budget: it allows the guess iff
-// the whole tokens at now, less the attempts in flight, are at least 1, and
-// then counts one more attempt in flight, which the caller must settle with
-// Success, Failure or Release. When attempts in flight hold every token
-// left it refuses with Busy and no ban (concurrent logins behind one NAT
-// address must not ban it; the cap holds all the same). When the budget is
-// spent it bans the key (NewBan) and refuses. A banned key is refused. An
-// allowlisted address is always allowed and not counted.
-//
-// With a shared store the budget is the one shared by every limiter on it;
-// when the store is down the local one decides, or with Config.FailClosed
-// the attempt is refused (StoreDown).
-func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
-	addr = normAddr(addr)
-	if !addr.IsValid() {
-		return Decision{}
-	}
-	l.mu.Lock()
-	s := l.tickLocked(now)
-	d := Decision{Key: s.key(addr)}
-	if s.allowed(addr) {
-		l.mu.Unlock()
-		d.Allowed, d.Allowlisted, d.Remaining = true, true, s.Failures
-		return d
-	}
-	if r, _ := l.bans.find(now, addr); r != nil {
-		l.mu.Unlock()
-		d.Ban = r.ban
-		return d
-	}
-	if l.sharedUp() {
-		l.mu.Unlock()
-		return l.attemptShared(now, s, addr, d)
-	}
-	if l.shared != nil && s.FailClosed {
-		l.mu.Unlock()
-		d.StoreDown = true
-		return d
-	}
-	d, seq := l.attemptLocked(now, s, d)
-	l.mu.Unlock()
-	return l.publish(d, seq)
-}
-
-// publish saves and announces the ban that d made, if it made one; called
-// after the lock is released, as store I/O and hooks must not run under it.
-func (l *Limiter) publish(d Decision, seq uint64) Decision {
-	if d.NewBan {
-		l.saveBan(d.Ban, seq)
-		l.notify(BanChange{Ban: d.Ban})
-	}
-	return d
-}
-
-// attemptLocked decides an attempt of d.Key, neither allowlisted nor
-// banned, on the local budget; for a new ban it returns its version, for
-// saveBan once l.mu is released.
-func (l *Limiter) attemptLocked(now time.Time, s *settings, d Decision) (Decision, uint64) {
-	b := l.bucketLocked(now, s, keyOf(d.Key))
-	tokens := whole(b.lim.TokensAt(now))
-	if free := tokens - int(b.pending); free >= 1 {
-		b.pending++
-		d.Allowed, d.Remaining = true, free-1
-		return d, 0
-	}
-	if tokens >= 1 {
-		d.Busy = true
-		return d, 0
-	}
-	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
-	d.Ban, d.NewBan = ban, true
-	return d, seq
-}
-
-// Success settles an attempt of addr that logged in (a 2xx reply): it
-// frees its place and consumes nothing; with Config.SuccessResets it also
-// refills the key's budget. Settling an attempt that the key no longer
-// holds (its budget was cleared by a ban or evicted) is harmless.
-func (l *Limiter) Success(now time.Time, addr netip.Addr) {
-	l.settle(now, addr, true)
-}
-
-// Release settles an attempt of addr that was neither success nor failure
-// (e.g. 331 to USER): it frees its place and consumes nothing.
-func (l *Limiter) Release(now time.Time, addr netip.Addr) {
-	l.settle(now, addr, false)
-}
-
-func (l *Limiter) settle(now time.Time, addr netip.Addr, success bool) {
-	addr = normAddr(addr)
-	if !addr.IsValid() {
-		return
-	}
-	l.mu.Lock()
-	s := l.tickLocked(now)
-	if s.allowed(addr) {
-		l.mu.Unlock()
-		return
-	}
-	key := s.key(addr)
-	if b := l.budgets.get(keyOf(key)); b != nil {
-		if b.pending > 0 {
-			b.pending--
-		}
-		if success && s.SuccessResets {
-			b.reset(s)
-		}
-	}
-	l.mu.Unlock()
-	if l.sharedUp() {
-		o := OutcomeRelease
-		if success {
-			o = OutcomeSuccess
-		}
-		if _, err := l.shared.SharedSettle(context.Background(), key, now, o, s.params()); err != nil {
-			l.sharedFailed(err)
-		}
-	}
-}
-
-// Failure settles an attempt of addr that failed: it frees its place and
-// consumes one token. If fewer than one whole token is left, it bans the key
-// (NewBan) and refuses. A banned key is refused, and no token is taken (its
-// ban cleared its budget), unless the ban is of another prefix (BanKey): then
-// the guess still counts against the key's own budget. Otherwise the key
-// stays allowed.
-// An allowlisted address is always allowed and not counted.
-//
-// Every Attempt that was allowed must be settled exactly once, by Success,
-// Failure or Release; a place never settled stays taken until the key's
-// budget is cleared by a ban or evicted.
-func (l *Limiter) Failure(now time.Time, addr netip.Addr) Decision {
-	return l.fail(now, addr, true)
-}
-
-// Penalize counts a failure of addr that was not preceded by Attempt (e.g.
-// a 530 reply to USER for a name the daemon refuses): it consumes one token
-// and bans the key like Failure when fewer than one is left, but frees no
-// place of an attempt in flight.
-func (l *Limiter) Penalize(now time.Time, addr netip.Addr) Decision {
-	return l.fail(now, addr, false)
-}
-
-func (l *Limiter) fail(now time.Time, addr netip.Addr, settle bool) Decision {
-	addr = normAddr(addr)
-	if !addr.IsValid() {
-		return Decision{}
-	}
-	l.mu.Lock()
-	s := l.tickLocked(now)
-	d := Decision{Key: s.key(addr)}
-	if s.allowed(addr) {
-		l.mu.Unlock()
-		d.Allowed, d.Allowlisted, d.Remaining = true, true, s.Failures
-		return d
-	}
-	k := keyOf(d.Key)
-	cover, _ := l.bans.find(now, addr)
-	b := l.budgets.get(k)
-	if cover != nil && b == nil {
-		// The key is banned, and its budget was cleared then.
-		l.mu.Unlock()
-		d.Ban = cover.ban
-		return d
-	}
-	if b == nil {
-		b = l.newBucketLocked(s, k)
-	} else {
-		b.adapt(s, now)
-	}
-	if settle && b.pending > 0 {
-		b.pending--
-	}
-	if !b.lim.AllowN(now, 1) {
-		// Less than one token, by a hair (within tokenSlack) or because
-		// attempts outlived a Reload that shrank the budget: take it on
-		// credit, so that every failure is counted. Rare; allocates.
-		b.lim.ReserveN(now, 1)
-	}
-	if l.sharedUp() {
-		// The local budget has counted the failure (for the local
-		// decisions made if the store goes down); the shared one decides.
-		l.mu.Unlock()
-		return l.failShared(now, s, addr, d, settle)
-	}
-	d, seq := l.failLocked(now, s, d, b, cover)
-	l.mu.Unlock()
-	return l.publish(d, seq)
-}
-
-// failLocked decides a failure already taken from the local budget b of
-// d.Key (cover: the ban of another prefix covering the address, or nil);
-// for a new ban it returns its version, for saveBan once l.mu is released.
-func (l *Limiter) failLocked(now time.Time, s *settings, d Decision, b *bucket, cover *banRec) (Decision, uint64) {
-	if left := whole(b.lim.TokensAt(now)); left >= 1 {
-		// Under a ban of a wider or narrower prefix (BanKey), the guess
-		// still counts against the key's own budget.
-		if cover != nil {
-			d.Ban = cover.ban
-		} else {
-			d.Allowed, d.Remaining = true, max(0, left-int(b.pending))
-		}
-		return d, 0
-	}
-	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
-	d.Ban, d.NewBan = ban, true
-	return d, seq
-}
-
-// BanKey bans the prefix key from now for d (d ≤ 0: the escalated ban time,
-// as for a budget ban), replacing any ban of key in force, and counts it for
-// escalation. key is usually a Key, but may be any prefix: a wider one bans a
-// whole network, a narrower one part of a key. It fails with
-// ErrInvalidPrefix, or ErrAllowlisted if Config.Allow covers the whole of
-// key. An error wrapping ErrStore comes with a valid Ban: the ban is in force
-// but was not saved.
-func (l *Limiter) BanKey(now time.Time, key netip.Prefix, d time.Duration, reason string) (Ban, error) {
-	p, err := normPrefix(key)
-	if err != nil {
-		return Ban{}, err
-	}
-	if reason == "" {
-		reason = ReasonAdmin
-	}
-	l.mu.Lock()
-	s := l.tickLocked(now)
-	if s.allowedPrefix(p) {
-		l.mu.Unlock()
-		return Ban{}, fmt.Errorf("%w: %v", ErrAllowlisted, p)
-	}
-	ban, seq := l.banLocked(now, s, p, d, reason)
-	l.mu.Unlock()
-	err = l.saveBan(ban, seq)
-	l.notify(BanChange{Ban: ban})
-	return ban, err
-}
-
-// Unban lifts the ban of the prefix key (as given to BanKey, or a Ban's Key)
-// and forgets its escalation count, in the limiter and in the store (whose
-// DeleteBan keeps nothing): an admin who unbans a key vouches for it, and a
-// count kept in memory only would not survive a restart. It reports whether
-// a ban was in force as of the latest time the limiter was given. An error
-// wrapping ErrStore means the store still has the ban.
-func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
-	p, err := normPrefix(key)
-	if err != nil {
-		return false, err
-	}
-	l.mu.Lock()
-	r := l.bans.recs[keyOf(p)]
-	lifted := r != nil && r.active && l.clock.Before(r.ban.Until)
-	var old Ban
-	if r != nil {
-		old = r.ban
-		l.bans.remove(r)
-		l.syncLocked()
-	}
-	if l.unbanned != nil {
-		l.unbanned[keyOf(p)] = true
-	}
-	l.seq++
-	seq := l.seq
-	l.mu.Unlock()
-	err = l.deleteBan(p, seq)
-	if lifted {
-		l.notify(BanChange{Ban: old, Lifted: true})
-	}
-	return lifted, err
-}
-
-// Bans returns the bans in force at now, sorted by Until.
-func (l *Limiter) Bans(now time.Time) []Ban {
-	l.mu.Lock()
-	l.tickLocked(now)
-	l.bans.sweep(now, -1)
-	l.syncLocked()
-	out := make([]Ban, 0, l.bans.active)
-	for _, r := range l.bans.recs {
-		if r.active {
-			out = append(out, r.ban)
-		}
-	}
-	l.mu.Unlock()
-	slices.SortFunc(out, compareBans)
-	return out
 }
 
 // Reload applies cfg (zero fields take their defaults) to later decisions.
@@ -596,16 +302,9 @@ func (l *Limiter) Stats() Stats {
 		BansEvicted: l.bansEvicted,
 		BansCreated: l.bansCreated,
 		StoreErrors: l.storeErrors.Load(),
-		SharedDown:  l.shared != nil && l.sharedDown.Load(),
-		Unsynced:    l.unsynced(),
+		SharedDown:  l.keeper.down(),
+		Unsynced:    l.keeper.unsynced(),
 	}
-}
-
-// unsynced is the length of the queue of ban changes.
-func (l *Limiter) unsynced() int {
-	l.queueMu.Lock()
-	defer l.queueMu.Unlock()
-	return len(l.queue)
 }
 
 // LastStoreError returns the latest error from the store (wrapping ErrStore),
@@ -634,6 +333,18 @@ func (l *Limiter) Tarpit(d Decision) time.Duration {
 // CountsUserRejects reports Config.CountUserRejects in force.
 func (l *Limiter) CountsUserRejects() bool { return l.cfg.Load().CountUserRejects }
 
+// Close stops the limiter's background work: with a SharedBudgets store,
+// the subscription to other limiters' bans and the writing of queued ban
+// changes. It waits for them to end. It does not close the store, which
+// belongs to the caller (close the store after the limiter). Decisions go
+// on after Close; bans of other limiters no longer arrive. Close is
+// idempotent and always returns nil; without a SharedBudgets store it does
+// nothing.
+func (l *Limiter) Close() error {
+	l.closeOnce.Do(l.keeper.close)
+	return nil
+}
+
 // tickLocked advances the clock, runs a bounded sweep of the ban table and
 // returns the settings in force.
 func (l *Limiter) tickLocked(now time.Time) *settings {
@@ -652,149 +363,6 @@ func (l *Limiter) syncLocked() {
 	l.nactive.Store(int64(l.bans.active))
 }
 
-// bucketLocked returns the budget of k, made most recently used and set to
-// the limits of s, creating a full one if k has none.
-func (l *Limiter) bucketLocked(now time.Time, s *settings, k bkey) *bucket {
-	if b := l.budgets.get(k); b != nil {
-		b.adapt(s, now)
-		return b
-	}
-	return l.newBucketLocked(s, k)
-}
-
-// newBucketLocked adds a full budget for k, which has none, evicting the
-// least recently used if the table is full.
-func (l *Limiter) newBucketLocked(s *settings, k bkey) *bucket {
-	for l.budgets.len() >= s.MaxTracked {
-		l.evictBudgetLocked()
-	}
-	b := l.budgets.add(k)
-	b.reset(s)
-	return b
-}
-
-// evictBudgetLocked forgets the least recently used budget, passing over a
-// few with attempts in flight (forgetting those would free their places).
-func (l *Limiter) evictBudgetLocked() {
-	b := l.budgets.oldest()
-	for i := 0; i < evictTries && b.pending > 0 && l.budgets.len() > 1; i++ {
-		l.budgets.get(b.key) // make it most recently used
-		b = l.budgets.oldest()
-	}
-	l.budgets.remove(b.key)
-	l.evicted++
-}
-
-// makeRoomLocked drops the ban record due first if the table is full. It
-// reports whether there is room.
-func (l *Limiter) makeRoomLocked(s *settings) bool {
-	for l.bans.len() >= s.MaxTracked {
-		r := l.bans.soonest()
-		if r == nil {
-			return false
-		}
-		l.bans.remove(r)
-		l.bansEvicted++
-	}
-	return true
-}
-
-// banLocked bans p (normalised) from now for d (d ≤ 0: escalated), clears
-// the budget of p, and returns the ban and its version for saveBan.
-func (l *Limiter) banLocked(now time.Time, s *settings, p netip.Prefix, d time.Duration, reason string) (Ban, uint64) {
-	k := keyOf(p)
-	r := l.bans.recs[k]
-	count := 1
-	if r != nil && now.Before(r.ban.Forget) {
-		count = r.ban.Count + 1
-	}
-	if d <= 0 {
-		d = s.banDuration(count)
-	}
-	until := now.Add(d)
-	ban := Ban{Key: p, Until: until, Count: count, Reason: reason, Since: now, Forget: until.Add(s.MaxBanTime)}
-	if r != nil {
-		r.ban = ban
-		l.bans.activate(r)
-	} else {
-		l.makeRoomLocked(s) // MaxTracked ≥ 1, so there is room
-		r = &banRec{ban: ban, key: k, active: true, due: until}
-		l.bans.insert(r)
-	}
-	l.seq++
-	r.seq, r.synced = l.seq, false
-	l.bansCreated++
-	l.budgets.remove(k)
-	l.syncLocked()
-	return ban, r.seq
-}
-
-// saveBan writes ban (version seq) to the store unless a later change of
-// the same key has superseded it. Store writes are serialised, and l.mu is
-// not held during I/O.
-func (l *Limiter) saveBan(ban Ban, seq uint64) error {
-	l.storeMu.Lock()
-	defer l.storeMu.Unlock()
-	l.mu.RLock()
-	r := l.bans.recs[keyOf(ban.Key)]
-	current := r != nil && r.seq == seq
-	l.mu.RUnlock()
-	if !current {
-		return nil
-	}
-	if l.shared != nil && l.queueIfDown(ban.Key) {
-		return fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, ErrSharedDown)
-	}
-	if err := l.store.SaveBan(ban); err != nil {
-		if l.shared != nil {
-			l.enqueue(ban.Key)
-		}
-		return l.storeFailed(fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, err))
-	}
-	l.markSynced(keyOf(ban.Key), seq)
-	return nil
-}
-
-// markSynced records that version seq of the ban of k is in the store.
-func (l *Limiter) markSynced(k bkey, seq uint64) {
-	l.mu.Lock()
-	if r := l.bans.recs[k]; r != nil && r.seq == seq {
-		r.synced = true
-	}
-	l.mu.Unlock()
-}
-
-// deleteBan deletes the ban of p from the store unless p was banned again
-// after the unban of version seq.
-func (l *Limiter) deleteBan(p netip.Prefix, seq uint64) error {
-	l.storeMu.Lock()
-	defer l.storeMu.Unlock()
-	l.mu.RLock()
-	r := l.bans.recs[keyOf(p)]
-	superseded := r != nil && r.seq > seq
-	l.mu.RUnlock()
-	if superseded {
-		return nil
-	}
-	if l.shared != nil && l.queueIfDown(p) {
-		return fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, ErrSharedDown)
-	}
-	if err := l.store.DeleteBan(p); err != nil {
-		if l.shared != nil {
-			l.enqueue(p)
-		}
-		return l.storeFailed(fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, err))
-	}
-	return nil
-}
-
-// storeFailed counts and records err, and returns it.
-func (l *Limiter) storeFailed(err error) error {
-	l.storeErrors.Add(1)
-	l.lastStoreErr.Store(&err)
-	return err
-}
-
 // normAddr drops a zone and unmaps an IPv4-mapped IPv6 address.
 func normAddr(a netip.Addr) netip.Addr {
 	return a.WithZone("").Unmap()
@@ -802,16 +370,4 @@ func normAddr(a netip.Addr) netip.Addr {
 
 // normPrefix masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or
 // more into the IPv4 prefix it maps.
-func normPrefix(p netip.Prefix) (netip.Prefix, error) {
-	if !p.IsValid() {
-		return netip.Prefix{}, fmt.Errorf("%w: %v", ErrInvalidPrefix, p)
-	}
-	a, bits := p.Addr().WithZone(""), p.Bits()
-	if a.Is4In6() {
-		if bits < 96 {
-			return netip.Prefix{}, fmt.Errorf("%w: %v mixes IPv4-mapped and IPv6 addresses", ErrInvalidPrefix, p)
-		}
-		a, bits = a.Unmap(), bits-96
-	}
-	return netip.PrefixFrom(a, bits).Masked(), nil
-}
+func normPrefix(p netip.Prefix) (netip.Prefix, error) { return prefix.Norm(p) }

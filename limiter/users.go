@@ -6,23 +6,12 @@ package limiter
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"hash/maphash"
-	"math"
 	"net/netip"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
-)
-
-// Defaults that NewUsers and Reload put in place of zero UserConfig fields
-// (Failures has none: zero turns per-user budgets off).
-const (
-	DefaultUserWindow     = time.Hour
-	DefaultKnownGoodTTL   = 720 * time.Hour
-	DefaultUserMaxTracked = 100_000
 )
 
 // MaxUserName is the number of bytes of a username that Users stores. A
@@ -40,97 +29,6 @@ const maxNamesPerKeyLimit = 1000
 // userSweepBatch bounds the dead entries (full budgets, expired pairs, stale
 // name sets) that one call drops from the tail of each table.
 const userSweepBatch = 16
-
-// UserConfig holds the settings of per-username budgets. The field comments
-// give the config-file key ([user_limits] section) and the default.
-//
-// The zero UserConfig turns per-user budgets off (Failures is 0); any other
-// zero field means "use the default". Validate reports out-of-range values;
-// NewUsers and Reload call it.
-type UserConfig struct {
-	// Failures is the budget of one username: failed guesses for it, over
-	// all addresses, before guesses for it from keys that are not known-good
-	// are refused. It is the burst of a token bucket (golang.org/x/time/rate)
-	// refilled over Window (user_limits.failures; 0, the default, turns
-	// per-user budgets off: every call allows and nothing is recorded).
-	Failures int
-	// Window is the time over which an emptied username budget is fully
-	// refilled, so one token comes back every Window/Failures. It is also the
-	// span over which MaxNamesPerKey counts names (user_limits.window;
-	// default 1h).
-	Window time.Duration
-	// KnownGoodTTL is how long a (username, key) pair that logged in is
-	// remembered after its latest success; such a key is never throttled for
-	// that username (user_limits.known_good_ttl; default 720h).
-	KnownGoodTTL time.Duration
-	// MaxNamesPerKey is how many distinct usernames one key may try within
-	// Window before it is refused as a sprayer (user_limits.max_names_per_key;
-	// default 0: no cap; at most 1000).
-	MaxNamesPerKey int
-	// MaxTracked bounds each of the three tables: usernames with budget
-	// state, known-good pairs and per-key name sets. Beyond it the least
-	// recently used entry is forgotten (user_limits.max_tracked; default
-	// 100,000).
-	MaxTracked int
-}
-
-// Validate reports whether c is usable: each bad setting gives one
-// *ConfigError naming its config-file key (e.g. "limiter:
-// user_limits.failures must be ≥ 0"); several are joined with errors.Join.
-// Zero fields are valid.
-func (c UserConfig) Validate() error {
-	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, &ConfigError{Key: "user_limits." + key, Reason: fmt.Sprintf(format, args...)})
-	}
-	switch {
-	case c.Failures < 0:
-		bad("failures", "must be ≥ 0")
-	case c.Failures > math.MaxInt32:
-		bad("failures", "must be ≤ %d", math.MaxInt32)
-	}
-	if c.Window < 0 {
-		bad("window", "must be > 0")
-	}
-	if c.KnownGoodTTL < 0 {
-		bad("known_good_ttl", "must be > 0")
-	}
-	switch {
-	case c.MaxNamesPerKey < 0:
-		bad("max_names_per_key", "must be ≥ 0")
-	case c.MaxNamesPerKey > maxNamesPerKeyLimit:
-		bad("max_names_per_key", "must be ≤ %d", maxNamesPerKeyLimit)
-	}
-	switch {
-	case c.MaxTracked < 0:
-		bad("max_tracked", "must be ≥ 1")
-	case c.MaxTracked > math.MaxInt32:
-		bad("max_tracked", "must be ≤ %d", math.MaxInt32)
-	}
-	return errors.Join(errs...)
-}
-
-// userSettings is a validated UserConfig with defaults applied. It is
-// immutable once built; Reload swaps in a new one.
-type userSettings struct {
-	UserConfig
-	limit rate.Limit // Failures per Window, in tokens per second
-}
-
-func newUserSettings(c UserConfig) *userSettings {
-	if c.Window == 0 {
-		c.Window = DefaultUserWindow
-	}
-	if c.KnownGoodTTL == 0 {
-		c.KnownGoodTTL = DefaultKnownGoodTTL
-	}
-	if c.MaxTracked == 0 {
-		c.MaxTracked = DefaultUserMaxTracked
-	}
-	return &userSettings{UserConfig: c, limit: rate.Limit(float64(c.Failures) / c.Window.Seconds())}
-}
-
-func (s *userSettings) off() bool { return s.Failures == 0 }
 
 // UserDecision is the answer of Check and Failure. The zero UserDecision
 // neither throttles nor refuses (it is what every call returns while per-user
@@ -238,7 +136,7 @@ type Users struct {
 }
 
 // SharedUserBudgets is implemented by a store that keeps the username
-// budgets for every instance sharing it (RedisShared), so that guesses for
+// budgets for every instance sharing it (redisstore.Store), so that guesses for
 // one account spread over a fleet meet one budget, not one per instance.
 // user is the name as sent (the store derives its own fixed-size key);
 // failures and window are UserConfig's. Both return the whole tokens left.
@@ -591,26 +489,6 @@ func (u *Users) recordLocked(now time.Time, s *userSettings, k bkey, h uint64) b
 	return len(seen) > s.MaxNamesPerKey
 }
 
-func oldestSeen(seen []useen) int {
-	j := 0
-	for i := range seen {
-		if seen[i].at < seen[j].at {
-			j = i
-		}
-	}
-	return j
-}
-
-func countSince(seen []useen, cutoff int64) int {
-	n := 0
-	for _, x := range seen {
-		if x.at > cutoff {
-			n++
-		}
-	}
-	return n
-}
-
 // tidyLocked drops a few dead entries from the least recently used end of
 // each table: budgets that are full again, pairs that expired, name sets
 // whose newest name is Window old. The work per call is bounded.
@@ -641,88 +519,4 @@ func (u *Users) tidyLocked(now time.Time, s *userSettings) {
 		}
 		u.keys.remove(e)
 	}
-}
-
-// uadapt applies the limits of s (after a Reload) to lim, keeping its tokens
-// (capped at the new burst).
-func uadapt(lim *rate.Limiter, s *userSettings, now time.Time) {
-	if lim.Limit() != s.limit {
-		lim.SetLimitAt(now, s.limit)
-	}
-	if lim.Burst() != s.Failures {
-		lim.SetBurstAt(now, s.Failures)
-	}
-}
-
-// ulru is a map whose entries are also kept in a doubly linked list by use,
-// most recent first. The entry last removed is kept for the next add, so a
-// full table that evicts one entry per add does not allocate. Not safe for
-// concurrent use.
-type ulru[K comparable, V any] struct {
-	m     map[K]*uentry[K, V]
-	root  uentry[K, V] // sentinel: root.next is the most recently used, root.prev the least
-	spare *uentry[K, V]
-}
-
-type uentry[K comparable, V any] struct {
-	key        K
-	val        V
-	prev, next *uentry[K, V]
-}
-
-func (l *ulru[K, V]) init() {
-	l.m = make(map[K]*uentry[K, V])
-	l.root.prev, l.root.next = &l.root, &l.root
-}
-
-func (l *ulru[K, V]) len() int { return len(l.m) }
-
-// get returns the entry of k, or nil. It does not mark it used.
-func (l *ulru[K, V]) get(k K) *uentry[K, V] { return l.m[k] }
-
-// oldest returns the least recently used entry, or nil.
-func (l *ulru[K, V]) oldest() *uentry[K, V] {
-	if l.root.prev == &l.root {
-		return nil
-	}
-	return l.root.prev
-}
-
-// add inserts k (which must not be present) as the most recently used and
-// returns its entry. The entry's val may hold a removed entry's value: the
-// caller sets it.
-func (l *ulru[K, V]) add(k K) *uentry[K, V] {
-	e := l.spare
-	if e != nil {
-		l.spare = nil
-	} else {
-		e = new(uentry[K, V])
-	}
-	e.key = k
-	l.m[k] = e
-	l.pushFront(e)
-	return e
-}
-
-// remove drops e, which must be in l.
-func (l *ulru[K, V]) remove(e *uentry[K, V]) {
-	delete(l.m, e.key)
-	e.prev.next, e.next.prev = e.next, e.prev
-	e.prev, e.next = nil, nil
-	l.spare = e
-}
-
-// touch marks e the most recently used.
-func (l *ulru[K, V]) touch(e *uentry[K, V]) {
-	if l.root.next == e {
-		return
-	}
-	e.prev.next, e.next.prev = e.next, e.prev
-	l.pushFront(e)
-}
-
-func (l *ulru[K, V]) pushFront(e *uentry[K, V]) {
-	e.prev, e.next = &l.root, l.root.next
-	l.root.next.prev = e
-	l.root.next = e
 }

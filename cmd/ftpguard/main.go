@@ -31,6 +31,8 @@ import (
 
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/limiter/filestore"
+	"github.com/ftpguard/ftpguard/limiter/redisstore"
 	"github.com/ftpguard/ftpguard/proxy"
 )
 
@@ -129,7 +131,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 		case st.File.Store.Kind == "redis":
 			// Redis unreachable at start: decide locally until it is back.
 			log.Error("shared store unreachable at start; deciding locally until it is back", "err", err)
-		case errors.Is(err, limiter.ErrCorruptStore) && st.File.Store.OnCorrupt == "reset":
+		case errors.Is(err, filestore.ErrCorrupt) && st.File.Store.OnCorrupt == "reset":
 			log.Error("state file has bad records; starting with the bans that could be read", "err", err)
 		default:
 			return fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the state file, or set [store] on_corrupt = \"reset\"", err)
@@ -217,16 +219,16 @@ func run(path string, st *Settings, stderr io.Writer) error {
 func openStore(c StoreConfig, log *slog.Logger) (limiter.Store, error) {
 	switch c.Kind {
 	case "file":
-		fs, err := limiter.OpenFileStore(c.Path, limiter.FileStoreOptions{})
-		if errors.Is(err, limiter.ErrCorruptStore) && c.OnCorrupt == "reset" {
-			moved, merr := limiter.ResetFileStore(c.Path)
+		fs, err := filestore.Open(c.Path, filestore.Options{})
+		if errors.Is(err, filestore.ErrCorrupt) && c.OnCorrupt == "reset" {
+			moved, merr := filestore.Reset(c.Path)
 			if merr != nil {
 				return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
 			}
 			log.Error("state file corrupt; moved aside, starting with no bans", "err", err, "moved_to", moved)
-			fs, err = limiter.OpenFileStore(c.Path, limiter.FileStoreOptions{})
+			fs, err = filestore.Open(c.Path, filestore.Options{})
 		}
-		if errors.Is(err, limiter.ErrCorruptStore) {
+		if errors.Is(err, filestore.ErrCorrupt) {
 			return nil, fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the file, or set [store] on_corrupt = \"reset\"", err)
 		}
 		if err != nil {
@@ -235,7 +237,7 @@ func openStore(c StoreConfig, log *slog.Logger) (limiter.Store, error) {
 		log.Info("state file", "path", fs.Path())
 		return fs, nil
 	case "redis":
-		return limiter.NewRedisShared(limiter.RedisOptions{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log})
+		return redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log})
 	default:
 		return limiter.NewMemoryStore(), nil
 	}

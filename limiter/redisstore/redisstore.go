@@ -1,4 +1,8 @@
-package limiter
+// Package redisstore is a limiter.Store on Redis that also keeps the
+// budgets (limiter.SharedBudgets) and username budgets
+// (limiter.SharedUserBudgets) shared by every limiter on the same server:
+// N proxies in front of one daemon allow a key the failures one would.
+package redisstore
 
 import (
 	"context"
@@ -18,13 +22,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/ftpguard/ftpguard/limiter"
 )
 
-// Defaults of RedisOptions.
+// Defaults of Options.
 const (
-	DefaultRedisPrefix     = "ftpguard:"
-	DefaultRedisTimeout    = 200 * time.Millisecond
-	DefaultRedisAttemptTTL = 2 * time.Minute
+	DefaultPrefix     = "ftpguard:"
+	DefaultTimeout    = 200 * time.Millisecond
+	DefaultAttemptTTL = 2 * time.Minute
 )
 
 // redisKeepalive is how long the subscription may stay silent before it is
@@ -41,8 +47,8 @@ const (
 	redisMaxBackoff = time.Second
 )
 
-// RedisOptions configures a RedisShared. Zero fields take their defaults.
-type RedisOptions struct {
+// Options configures a Store. Zero fields take their defaults.
+type Options struct {
 	// URL is the server, "redis://[user:password@]host:port/db" or
 	// "rediss://…" for TLS ([store] url). Required.
 	URL string
@@ -61,11 +67,11 @@ type RedisOptions struct {
 	Logger *slog.Logger
 }
 
-// RedisShared is a Store on Redis that also keeps budgets shared by every
-// limiter on the same server and Prefix (it implements SharedBudgets), and
-// the username budgets of every Users set on it (SharedUserBudgets). Give
-// each Limiter its own RedisShared: it tells its limiter's attempts in
-// flight from those of others.
+// Store is a limiter.Store on Redis that also keeps budgets shared by
+// every limiter on the same server and Prefix (it implements
+// limiter.SharedBudgets), and the username budgets of every limiter.Users
+// set on it (limiter.SharedUserBudgets). Give each limiter.Limiter its own
+// Store: it tells its limiter's attempts in flight from those of others.
 //
 // Layout, for a key K such as "192.0.2.7/32" (all under Prefix):
 //
@@ -98,8 +104,8 @@ type RedisOptions struct {
 // instance, so places are released by whoever took them and an instance
 // that dies frees its places within AttemptTTL.
 //
-// Safe for concurrent use. Use NewRedisShared; the zero value is not usable.
-type RedisShared struct {
+// Safe for concurrent use. Use New; the zero value is not usable.
+type Store struct {
 	client     *redis.Client
 	prefix     string
 	channel    string
@@ -114,30 +120,30 @@ type RedisShared struct {
 	unlogged   atomic.Int64 // failures not logged since
 }
 
-var _ SharedBudgets = (*RedisShared)(nil)
+var _ limiter.SharedBudgets = (*Store)(nil)
 
-// NewRedisShared returns a RedisShared for opt. It does not contact the
+// New returns a Store for opt. It does not contact the
 // server (a limiter starting while Redis is down works locally and catches
 // up); it fails only for invalid options.
-func NewRedisShared(opt RedisOptions) (*RedisShared, error) {
+func New(opt Options) (*Store, error) {
 	if opt.URL == "" {
-		return nil, errors.New("limiter: redis: url is required")
+		return nil, errors.New("redisstore: url is required")
 	}
 	o, err := redis.ParseURL(opt.URL)
 	if err != nil {
-		return nil, fmt.Errorf("limiter: redis: url: %w", err)
+		return nil, fmt.Errorf("redisstore: url: %w", err)
 	}
 	if opt.Timeout < 0 || opt.AttemptTTL < 0 {
-		return nil, errors.New("limiter: redis: timeout and attempt_ttl must be ≥ 0")
+		return nil, errors.New("redisstore: timeout and attempt_ttl must be ≥ 0")
 	}
 	if opt.Prefix == "" {
-		opt.Prefix = DefaultRedisPrefix
+		opt.Prefix = DefaultPrefix
 	}
 	if opt.Timeout == 0 {
-		opt.Timeout = DefaultRedisTimeout
+		opt.Timeout = DefaultTimeout
 	}
 	if opt.AttemptTTL == 0 {
-		opt.AttemptTTL = DefaultRedisAttemptTTL
+		opt.AttemptTTL = DefaultAttemptTTL
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
@@ -155,7 +161,7 @@ func NewRedisShared(opt RedisOptions) (*RedisShared, error) {
 	if o.ClientName == "" {
 		o.ClientName = "ftpguard-" + hex.EncodeToString(id[:]) // for CLIENT LIST
 	}
-	return &RedisShared{
+	return &Store{
 		client:     redis.NewClient(o),
 		prefix:     opt.Prefix,
 		channel:    opt.Prefix + "bans",
@@ -167,176 +173,23 @@ func NewRedisShared(opt RedisOptions) (*RedisShared, error) {
 	}, nil
 }
 
-// redisLib holds what the budget scripts share. KEYS: 1 b:K, 2 p:K, 3 ban:K,
-// 4 the ban index. ARGV: 1 now (ms), 2 refill rate (tokens/ms), 3 burst, 4
-// ban time (ms), 5 ban factor, 6 max ban time (ms), 7 K, 8 channel, 9
-// instance, 10 attempt TTL (ms), then the script's own.
-const redisLib = `
-local now = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local function ms(x) return string.format('%.0f', x) end
--- the active ban of K, as a reply, or nil
-local function banned()
-  local b = redis.call('HMGET', KEYS[3], 'u', 'c', 's', 'f', 'r')
-  if b[1] and tonumber(b[1]) > now then
-    return {2, 0, tonumber(b[1]), tonumber(b[2]), tonumber(b[3]), tonumber(b[4]), b[5]}
-  end
-  return nil
-end
--- the tokens of K at now (refilled), and the time of the refill
-local function tokens()
-  local t = redis.call('HMGET', KEYS[1], 't', 'l')
-  local tok, last = tonumber(t[1]), tonumber(t[2])
-  if not tok then return burst, now end
-  if now > last then
-    tok = math.min(burst, tok + (now - last) * rate)
-    last = now
-  elseif tok > burst then
-    tok = burst
-  end
-  return tok, last
-end
-local function whole(tok) return math.floor(tok + 1e-6) end
-local function store(tok, last)
-  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tok), 'l', ms(last))
-  redis.call('PEXPIRE', KEYS[1], ms(math.ceil((burst - tok) / rate) + 1000))
-end
--- the attempts in flight, once those past their deadline are dropped
-local function pending()
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now))
-  return redis.call('ZCARD', KEYS[2])
-end
--- bans K: the count follows the ban record until its Forget time
-local function ban()
-  local cnt = 1
-  local old = redis.call('HMGET', KEYS[3], 'c', 'f')
-  if old[1] and now < tonumber(old[2]) then cnt = tonumber(old[1]) + 1 end
-  local maxd = tonumber(ARGV[6])
-  local d = tonumber(ARGV[4]) * tonumber(ARGV[5]) ^ (cnt - 1)
-  if not (d < maxd) then d = maxd end
-  local u = now + math.floor(d)
-  local f = u + maxd
-  redis.call('HSET', KEYS[3], 'u', ms(u), 's', ms(now), 'f', ms(f), 'c', cnt, 'r', 'budget')
-  redis.call('PEXPIREAT', KEYS[3], ms(f))
-  redis.call('ZADD', KEYS[4], ms(f), ARGV[7])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms(now))
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('PUBLISH', ARGV[8], table.concat({'B', ARGV[9], ARGV[7], ms(u), ms(now), ms(f), cnt, 'budget'}, '|'))
-  return {3, 0, u, cnt, now, f, 'budget'}
-end
-`
+var _ limiter.SharedUserBudgets = (*Store)(nil)
 
-// redisAttempt: ARGV 11 is the attempt's number. Replies {0 allowed,
-// remaining}, {1 busy, 0}, {2 banned, …ban} or {3 new ban, …ban}.
-var redisAttempt = redis.NewScript(redisLib + `
-local b = banned()
-if b then return b end
-local tok, last = tokens()
-local p = pending()
-local w = whole(tok)
-if w - p >= 1 then
-  local ttl = tonumber(ARGV[10])
-  redis.call('ZADD', KEYS[2], ms(now + ttl), ARGV[9] .. ':' .. ARGV[11])
-  redis.call('PEXPIRE', KEYS[2], ms(ttl))
-  store(tok, last)
-  return {0, w - p - 1}
-end
-if w >= 1 then return {1, 0} end
-return ban()
-`)
-
-// redisSettle: ARGV 11 is the Outcome, 12 "1" if a success refills.
-var redisSettle = redis.NewScript(redisLib + `
-local o = tonumber(ARGV[11])
-if o ~= 3 then
-  local pre = ARGV[9] .. ':'
-  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    if string.sub(m, 1, #pre) == pre then
-      redis.call('ZREM', KEYS[2], m)
-      break
-    end
-  end
-end
-if o <= 1 then
-  if o == 1 and ARGV[12] == '1' then redis.call('DEL', KEYS[1]) end
-  return {0, 0}
-end
-local b = banned()
-if b then return b end
-local tok, last = tokens()
-tok = tok - 1
-local p = pending()
-local w = whole(tok)
-if w >= 1 then
-  store(tok, last)
-  return {0, math.max(0, w - p)}
-end
-return ban()
-`)
-
-// redisSaveBan writes a ban unless the record holds a later one. KEYS: ban:K,
-// index, b:K, p:K. ARGV: until, since, forget, count, reason, K, channel,
-// instance.
-var redisSaveBan = redis.NewScript(`
-local old = redis.call('HGET', KEYS[1], 's')
-if old and tonumber(old) > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'u', ARGV[1], 's', ARGV[2], 'f', ARGV[3], 'c', ARGV[4], 'r', ARGV[5])
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
-redis.call('DEL', KEYS[3], KEYS[4])
-redis.call('PUBLISH', ARGV[7], table.concat({'B', ARGV[8], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}, '|'))
-return 1
-`)
-
-// redisEpoch returns {epoch, 1 if it was just created}. KEYS: epoch; ARGV:
-// a new value.
-var redisEpoch = redis.NewScript(`
-local e = redis.call('GET', KEYS[1])
-if e then return {e, 0} end
-redis.call('SET', KEYS[1], ARGV[1])
-return {ARGV[1], 1}
-`)
-
-// redisDeleteBan: KEYS ban:K, index; ARGV K, channel, instance.
-var redisDeleteBan = redis.NewScript(`
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[2], table.concat({'U', ARGV[3], ARGV[1]}, '|'))
-return 1
-`)
-
-// redisUser reads (ARGV 4 = "0") or takes a token from (ARGV 4 = "1") a
-// username budget: a token bucket kept as an address budget's is (redisLib's
-// tokens and store), without attempts in flight or bans. KEYS: u:H. ARGV:
-// 1 now (ms), 2 refill rate (tokens/ms), 3 burst, 4 take. Replies the whole
-// tokens left.
-var redisUser = redis.NewScript(redisLib + `
-local tok, last = tokens()
-if ARGV[4] == '1' then
-  if tok >= 1 - 1e-6 then tok = tok - 1 else tok, last = 0, now end
-  store(tok, last)
-end
-return whole(tok)
-`)
-
-var _ SharedUserBudgets = (*RedisShared)(nil)
-
-// UserRemaining reads the shared budget of user (see SharedUserBudgets).
-func (r *RedisShared) UserRemaining(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
+// UserRemaining reads the shared budget of user (see limiter.SharedUserBudgets).
+func (r *Store) UserRemaining(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
 	return r.user(ctx, user, now, failures, window, "0")
 }
 
 // UserFailure takes a token from the shared budget of user.
-func (r *RedisShared) UserFailure(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
+func (r *Store) UserFailure(ctx context.Context, user string, now time.Time, failures int, window time.Duration) (int, error) {
 	return r.user(ctx, user, now, failures, window, "1")
 }
 
 // user runs redisUser. The key is a hash of the name: fixed-size whatever
 // an attacker sends as a username, the same on every instance.
-func (r *RedisShared) user(ctx context.Context, user string, now time.Time, failures int, window time.Duration, take string) (int, error) {
+func (r *Store) user(ctx context.Context, user string, now time.Time, failures int, window time.Duration, take string) (int, error) {
 	if failures <= 0 || window <= 0 {
-		return 0, fmt.Errorf("limiter: redis: user budget of %d over %v", failures, window)
+		return 0, fmt.Errorf("redisstore: user budget of %d over %v", failures, window)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -351,12 +204,12 @@ func (r *RedisShared) user(ctx context.Context, user string, now time.Time, fail
 }
 
 // budgetKeys returns the keys of the budget scripts for key.
-func (r *RedisShared) budgetKeys(key string) []string {
+func (r *Store) budgetKeys(key string) []string {
 	return []string{r.prefix + "b:" + key, r.prefix + "p:" + key, r.prefix + "ban:" + key, r.index}
 }
 
 // budgetArgs returns ARGV 1–10 of the budget scripts, with room for more.
-func (r *RedisShared) budgetArgs(key string, now time.Time, p BudgetParams) []any {
+func (r *Store) budgetArgs(key string, now time.Time, p limiter.BudgetParams) []any {
 	ms := float64(time.Millisecond)
 	return append(make([]any, 0, 12),
 		now.UnixMilli(),
@@ -373,22 +226,22 @@ func (r *RedisShared) budgetArgs(key string, now time.Time, p BudgetParams) []an
 }
 
 // SharedAttempt takes a place in the shared budget of key (see
-// SharedBudgets and the RedisShared layout).
-func (r *RedisShared) SharedAttempt(ctx context.Context, key netip.Prefix, now time.Time, p BudgetParams) (SharedResult, error) {
+// limiter.SharedBudgets and the Store layout).
+func (r *Store) SharedAttempt(ctx context.Context, key netip.Prefix, now time.Time, p limiter.BudgetParams) (limiter.SharedResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	k := key.String()
 	args := append(r.budgetArgs(k, now, p), r.seq.Add(1))
 	v, err := redisAttempt.Run(ctx, r.client, r.budgetKeys(k), args...).Slice()
 	if err != nil {
-		return SharedResult{}, r.failed("attempt", key, err)
+		return limiter.SharedResult{}, r.failed("attempt", key, err)
 	}
 	return parseResult(key, v)
 }
 
 // SharedSettle settles an attempt (or counts a penalty) in the shared
 // budget of key.
-func (r *RedisShared) SharedSettle(ctx context.Context, key netip.Prefix, now time.Time, o Outcome, p BudgetParams) (SharedResult, error) {
+func (r *Store) SharedSettle(ctx context.Context, key netip.Prefix, now time.Time, o limiter.Outcome, p limiter.BudgetParams) (limiter.SharedResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	k := key.String()
@@ -399,27 +252,27 @@ func (r *RedisShared) SharedSettle(ctx context.Context, key netip.Prefix, now ti
 	args := append(r.budgetArgs(k, now, p), int(o), resets)
 	v, err := redisSettle.Run(ctx, r.client, r.budgetKeys(k), args...).Slice()
 	if err != nil {
-		return SharedResult{}, r.failed("settle", key, err)
+		return limiter.SharedResult{}, r.failed("settle", key, err)
 	}
 	return parseResult(key, v)
 }
 
 // parseResult reads the reply of a budget script.
-func parseResult(key netip.Prefix, v []any) (SharedResult, error) {
+func parseResult(key netip.Prefix, v []any) (limiter.SharedResult, error) {
 	num := func(i int) int64 {
 		n, _ := v[i].(int64)
 		return n
 	}
 	if len(v) < 2 {
-		return SharedResult{}, fmt.Errorf("%w: redis: bad script reply %v", ErrStore, v)
+		return limiter.SharedResult{}, fmt.Errorf("%w: redis: bad script reply %v", limiter.ErrStore, v)
 	}
-	res := SharedResult{Verdict: SharedVerdict(num(0)), Remaining: int(num(1))}
-	if res.Verdict >= SharedBanned {
+	res := limiter.SharedResult{Verdict: limiter.SharedVerdict(num(0)), Remaining: int(num(1))}
+	if res.Verdict >= limiter.SharedBanned {
 		if len(v) < 7 {
-			return SharedResult{}, fmt.Errorf("%w: redis: bad script reply %v", ErrStore, v)
+			return limiter.SharedResult{}, fmt.Errorf("%w: redis: bad script reply %v", limiter.ErrStore, v)
 		}
 		reason, _ := v[6].(string)
-		res.Ban = Ban{Key: key, Until: time.UnixMilli(num(2)), Count: int(num(3)), Reason: reason,
+		res.Ban = limiter.Ban{Key: key, Until: time.UnixMilli(num(2)), Count: int(num(3)), Reason: reason,
 			Since: time.UnixMilli(num(4)), Forget: time.UnixMilli(num(5))}
 	}
 	return res, nil
@@ -428,11 +281,11 @@ func parseResult(key netip.Prefix, v []any) (SharedResult, error) {
 // SaveBan writes b as the ban of b.Key, expiring at b.Forget, unless Redis
 // holds a later ban of the key (made elsewhere meanwhile), and publishes it.
 // Like a ban made by a budget, it clears the key's shared budget.
-func (r *RedisShared) SaveBan(b Ban) error {
+func (r *Store) SaveBan(b limiter.Ban) error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	k := b.Key.String()
-	forget := b.forget()
+	forget := forgetAt(b)
 	keys := []string{r.prefix + "ban:" + k, r.index, r.prefix + "b:" + k, r.prefix + "p:" + k}
 	err := redisSaveBan.Run(ctx, r.client, keys, b.Until.UnixMilli(), b.Since.UnixMilli(),
 		forget.UnixMilli(), max(b.Count, 1), b.Reason, k, r.channel, r.id).Err()
@@ -443,7 +296,7 @@ func (r *RedisShared) SaveBan(b Ban) error {
 }
 
 // DeleteBan removes the ban of key and publishes the unban.
-func (r *RedisShared) DeleteBan(key netip.Prefix) error {
+func (r *Store) DeleteBan(key netip.Prefix) error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	k := key.String()
@@ -456,7 +309,7 @@ func (r *RedisShared) DeleteBan(key netip.Prefix) error {
 
 // LoadBans returns the bans whose Forget time is after now (the zero now:
 // all), sorted by Until. Each round trip is bounded by the timeout.
-func (r *RedisShared) LoadBans(now time.Time) ([]Ban, error) {
+func (r *Store) LoadBans(now time.Time) ([]limiter.Ban, error) {
 	lo := "-inf"
 	if !now.IsZero() {
 		lo = "(" + strconv.FormatInt(now.UnixMilli(), 10)
@@ -467,7 +320,7 @@ func (r *RedisShared) LoadBans(now time.Time) ([]Ban, error) {
 	if err != nil {
 		return nil, r.failed("load bans", netip.Prefix{}, err)
 	}
-	out := make([]Ban, 0, len(keys))
+	out := make([]limiter.Ban, 0, len(keys))
 	for batch := range slices.Chunk(keys, redisLoadBatch) {
 		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 		pipe := r.client.Pipeline()
@@ -491,10 +344,10 @@ func (r *RedisShared) LoadBans(now time.Time) ([]Ban, error) {
 }
 
 // parseBanRecord reads the hash of the ban of key (empty: gone meanwhile).
-func parseBanRecord(key string, h map[string]string) (Ban, bool) {
+func parseBanRecord(key string, h map[string]string) (limiter.Ban, bool) {
 	p, err := netip.ParsePrefix(key)
 	if err != nil {
-		return Ban{}, false
+		return limiter.Ban{}, false
 	}
 	field := func(f string) (int64, bool) {
 		n, err := strconv.ParseInt(h[f], 10, 64)
@@ -505,37 +358,38 @@ func parseBanRecord(key string, h map[string]string) (Ban, bool) {
 	f, ok3 := field("f")
 	c, ok4 := field("c")
 	if !ok1 || !ok2 || !ok3 || !ok4 {
-		return Ban{}, false
+		return limiter.Ban{}, false
 	}
-	return Ban{Key: p, Until: time.UnixMilli(u), Count: int(c), Reason: h["r"],
+	return limiter.Ban{Key: p, Until: time.UnixMilli(u), Count: int(c), Reason: h["r"],
 		Since: time.UnixMilli(s), Forget: time.UnixMilli(f)}, true
 }
 
 // parseEvent reads a message of the channel: "B|instance|K|until|since|
 // forget|count|reason" or "U|instance|K". It returns the instance too.
-func parseEvent(payload string) (string, BanEvent, bool) {
+func parseEvent(payload string) (string, limiter.BanEvent, bool) {
 	f := strings.SplitN(payload, "|", 8)
 	if len(f) < 3 {
-		return "", BanEvent{}, false
+		return "", limiter.BanEvent{}, false
 	}
 	p, err := netip.ParsePrefix(f[2])
 	if err != nil {
-		return "", BanEvent{}, false
+		return "", limiter.BanEvent{}, false
 	}
 	switch {
 	case f[0] == "U":
-		return f[1], BanEvent{Kind: EventUnban, Ban: Ban{Key: p}}, true
+		return f[1], limiter.BanEvent{Kind: limiter.EventUnban, Ban: limiter.Ban{Key: p}}, true
 	case f[0] == "B" && len(f) == 8:
 		b, ok := parseBanRecord(f[2], map[string]string{"u": f[3], "s": f[4], "f": f[5], "c": f[6], "r": f[7]})
-		return f[1], BanEvent{Kind: EventBan, Ban: b}, ok
+		return f[1], limiter.BanEvent{Kind: limiter.EventBan, Ban: b}, ok
 	}
-	return "", BanEvent{}, false
+	return "", limiter.BanEvent{}, false
 }
 
 // Subscribe delivers the ban events of other instances until ctx ends (see
-// SharedBudgets). Each broken subscription is reported (EventLost) and
-// replaced by a new one, after a backoff of 50ms doubling up to 1s.
-func (r *RedisShared) Subscribe(ctx context.Context, fn func(BanEvent)) {
+// limiter.SharedBudgets). Each broken subscription is reported
+// (limiter.EventLost) and replaced by a new one, after a backoff of 50ms
+// doubling up to 1s.
+func (r *Store) Subscribe(ctx context.Context, fn func(limiter.BanEvent)) {
 	backoff := redisMinBackoff
 	lost := false
 	for {
@@ -550,7 +404,7 @@ func (r *RedisShared) Subscribe(ctx context.Context, fn func(BanEvent)) {
 			r.log.Warn("redis: cannot subscribe", "channel", r.channel, "err", err)
 		}
 		lost = true
-		fn(BanEvent{Kind: EventLost, Err: err})
+		fn(limiter.BanEvent{Kind: limiter.EventLost, Err: err})
 		select {
 		case <-ctx.Done():
 			return
@@ -562,7 +416,7 @@ func (r *RedisShared) Subscribe(ctx context.Context, fn func(BanEvent)) {
 
 // subscribeOnce runs one subscription until it breaks; up reports whether
 // it was established.
-func (r *RedisShared) subscribeOnce(ctx context.Context, fn func(BanEvent)) (up bool, err error) {
+func (r *Store) subscribeOnce(ctx context.Context, fn func(limiter.BanEvent)) (up bool, err error) {
 	ps := r.client.Subscribe(ctx)
 	defer ps.Close()
 	stop := context.AfterFunc(ctx, func() { ps.Close() }) // unblocks Receive
@@ -598,7 +452,7 @@ func (r *RedisShared) subscribeOnce(ctx context.Context, fn func(BanEvent)) (up 
 					r.log.Info("redis: subscribed", "channel", r.channel, "fresh", fresh)
 				}
 				up = true
-				fn(BanEvent{Kind: EventResync, Fresh: fresh})
+				fn(limiter.BanEvent{Kind: limiter.EventResync, Fresh: fresh})
 			}
 		case *redis.Message:
 			if from, ev, ok := parseEvent(m.Payload); ok && from != r.id {
@@ -610,7 +464,7 @@ func (r *RedisShared) subscribeOnce(ctx context.Context, fn func(BanEvent)) (up 
 
 // checkEpoch reports whether the server's data is new since the previous
 // subscription.
-func (r *RedisShared) checkEpoch(ctx context.Context) (bool, error) {
+func (r *Store) checkEpoch(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	var nonce [8]byte
@@ -620,7 +474,7 @@ func (r *RedisShared) checkEpoch(ctx context.Context) (bool, error) {
 		return false, r.failed("epoch", netip.Prefix{}, err)
 	}
 	if len(v) != 2 {
-		return false, fmt.Errorf("limiter: redis: bad epoch reply %v", v)
+		return false, fmt.Errorf("redisstore: bad epoch reply %v", v)
 	}
 	e, _ := v[0].(string)
 	created, _ := v[1].(int64)
@@ -630,7 +484,7 @@ func (r *RedisShared) checkEpoch(ctx context.Context) (bool, error) {
 }
 
 // Ping reports whether the server answers within the timeout.
-func (r *RedisShared) Ping(ctx context.Context) error {
+func (r *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	if err := r.client.Ping(ctx).Err(); err != nil {
@@ -640,20 +494,20 @@ func (r *RedisShared) Ping(ctx context.Context) error {
 }
 
 // Close closes the connections; later calls fail.
-func (r *RedisShared) Close() error {
+func (r *Store) Close() error {
 	if err := r.client.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
-		return fmt.Errorf("limiter: redis: close: %w", err)
+		return fmt.Errorf("redisstore: close: %w", err)
 	}
 	return nil
 }
 
 // failed logs a failed call (at most one a second, with the count of
 // those not logged) and returns its error, prefixed.
-func (r *RedisShared) failed(op string, key netip.Prefix, err error) error {
+func (r *Store) failed(op string, key netip.Prefix, err error) error {
 	if key.IsValid() {
-		err = fmt.Errorf("limiter: redis: %s %v: %w", op, key, err)
+		err = fmt.Errorf("redisstore: %s %v: %w", op, key, err)
 	} else {
-		err = fmt.Errorf("limiter: redis: %s: %w", op, err)
+		err = fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	now, last := time.Now().UnixNano(), r.logged.Load()
 	if now-last >= int64(time.Second) && r.logged.CompareAndSwap(last, now) {
@@ -662,4 +516,25 @@ func (r *RedisShared) failed(op string, key netip.Prefix, err error) error {
 		r.unlogged.Add(1)
 	}
 	return err
+}
+
+// forgetAt is when the store may drop b: its Forget time, or Until for a
+// ban that has none.
+func forgetAt(b limiter.Ban) time.Time {
+	if b.Forget.IsZero() {
+		return b.Until
+	}
+	return b.Forget
+}
+
+// compareBans orders bans by Until, then by key, as the limiter's stores
+// return them.
+func compareBans(a, b limiter.Ban) int {
+	if c := a.Until.Compare(b.Until); c != 0 {
+		return c
+	}
+	if c := a.Key.Addr().Compare(b.Key.Addr()); c != 0 {
+		return c
+	}
+	return a.Key.Bits() - b.Key.Bits()
 }

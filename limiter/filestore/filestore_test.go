@@ -1,4 +1,4 @@
-package limiter
+package filestore
 
 import (
 	"bufio"
@@ -21,13 +21,16 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/limiter/internal/storetest"
 )
 
 // openTestStore opens (or creates) the store at path and closes it at the
 // end of the test.
-func openTestStore(t testing.TB, path string) *FileStore {
+func openTestStore(t testing.TB, path string) *Store {
 	t.Helper()
-	f, err := OpenFileStore(path, FileStoreOptions{})
+	f, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,9 +38,12 @@ func openTestStore(t testing.TB, path string) *FileStore {
 	return f
 }
 
+// t0 is the start of every test's times.
+var t0 = storetest.T0
+
 func tempStorePath(t testing.TB) string { return filepath.Join(t.TempDir(), "ftpguard.db") }
 
-func mustSave(t testing.TB, f *FileStore, bans ...Ban) {
+func mustSave(t testing.TB, f *Store, bans ...limiter.Ban) {
 	t.Helper()
 	for _, b := range bans {
 		if err := f.SaveBan(b); err != nil {
@@ -46,7 +52,7 @@ func mustSave(t testing.TB, f *FileStore, bans ...Ban) {
 	}
 }
 
-func mustLoad(t testing.TB, f *FileStore, now time.Time) []Ban {
+func mustLoad(t testing.TB, f *Store, now time.Time) []limiter.Ban {
 	t.Helper()
 	bans, err := f.LoadBans(now)
 	if err != nil {
@@ -56,23 +62,23 @@ func mustLoad(t testing.TB, f *FileStore, now time.Time) []Ban {
 }
 
 // sameBan compares bans with time.Time.Equal (the store returns UTC times).
-func sameBan(a, b Ban) bool {
+func sameBan(a, b limiter.Ban) bool {
 	return a.Key == b.Key && a.Count == b.Count && a.Reason == b.Reason &&
 		a.Until.Equal(b.Until) && a.Since.Equal(b.Since) && a.Forget.Equal(b.Forget)
 }
 
-func findBan(bans []Ban, key netip.Prefix) (Ban, bool) {
+func findBan(bans []limiter.Ban, key netip.Prefix) (limiter.Ban, bool) {
 	for _, b := range bans {
 		if b.Key == key {
 			return b, true
 		}
 	}
-	return Ban{}, false
+	return limiter.Ban{}, false
 }
 
 // checkIndex verifies that every record has exactly its forget index entry
 // and that every entry points to its record, and returns the counts.
-func checkIndex(t testing.TB, f *FileStore) (records, entries int) {
+func checkIndex(t testing.TB, f *Store) (records, entries int) {
 	t.Helper()
 	err := f.view(func(tx *bolt.Tx) error {
 		bans, forget, err := f.buckets(tx)
@@ -85,7 +91,7 @@ func checkIndex(t testing.TB, f *FileStore) (records, entries int) {
 			if err != nil {
 				return err
 			}
-			want[string(indexKey(b.forget(), k))] = true
+			want[string(indexKey(forgetAt(b), k))] = true
 			records++
 			return nil
 		}); err != nil {
@@ -108,30 +114,30 @@ func checkIndex(t testing.TB, f *FileStore) (records, entries int) {
 	return records, entries
 }
 
-func TestFileStoreRoundTrip(t *testing.T) {
+func TestStoreRoundTrip(t *testing.T) {
 	until := t0.Add(time.Hour)
 	long := strings.Repeat("r", 1000)
 	tests := []struct {
 		name string
-		ban  Ban
+		ban  limiter.Ban
 		key  string // the key it comes back with ("": ban.Key)
 	}{
-		{name: "v4/32", ban: Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Since: t0, Until: until, Forget: until.Add(168 * time.Hour), Count: 1, Reason: ReasonBudget}},
-		{name: "v4/24 masked", ban: Ban{Key: netip.MustParsePrefix("198.51.100.77/24"), Since: t0, Until: until, Forget: until, Count: 3, Reason: ReasonAdmin}, key: "198.51.100.0/24"},
-		{name: "v4/0", ban: Ban{Key: netip.MustParsePrefix("0.0.0.0/0"), Since: t0, Until: until, Count: 1, Reason: "everyone"}},
-		{name: "v4-mapped", ban: Ban{Key: netip.MustParsePrefix("::ffff:203.0.113.9/128"), Since: t0, Until: until, Count: 2}, key: "203.0.113.9/32"},
-		{name: "v6/64", ban: Ban{Key: netip.MustParsePrefix("2001:db8:1:2::/64"), Since: t0, Until: until, Forget: until.Add(time.Minute), Count: 7, Reason: ReasonBudget}},
-		{name: "v6/128", ban: Ban{Key: netip.MustParsePrefix("2001:db8::1/128"), Since: t0, Until: until, Count: 1, Reason: ReasonBudget}},
-		{name: "v6/32 wide", ban: Ban{Key: netip.MustParsePrefix("2001:db8:ffff::/32"), Since: t0, Until: until, Count: 1}, key: "2001:db8::/32"},
-		{name: "v6/0", ban: Ban{Key: netip.MustParsePrefix("::/0"), Since: t0, Until: until, Count: 1}},
-		{name: "long reason", ban: Ban{Key: netip.MustParsePrefix("192.0.2.2/32"), Since: t0, Until: until, Count: 1, Reason: long}},
-		{name: "utf-8 reason", ban: Ban{Key: netip.MustParsePrefix("192.0.2.3/32"), Since: t0, Until: until, Count: 1, Reason: "brute force — ручной бан\n"}},
-		{name: "nanoseconds, zero Since", ban: Ban{Key: netip.MustParsePrefix("192.0.2.4/32"), Until: until.Add(123456789), Forget: until.Add(987654321), Count: 1 << 40}},
-		{name: "not UTC", ban: Ban{Key: netip.MustParsePrefix("192.0.2.5/32"), Since: t0.In(time.FixedZone("X", 3600)), Until: until.Local(), Count: 1}},
+		{name: "v4/32", ban: limiter.Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Since: t0, Until: until, Forget: until.Add(168 * time.Hour), Count: 1, Reason: limiter.ReasonBudget}},
+		{name: "v4/24 masked", ban: limiter.Ban{Key: netip.MustParsePrefix("198.51.100.77/24"), Since: t0, Until: until, Forget: until, Count: 3, Reason: limiter.ReasonAdmin}, key: "198.51.100.0/24"},
+		{name: "v4/0", ban: limiter.Ban{Key: netip.MustParsePrefix("0.0.0.0/0"), Since: t0, Until: until, Count: 1, Reason: "everyone"}},
+		{name: "v4-mapped", ban: limiter.Ban{Key: netip.MustParsePrefix("::ffff:203.0.113.9/128"), Since: t0, Until: until, Count: 2}, key: "203.0.113.9/32"},
+		{name: "v6/64", ban: limiter.Ban{Key: netip.MustParsePrefix("2001:db8:1:2::/64"), Since: t0, Until: until, Forget: until.Add(time.Minute), Count: 7, Reason: limiter.ReasonBudget}},
+		{name: "v6/128", ban: limiter.Ban{Key: netip.MustParsePrefix("2001:db8::1/128"), Since: t0, Until: until, Count: 1, Reason: limiter.ReasonBudget}},
+		{name: "v6/32 wide", ban: limiter.Ban{Key: netip.MustParsePrefix("2001:db8:ffff::/32"), Since: t0, Until: until, Count: 1}, key: "2001:db8::/32"},
+		{name: "v6/0", ban: limiter.Ban{Key: netip.MustParsePrefix("::/0"), Since: t0, Until: until, Count: 1}},
+		{name: "long reason", ban: limiter.Ban{Key: netip.MustParsePrefix("192.0.2.2/32"), Since: t0, Until: until, Count: 1, Reason: long}},
+		{name: "utf-8 reason", ban: limiter.Ban{Key: netip.MustParsePrefix("192.0.2.3/32"), Since: t0, Until: until, Count: 1, Reason: "brute force — ручной бан\n"}},
+		{name: "nanoseconds, zero Since", ban: limiter.Ban{Key: netip.MustParsePrefix("192.0.2.4/32"), Until: until.Add(123456789), Forget: until.Add(987654321), Count: 1 << 40}},
+		{name: "not UTC", ban: limiter.Ban{Key: netip.MustParsePrefix("192.0.2.5/32"), Since: t0.In(time.FixedZone("X", 3600)), Until: until.Local(), Count: 1}},
 	}
 	path := tempStorePath(t)
 	f := openTestStore(t, path)
-	check := func(t *testing.T, f *FileStore, i int) {
+	check := func(t *testing.T, f *Store, i int) {
 		t.Helper()
 		tt := tests[i]
 		want := tt.ban
@@ -170,11 +176,11 @@ func TestFileStoreRoundTrip(t *testing.T) {
 	}
 }
 
-func TestFileStoreTimes(t *testing.T) {
+func TestStoreTimes(t *testing.T) {
 	f := openTestStore(t, tempStorePath(t))
 	k := netip.MustParsePrefix("192.0.2.1/32")
 	far := time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)
-	mustSave(t, f, Ban{Key: k, Since: t0, Until: far, Count: 1})
+	mustSave(t, f, limiter.Ban{Key: k, Since: t0, Until: far, Count: 1})
 	got := mustLoad(t, f, t0)
 	if len(got) != 1 || !got[0].Until.Equal(maxNanoTime) || !got[0].Active(time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Fatalf("LoadBans = %+v; want Until saturated to %v", got, maxNanoTime)
@@ -192,12 +198,12 @@ func TestFileStoreTimes(t *testing.T) {
 	}
 }
 
-func TestFileStoreReplaceAndDelete(t *testing.T) {
+func TestStoreReplaceAndDelete(t *testing.T) {
 	f := openTestStore(t, tempStorePath(t))
 	k := netip.MustParsePrefix("2001:db8::/64")
-	b1 := Ban{Key: k, Since: t0, Until: t0.Add(time.Hour), Forget: t0.Add(10 * time.Hour), Count: 1, Reason: ReasonBudget}
-	b2 := Ban{Key: k, Since: t0.Add(2 * time.Hour), Until: t0.Add(4 * time.Hour), Forget: t0.Add(20 * time.Hour), Count: 2, Reason: ReasonBudget}
-	other := Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Since: t0, Until: t0.Add(time.Hour), Forget: t0.Add(100 * time.Hour), Count: 1}
+	b1 := limiter.Ban{Key: k, Since: t0, Until: t0.Add(time.Hour), Forget: t0.Add(10 * time.Hour), Count: 1, Reason: limiter.ReasonBudget}
+	b2 := limiter.Ban{Key: k, Since: t0.Add(2 * time.Hour), Until: t0.Add(4 * time.Hour), Forget: t0.Add(20 * time.Hour), Count: 2, Reason: limiter.ReasonBudget}
+	other := limiter.Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Since: t0, Until: t0.Add(time.Hour), Forget: t0.Add(100 * time.Hour), Count: 1}
 	mustSave(t, f, b1, other, b2)
 	if n, _ := checkIndex(t, f); n != 2 {
 		t.Fatalf("%d records after replace, want 2", n)
@@ -218,10 +224,10 @@ func TestFileStoreReplaceAndDelete(t *testing.T) {
 	if err := f.DeleteBan(k); err != nil { // absent: fine
 		t.Fatal(err)
 	}
-	if err := f.DeleteBan(netip.Prefix{}); !errors.Is(err, ErrInvalidPrefix) {
+	if err := f.DeleteBan(netip.Prefix{}); !errors.Is(err, limiter.ErrInvalidPrefix) {
 		t.Fatalf("DeleteBan(invalid) = %v", err)
 	}
-	if err := f.SaveBan(Ban{Until: t0}); !errors.Is(err, ErrInvalidPrefix) {
+	if err := f.SaveBan(limiter.Ban{Until: t0}); !errors.Is(err, limiter.ErrInvalidPrefix) {
 		t.Fatalf("SaveBan(invalid) = %v", err)
 	}
 	// Deleting then saving again starts over.
@@ -232,17 +238,17 @@ func TestFileStoreReplaceAndDelete(t *testing.T) {
 }
 
 // expiring returns n bans, the i-th of which is forgotten at t0+i minutes.
-func expiring(n int) []Ban {
-	out := make([]Ban, n)
+func expiring(n int) []limiter.Ban {
+	out := make([]limiter.Ban, n)
 	for i := range out {
 		forget := t0.Add(time.Duration(i+1) * time.Minute)
 		a := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
-		out[i] = Ban{Key: netip.PrefixFrom(a, 32), Since: t0, Until: forget.Add(-30 * time.Second), Forget: forget, Count: 1, Reason: ReasonBudget}
+		out[i] = limiter.Ban{Key: netip.PrefixFrom(a, 32), Since: t0, Until: forget.Add(-30 * time.Second), Forget: forget, Count: 1, Reason: limiter.ReasonBudget}
 	}
 	return out
 }
 
-func TestFileStorePrunes(t *testing.T) {
+func TestStorePrunes(t *testing.T) {
 	const n = 1000
 	f := openTestStore(t, tempStorePath(t))
 	old := expiring(n)
@@ -253,7 +259,7 @@ func TestFileStorePrunes(t *testing.T) {
 			if err := bans.Put(k, encodeBan(b)); err != nil {
 				return err
 			}
-			if err := forget.Put(indexKey(b.forget(), k), []byte{}); err != nil {
+			if err := forget.Put(indexKey(forgetAt(b), k), []byte{}); err != nil {
 				return err
 			}
 		}
@@ -262,8 +268,8 @@ func TestFileStorePrunes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	newBan := func(i int, since time.Time) Ban {
-		return Ban{Key: netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, 0, byte(i)}), 32), Since: since, Until: since.Add(time.Hour), Forget: since.Add(100 * time.Hour), Count: 1}
+	newBan := func(i int, since time.Time) limiter.Ban {
+		return limiter.Ban{Key: netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, 0, byte(i)}), 32), Since: since, Until: since.Add(time.Hour), Forget: since.Add(100 * time.Hour), Count: 1}
 	}
 	steps := []struct {
 		since time.Time
@@ -294,10 +300,10 @@ func TestFileStorePrunes(t *testing.T) {
 	}
 }
 
-func TestFileStoreLoadBansFilters(t *testing.T) {
+func TestStoreLoadBansFilters(t *testing.T) {
 	f := openTestStore(t, tempStorePath(t))
 	bans := expiring(10) // forget at t0+1m … t0+10m
-	noForget := Ban{Key: netip.MustParsePrefix("2001:db8::/64"), Since: t0, Until: t0.Add(5 * time.Minute), Count: 1}
+	noForget := limiter.Ban{Key: netip.MustParsePrefix("2001:db8::/64"), Since: t0, Until: t0.Add(5 * time.Minute), Count: 1}
 	mustSave(t, f, append(bans, noForget)...)
 	tests := []struct {
 		at   time.Duration
@@ -315,7 +321,7 @@ func TestFileStoreLoadBansFilters(t *testing.T) {
 			t.Fatalf("LoadBans(t0+%v): %d bans, want %d", tt.at, len(got), tt.want)
 		}
 		for _, b := range got {
-			if !t0.Add(tt.at).Before(b.forget()) {
+			if !t0.Add(tt.at).Before(forgetAt(b)) {
 				t.Fatalf("LoadBans(t0+%v) returned %+v", tt.at, b)
 			}
 		}
@@ -330,8 +336,8 @@ func TestFileStoreLoadBansFilters(t *testing.T) {
 	}
 }
 
-func TestFileStoreClosed(t *testing.T) {
-	f, err := OpenFileStore(tempStorePath(t), FileStoreOptions{})
+func TestStoreClosed(t *testing.T) {
+	f, err := Open(tempStorePath(t), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,18 +348,18 @@ func TestFileStoreClosed(t *testing.T) {
 		t.Fatalf("second Close = %v", err)
 	}
 	k := netip.MustParsePrefix("192.0.2.1/32")
-	if err := f.SaveBan(Ban{Key: k, Until: t0}); !errors.Is(err, ErrStoreClosed) {
+	if err := f.SaveBan(limiter.Ban{Key: k, Until: t0}); !errors.Is(err, limiter.ErrStoreClosed) {
 		t.Fatalf("SaveBan after Close = %v", err)
 	}
-	if err := f.DeleteBan(k); !errors.Is(err, ErrStoreClosed) {
+	if err := f.DeleteBan(k); !errors.Is(err, limiter.ErrStoreClosed) {
 		t.Fatalf("DeleteBan after Close = %v", err)
 	}
-	if _, err := f.LoadBans(t0); !errors.Is(err, ErrStoreClosed) {
+	if _, err := f.LoadBans(t0); !errors.Is(err, limiter.ErrStoreClosed) {
 		t.Fatalf("LoadBans after Close = %v", err)
 	}
 }
 
-func TestFileStoreFile(t *testing.T) {
+func TestStoreFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ftpguard.db")
 	f := openTestStore(t, path)
@@ -368,33 +374,33 @@ func TestFileStoreFile(t *testing.T) {
 		t.Fatalf("mode %v, want 0600", st.Mode())
 	}
 	missing := filepath.Join(dir, "nodir", "ftpguard.db")
-	if _, err := OpenFileStore(missing, FileStoreOptions{}); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
-		t.Fatalf("OpenFileStore in a missing directory = %v", err)
+	if _, err := Open(missing, Options{}); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("Open in a missing directory = %v", err)
 	}
 	notDir := filepath.Join(dir, "file")
 	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenFileStore(filepath.Join(notDir, "x.db"), FileStoreOptions{}); err == nil || errors.Is(err, ErrCorruptStore) {
-		t.Fatalf("OpenFileStore under a file = %v", err)
+	if _, err := Open(filepath.Join(notDir, "x.db"), Options{}); err == nil || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open under a file = %v", err)
 	}
-	if _, err := OpenFileStore(dir, FileStoreOptions{}); err == nil || errors.Is(err, ErrCorruptStore) {
-		t.Fatalf("OpenFileStore(directory) = %v", err)
+	if _, err := Open(dir, Options{}); err == nil || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open(directory) = %v", err)
 	}
 }
 
 // A zero-length file (touched, or created by a process that died at once)
 // is a new store.
-func TestFileStoreZeroLength(t *testing.T) {
+func TestStoreZeroLength(t *testing.T) {
 	path := tempStorePath(t)
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := OpenFileStore(path, FileStoreOptions{})
+	f, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Since: t0, Until: t0.Add(time.Hour), Count: 1}
+	b := limiter.Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Since: t0, Until: t0.Add(time.Hour), Count: 1}
 	mustSave(t, f, b)
 	f.Close()
 	if got := mustLoad(t, openTestStore(t, path), time.Time{}); len(got) != 1 || !sameBan(got[0], b) {
@@ -414,7 +420,7 @@ func writeRealStore(t *testing.T, path string, n int) ([]byte, int) {
 			if err := bans.Put(k, encodeBan(b)); err != nil {
 				return err
 			}
-			if err := forget.Put(indexKey(b.forget(), k), []byte{}); err != nil {
+			if err := forget.Put(indexKey(forgetAt(b), k), []byte{}); err != nil {
 				return err
 			}
 		}
@@ -446,7 +452,7 @@ func damagePages(data []byte, pageSize int, needle []byte) int {
 	return n
 }
 
-func TestFileStoreCorrupt(t *testing.T) {
+func TestStoreCorrupt(t *testing.T) {
 	real, pageSize := writeRealStore(t, tempStorePath(t), 3000)
 	if len(real) < 16*pageSize {
 		t.Fatalf("real store is only %d bytes", len(real))
@@ -503,23 +509,23 @@ func TestFileStoreCorrupt(t *testing.T) {
 			} else if err := os.WriteFile(path, tt.data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			f, err := OpenFileStore(path, FileStoreOptions{})
+			f, err := Open(path, Options{})
 			if err == nil {
 				f.Close()
-				t.Fatal("OpenFileStore succeeded")
+				t.Fatal("Open succeeded")
 			}
-			if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tt.msg) {
-				t.Fatalf("OpenFileStore = %v; want ErrCorruptStore naming %s (%q)", err, path, tt.msg)
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("Open = %v; want ErrCorrupt naming %s (%q)", err, path, tt.msg)
 			}
 			t.Log(err)
 			// Again: still corrupt, at once (not "locked" after a
 			// timeout, although a panic in bbolt's Open leaves the
 			// file locked by this process).
 			start := time.Now()
-			if _, err := OpenFileStore(path, FileStoreOptions{}); !errors.Is(err, ErrCorruptStore) || time.Since(start) > time.Second {
-				t.Fatalf("second OpenFileStore = %v after %v", err, time.Since(start))
+			if _, err := Open(path, Options{}); !errors.Is(err, ErrCorrupt) || time.Since(start) > time.Second {
+				t.Fatalf("second Open = %v after %v", err, time.Since(start))
 			}
-			moved, err := ResetFileStore(path)
+			moved, err := Reset(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -541,14 +547,14 @@ func TestFileStoreCorrupt(t *testing.T) {
 }
 
 // A file damaged while open (another program wrote or truncated it) makes
-// bbolt panic or fault on the mapped pages: the call returns ErrCorruptStore
+// bbolt panic or fault on the mapped pages: the call returns ErrCorrupt
 // and so do later calls; Close still works.
-func TestFileStoreDamagedWhileOpen(t *testing.T) {
+func TestStoreDamagedWhileOpen(t *testing.T) {
 	for _, how := range []string{"overwrite", "truncate"} {
 		t.Run(how, func(t *testing.T) {
 			path := tempStorePath(t)
 			real, pageSize := writeRealStore(t, path, 3000)
-			f, err := OpenFileStore(path, FileStoreOptions{})
+			f, err := Open(path, Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -564,11 +570,11 @@ func TestFileStoreDamagedWhileOpen(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err = f.LoadBans(time.Time{})
-			if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), path) {
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) {
 				t.Fatalf("LoadBans = %v", err)
 			}
 			t.Log(err)
-			if err := f.SaveBan(Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Until: t0}); !errors.Is(err, ErrCorruptStore) {
+			if err := f.SaveBan(limiter.Ban{Key: netip.MustParsePrefix("192.0.2.1/32"), Until: t0}); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("SaveBan after a fault = %v", err)
 			}
 			if err := f.Close(); err != nil {
@@ -578,7 +584,7 @@ func TestFileStoreDamagedWhileOpen(t *testing.T) {
 	}
 }
 
-func TestFileStoreBadRecord(t *testing.T) {
+func TestStoreBadRecord(t *testing.T) {
 	path := tempStorePath(t)
 	f := openTestStore(t, path)
 	good := expiring(3)
@@ -595,7 +601,7 @@ func TestFileStoreBadRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := f.LoadBans(time.Time{})
-	if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), path) {
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("LoadBans = %v", err)
 	}
 	if !strings.Contains(err.Error(), bad.String()) && !strings.Contains(err.Error(), "0421") {
@@ -616,17 +622,17 @@ func TestFileStoreBadRecord(t *testing.T) {
 	}
 }
 
-func TestResetFileStore(t *testing.T) {
+func TestReset(t *testing.T) {
 	path := tempStorePath(t)
-	if _, err := ResetFileStore(path); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), path) {
-		t.Fatalf("ResetFileStore(missing) = %v", err)
+	if _, err := Reset(path); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Reset(missing) = %v", err)
 	}
 	var moved []string
 	for i := range 2 { // twice within a second: the names differ
 		f := openTestStore(t, path)
 		mustSave(t, f, crashBan(i))
 		f.Close()
-		m, err := ResetFileStore(path)
+		m, err := Reset(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -643,19 +649,19 @@ func TestResetFileStore(t *testing.T) {
 	}
 }
 
-func TestFileStoreLockedInProcess(t *testing.T) {
+func TestStoreLockedInProcess(t *testing.T) {
 	path := tempStorePath(t)
 	f := openTestStore(t, path)
 	start := time.Now()
-	_, err := OpenFileStore(path, FileStoreOptions{LockTimeout: 200 * time.Millisecond})
+	_, err := Open(path, Options{LockTimeout: 200 * time.Millisecond})
 	if took := time.Since(start); took > 2*time.Second {
-		t.Fatalf("second OpenFileStore took %v", took)
+		t.Fatalf("second Open took %v", took)
 	}
 	if err == nil || !errors.Is(err, berrors.ErrTimeout) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "locked by another process") {
-		t.Fatalf("second OpenFileStore = %v", err)
+		t.Fatalf("second Open = %v", err)
 	}
-	if _, err := ResetFileStore(path); !errors.Is(err, berrors.ErrTimeout) {
-		t.Fatalf("ResetFileStore of an open store = %v", err)
+	if _, err := Reset(path); !errors.Is(err, berrors.ErrTimeout) {
+		t.Fatalf("Reset of an open store = %v", err)
 	}
 	f.Close()
 	openTestStore(t, path)
@@ -674,7 +680,7 @@ func TestHelperProcess(t *testing.T) {
 	if mode == "" {
 		t.Skip("helper process")
 	}
-	f, err := OpenFileStore(os.Getenv("FTPGUARD_FILESTORE_PATH"), FileStoreOptions{})
+	f, err := Open(os.Getenv("FTPGUARD_FILESTORE_PATH"), Options{})
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(2)
@@ -710,16 +716,16 @@ func helperCommand(t *testing.T, mode, path string, env ...string) *exec.Cmd {
 	return cmd
 }
 
-func crashBan(i int) Ban {
+func crashBan(i int) limiter.Ban {
 	since := t0.Add(time.Duration(i) * time.Second)
 	a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 12: byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
-	return Ban{Key: netip.PrefixFrom(a, 128), Since: since, Until: since.Add(time.Hour), Forget: since.Add(169 * time.Hour), Count: i%7 + 1, Reason: "crash " + strconv.Itoa(i)}
+	return limiter.Ban{Key: netip.PrefixFrom(a, 128), Since: since, Until: since.Add(time.Hour), Forget: since.Add(169 * time.Hour), Count: i%7 + 1, Reason: "crash " + strconv.Itoa(i)}
 }
 
-// TestFileStoreCrash kills a process that saves bans (SIGKILL on Unix) in
+// TestStoreCrash kills a process that saves bans (SIGKILL on Unix) in
 // the middle of its stream, and checks that every ban it announced as saved
 // is in the file. Three rounds on one file, killed at different points.
-func TestFileStoreCrash(t *testing.T) {
+func TestStoreCrash(t *testing.T) {
 	path := tempStorePath(t)
 	next := 0
 	for round, killAfter := range []int{25, 7, 60} {
@@ -756,7 +762,7 @@ func TestFileStoreCrash(t *testing.T) {
 		if !errors.As(err, &ee) || ee.Exited() {
 			t.Fatalf("round %d: helper ended with %v, want killed", round, err)
 		}
-		f, err := OpenFileStore(path, FileStoreOptions{})
+		f, err := Open(path, Options{})
 		if err != nil {
 			t.Fatalf("round %d: reopen after kill: %v", round, err)
 		}
@@ -774,7 +780,7 @@ func TestFileStoreCrash(t *testing.T) {
 	}
 }
 
-func TestFileStoreLockedByProcess(t *testing.T) {
+func TestStoreLockedByProcess(t *testing.T) {
 	path := tempStorePath(t)
 	cmd := helperCommand(t, "hold", path)
 	in, err := cmd.StdinPipe()
@@ -793,17 +799,17 @@ func TestFileStoreLockedByProcess(t *testing.T) {
 		t.Fatalf("helper said %q", sc.Text())
 	}
 	start := time.Now()
-	_, err = OpenFileStore(path, FileStoreOptions{LockTimeout: 300 * time.Millisecond})
+	_, err = Open(path, Options{LockTimeout: 300 * time.Millisecond})
 	took := time.Since(start)
 	if err == nil || !strings.Contains(err.Error(), path+" is locked by another process (another ftpguard running?)") {
-		t.Fatalf("OpenFileStore while another process holds it = %v", err)
+		t.Fatalf("Open while another process holds it = %v", err)
 	}
 	if took < 200*time.Millisecond || took > 2*time.Second {
-		t.Fatalf("OpenFileStore gave up after %v, want about 300ms", took)
+		t.Fatalf("Open gave up after %v, want about 300ms", took)
 	}
 	t.Log(err)
-	if _, err := ResetFileStore(path); err == nil {
-		t.Fatal("ResetFileStore moved the file of a running process")
+	if _, err := Reset(path); err == nil {
+		t.Fatal("Reset moved the file of a running process")
 	}
 	in.Close() // the helper closes the store and exits
 	if err := cmd.Wait(); err != nil {
@@ -812,31 +818,31 @@ func TestFileStoreLockedByProcess(t *testing.T) {
 	openTestStore(t, path)
 }
 
-// A Limiter on a FileStore enforces the bans of an earlier Limiter on the
+// A Limiter on a Store enforces the bans of an earlier Limiter on the
 // same file and continues their escalation.
-func TestFileStoreLimiterRestart(t *testing.T) {
+func TestStoreLimiterRestart(t *testing.T) {
 	const a = "192.0.2.1"
 	path := tempStorePath(t)
 	f1 := openTestStore(t, path)
-	l1 := newLimiter(t, Config{}, f1)
-	run(t, l1, join(
-		guesses(0, a, 5, 5), // ban 1: 1h
-		guesses(2*time.Hour, a, 5, 5),
-		[]step{{at: 2*time.Hour + time.Second, ev: evCheck, addr: a, want: want{count: 2, until: 4 * time.Hour}}}, // ban 2: 2h
+	l1 := storetest.NewLimiter(t, limiter.Config{}, f1)
+	storetest.Run(t, l1, storetest.Join(
+		storetest.Guesses(0, a, 5, 5), // ban 1: 1h
+		storetest.Guesses(2*time.Hour, a, 5, 5),
+		[]storetest.Step{{At: 2*time.Hour + time.Second, Ev: storetest.EvCheck, Addr: a, Want: storetest.Want{Count: 2, Until: 4 * time.Hour}}}, // ban 2: 2h
 	))
 	if err := f1.Close(); err != nil { // the process stops
 		t.Fatal(err)
 	}
 	f2 := openTestStore(t, path)
-	l2 := newLimiter(t, Config{}, f2)
+	l2 := storetest.NewLimiter(t, limiter.Config{}, f2)
 	if err := l2.LastStoreError(); err != nil {
 		t.Fatal(err)
 	}
-	run(t, l2, join(
-		[]step{{at: 3 * time.Hour, ev: evCheck, addr: a, want: want{count: 2, until: 4 * time.Hour}}}, // still banned
-		[]step{{at: 3 * time.Hour, ev: evGuess, addr: a, want: want{count: 2}}},
-		guesses(5*time.Hour, a, 5, 5),
-		[]step{{at: 5*time.Hour + time.Second, ev: evCheck, addr: a, want: want{count: 3, until: 9 * time.Hour}}}, // ban 3: 4h
+	storetest.Run(t, l2, storetest.Join(
+		[]storetest.Step{{At: 3 * time.Hour, Ev: storetest.EvCheck, Addr: a, Want: storetest.Want{Count: 2, Until: 4 * time.Hour}}}, // still banned
+		[]storetest.Step{{At: 3 * time.Hour, Ev: storetest.EvGuess, Addr: a, Want: storetest.Want{Count: 2}}},
+		storetest.Guesses(5*time.Hour, a, 5, 5),
+		[]storetest.Step{{At: 5*time.Hour + time.Second, Ev: storetest.EvCheck, Addr: a, Want: storetest.Want{Count: 3, Until: 9 * time.Hour}}}, // ban 3: 4h
 	))
 	got := mustLoad(t, f2, time.Time{})
 	if len(got) != 1 || got[0].Count != 3 || !got[0].Until.Equal(t0.Add(9*time.Hour)) {
@@ -844,7 +850,7 @@ func TestFileStoreLimiterRestart(t *testing.T) {
 	}
 }
 
-func TestFileStoreConcurrent(t *testing.T) {
+func TestStoreConcurrent(t *testing.T) {
 	f := openTestStore(t, tempStorePath(t))
 	var wg sync.WaitGroup
 	for g := range 4 {
@@ -869,11 +875,11 @@ func TestFileStoreConcurrent(t *testing.T) {
 	if n, _ := checkIndex(t, f); n != 4*6 {
 		t.Fatalf("%d records, want 24", n)
 	}
-	// Close races with calls: each either runs or gets ErrStoreClosed.
+	// Close races with calls: each either runs or gets limiter.ErrStoreClosed.
 	for g := range 4 {
 		wg.Go(func() {
 			for i := range 5 {
-				if err := f.SaveBan(crashBan(1000 + g*10 + i)); err != nil && !errors.Is(err, ErrStoreClosed) {
+				if err := f.SaveBan(crashBan(1000 + g*10 + i)); err != nil && !errors.Is(err, limiter.ErrStoreClosed) {
 					t.Error(err)
 				}
 			}
@@ -907,7 +913,7 @@ func TestEncodePrefix(t *testing.T) {
 		}
 	}
 	// A record that does not decode fails cleanly.
-	v := encodeBan(Ban{Until: t0, Count: 1, Reason: "x"})
+	v := encodeBan(limiter.Ban{Until: t0, Count: 1, Reason: "x"})
 	for i := range len(v) {
 		if _, err := decodeBan(netip.Prefix{}, v[:i]); err == nil {
 			t.Errorf("decodeBan of %d of %d bytes succeeded", i, len(v))
@@ -921,7 +927,7 @@ func TestEncodePrefix(t *testing.T) {
 	}
 }
 
-func BenchmarkFileStoreSaveBan(b *testing.B) {
+func BenchmarkStoreSaveBan(b *testing.B) {
 	f := openTestStore(b, tempStorePath(b))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
@@ -929,4 +935,8 @@ func BenchmarkFileStoreSaveBan(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Conformance(t, func(t *testing.T) limiter.Store { return openTestStore(t, tempStorePath(t)) })
 }

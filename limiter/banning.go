@@ -1,0 +1,195 @@
+package limiter
+
+// Bans made and lifted by hand (BanKey, Unban), the ban table's bounds, and
+// the writing of ban changes to the Store.
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// BanKey bans the prefix key from now for d (d ≤ 0: the escalated ban time,
+// as for a budget ban), replacing any ban of key in force, and counts it for
+// escalation. key is usually a Key, but may be any prefix: a wider one bans a
+// whole network, a narrower one part of a key. It fails with
+// ErrInvalidPrefix, or ErrAllowlisted if Config.Allow covers the whole of
+// key. An error wrapping ErrStore comes with a valid Ban: the ban is in force
+// but was not saved.
+func (l *Limiter) BanKey(now time.Time, key netip.Prefix, d time.Duration, reason string) (Ban, error) {
+	p, err := normPrefix(key)
+	if err != nil {
+		return Ban{}, err
+	}
+	if reason == "" {
+		reason = ReasonAdmin
+	}
+	l.mu.Lock()
+	s := l.tickLocked(now)
+	if s.allowedPrefix(p) {
+		l.mu.Unlock()
+		return Ban{}, fmt.Errorf("%w: %v", ErrAllowlisted, p)
+	}
+	ban, seq := l.banLocked(now, s, p, d, reason)
+	l.mu.Unlock()
+	err = l.saveBan(ban, seq)
+	l.notify(BanChange{Ban: ban})
+	return ban, err
+}
+
+// Unban lifts the ban of the prefix key (as given to BanKey, or a Ban's Key)
+// and forgets its escalation count, in the limiter and in the store (whose
+// DeleteBan keeps nothing): an admin who unbans a key vouches for it, and a
+// count kept in memory only would not survive a restart. It reports whether
+// a ban was in force as of the latest time the limiter was given. An error
+// wrapping ErrStore means the store still has the ban.
+func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
+	p, err := normPrefix(key)
+	if err != nil {
+		return false, err
+	}
+	l.mu.Lock()
+	r := l.bans.recs[keyOf(p)]
+	lifted := r != nil && r.active && l.clock.Before(r.ban.Until)
+	var old Ban
+	if r != nil {
+		old = r.ban
+		l.bans.remove(r)
+		l.syncLocked()
+	}
+	if l.unbanned != nil {
+		l.unbanned[keyOf(p)] = true
+	}
+	l.seq++
+	seq := l.seq
+	l.mu.Unlock()
+	err = l.deleteBan(p, seq)
+	if lifted {
+		l.notify(BanChange{Ban: old, Lifted: true})
+	}
+	return lifted, err
+}
+
+// Bans returns the bans in force at now, sorted by Until.
+func (l *Limiter) Bans(now time.Time) []Ban {
+	l.mu.Lock()
+	l.tickLocked(now)
+	l.bans.sweep(now, -1)
+	l.syncLocked()
+	out := make([]Ban, 0, l.bans.active)
+	for _, r := range l.bans.recs {
+		if r.active {
+			out = append(out, r.ban)
+		}
+	}
+	l.mu.Unlock()
+	slices.SortFunc(out, compareBans)
+	return out
+}
+
+// makeRoomLocked drops the ban record due first if the table is full. It
+// reports whether there is room.
+func (l *Limiter) makeRoomLocked(s *settings) bool {
+	for l.bans.len() >= s.MaxTracked {
+		r := l.bans.soonest()
+		if r == nil {
+			return false
+		}
+		l.bans.remove(r)
+		l.bansEvicted++
+	}
+	return true
+}
+
+// banLocked bans p (normalised) from now for d (d ≤ 0: escalated), clears
+// the budget of p, and returns the ban and its version for saveBan.
+func (l *Limiter) banLocked(now time.Time, s *settings, p netip.Prefix, d time.Duration, reason string) (Ban, uint64) {
+	k := keyOf(p)
+	r := l.bans.recs[k]
+	count := 1
+	if r != nil && now.Before(r.ban.Forget) {
+		count = r.ban.Count + 1
+	}
+	if d <= 0 {
+		d = s.banDuration(count)
+	}
+	until := now.Add(d)
+	ban := Ban{Key: p, Until: until, Count: count, Reason: reason, Since: now, Forget: until.Add(s.MaxBanTime)}
+	if r != nil {
+		r.ban = ban
+		l.bans.activate(r)
+	} else {
+		l.makeRoomLocked(s) // MaxTracked ≥ 1, so there is room
+		r = &banRec{ban: ban, key: k, active: true, due: until}
+		l.bans.insert(r)
+	}
+	l.seq++
+	r.seq, r.synced = l.seq, false
+	l.bansCreated++
+	l.budgets.remove(k)
+	l.syncLocked()
+	return ban, r.seq
+}
+
+// saveBan writes ban (version seq) to the store unless a later change of
+// the same key has superseded it. Store writes are serialised, and l.mu is
+// not held during I/O.
+func (l *Limiter) saveBan(ban Ban, seq uint64) error {
+	l.storeMu.Lock()
+	defer l.storeMu.Unlock()
+	l.mu.RLock()
+	r := l.bans.recs[keyOf(ban.Key)]
+	current := r != nil && r.seq == seq
+	l.mu.RUnlock()
+	if !current {
+		return nil
+	}
+	queued, err := l.keeper.write(ban.Key, func() error { return l.store.SaveBan(ban) })
+	if queued {
+		return fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, ErrSharedDown)
+	}
+	if err != nil {
+		return l.storeFailed(fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, err))
+	}
+	l.markSynced(keyOf(ban.Key), seq)
+	return nil
+}
+
+// markSynced records that version seq of the ban of k is in the store.
+func (l *Limiter) markSynced(k bkey, seq uint64) {
+	l.mu.Lock()
+	if r := l.bans.recs[k]; r != nil && r.seq == seq {
+		r.synced = true
+	}
+	l.mu.Unlock()
+}
+
+// deleteBan deletes the ban of p from the store unless p was banned again
+// after the unban of version seq.
+func (l *Limiter) deleteBan(p netip.Prefix, seq uint64) error {
+	l.storeMu.Lock()
+	defer l.storeMu.Unlock()
+	l.mu.RLock()
+	r := l.bans.recs[keyOf(p)]
+	superseded := r != nil && r.seq > seq
+	l.mu.RUnlock()
+	if superseded {
+		return nil
+	}
+	queued, err := l.keeper.write(p, func() error { return l.store.DeleteBan(p) })
+	if queued {
+		return fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, ErrSharedDown)
+	}
+	if err != nil {
+		return l.storeFailed(fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, err))
+	}
+	return nil
+}
+
+// storeFailed counts and records err, and returns it.
+func (l *Limiter) storeFailed(err error) error {
+	l.storeErrors.Add(1)
+	l.lastStoreErr.Store(&err)
+	return err
+}

@@ -1,0 +1,31 @@
+// Package prefix normalises the network prefixes that the limiter and its
+// stores use as keys, so that one network always has one key.
+package prefix
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// ErrInvalid is wrapped by the error of Norm; the limiter exports it as
+// limiter.ErrInvalidPrefix.
+var ErrInvalid = errors.New("limiter: invalid prefix")
+
+// Norm masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or more
+// into the IPv4 prefix it maps. An invalid p, or a mapped prefix shorter
+// than 96 bits (it would mix IPv4-mapped and IPv6 addresses), is an error
+// wrapping ErrInvalid.
+func Norm(p netip.Prefix) (netip.Prefix, error) {
+	if !p.IsValid() {
+		return netip.Prefix{}, fmt.Errorf("%w: %v", ErrInvalid, p)
+	}
+	a, bits := p.Addr().WithZone(""), p.Bits()
+	if a.Is4In6() {
+		if bits < 96 {
+			return netip.Prefix{}, fmt.Errorf("%w: %v mixes IPv4-mapped and IPv6 addresses", ErrInvalid, p)
+		}
+		a, bits = a.Unmap(), bits-96
+	}
+	return netip.PrefixFrom(a, bits).Masked(), nil
+}

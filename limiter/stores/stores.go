@@ -1,0 +1,106 @@
+// Package stores owns the [store] table of the config file: it validates
+// it and opens the limiter.Store it names (a limiter.MemoryStore, a
+// filestore.Store or a redisstore.Store).
+package stores
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/ftpguard/ftpguard/internal/conf"
+	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/limiter/filestore"
+	"github.com/ftpguard/ftpguard/limiter/redisstore"
+)
+
+// Config is the [store] table of the config file. Its zero value is not the
+// default: a file's missing keys keep the values of Default, so decode the
+// file into Default().
+type Config struct {
+	// Kind is "memory", "file" or "redis".
+	Kind string `toml:"kind"`
+	// Path is the state file of kind "file".
+	Path string `toml:"path"`
+	// OnCorrupt is "fail" (a corrupt state file stops the start) or
+	// "reset" (it is moved aside and a new one made).
+	OnCorrupt string `toml:"on_corrupt"`
+	// URL, Prefix and Timeout are redisstore.Options of kind "redis".
+	URL     string        `toml:"url"`
+	Prefix  string        `toml:"prefix"`
+	Timeout time.Duration `toml:"timeout"`
+	// FailClosed is limiter.Config.FailClosed: pass it to
+	// limiter.LimitsConfig.Settings.
+	FailClosed bool `toml:"fail_closed"`
+}
+
+// Default returns the [store] settings used for every key a file leaves
+// out: a state file "ftpguard.db" that must not be corrupt.
+func Default() Config {
+	return Config{Kind: "file", Path: "ftpguard.db", OnCorrupt: "fail",
+		Prefix: redisstore.DefaultPrefix, Timeout: redisstore.DefaultTimeout}
+}
+
+// Validate adds each bad key of c to p (as "store.url" and so on).
+func (c Config) Validate(p *conf.Problems) {
+	switch c.Kind {
+	case "memory":
+	case "file":
+		if c.Path == "" {
+			p.Add("store.path", "must name the state file for kind = \"file\"")
+		}
+	case "redis":
+		if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			p.Add("store.url", "must be \"redis://host:port/db\" (or rediss://) for kind = \"redis\", got %q", c.URL)
+		}
+		p.Positive("store.timeout", c.Timeout)
+	default:
+		p.OneOf("store.kind", c.Kind, "memory", "file", "redis")
+	}
+	p.OneOf("store.on_corrupt", c.OnCorrupt, "fail", "reset")
+}
+
+// Open opens the store c names (c passed Validate); log receives what
+// happens to the state file and, for Redis, the store's own messages. The
+// caller closes the store, after the limiter on it.
+//
+// A corrupt state file (filestore.ErrCorrupt) stops the start, as bans must
+// not be forgotten silently, unless OnCorrupt is "reset": then it is moved
+// aside (filestore.Reset), logged, and a new one is made. A Redis store is
+// not contacted here: a limiter starting while Redis is down decides
+// locally until it is back.
+func Open(c Config, log *slog.Logger) (limiter.Store, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	switch c.Kind {
+	case "file":
+		fs, err := filestore.Open(c.Path, filestore.Options{})
+		if errors.Is(err, filestore.ErrCorrupt) && c.OnCorrupt == "reset" {
+			moved, merr := filestore.Reset(c.Path)
+			if merr != nil {
+				return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
+			}
+			log.Error("state file corrupt; moved aside, starting with no bans", "err", err, "moved_to", moved)
+			fs, err = filestore.Open(c.Path, filestore.Options{})
+		}
+		if errors.Is(err, filestore.ErrCorrupt) {
+			return nil, fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the file, or set [store] on_corrupt = \"reset\"", err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		log.Info("state file", "path", fs.Path())
+		return fs, nil
+	case "redis":
+		st, err := redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log})
+		if err != nil {
+			return nil, err // not a nil *redisstore.Store in a non-nil Store
+		}
+		return st, nil
+	default:
+		return limiter.NewMemoryStore(), nil
+	}
+}

@@ -1,0 +1,109 @@
+package limiter
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Defaults that NewUsers and Reload put in place of zero UserConfig fields
+// (Failures has none: zero turns per-user budgets off).
+const (
+	DefaultUserWindow     = time.Hour
+	DefaultKnownGoodTTL   = 720 * time.Hour
+	DefaultUserMaxTracked = 100_000
+)
+
+// UserConfig holds the settings of per-username budgets. The field comments
+// give the config-file key ([user_limits] section) and the default.
+//
+// The zero UserConfig turns per-user budgets off (Failures is 0); any other
+// zero field means "use the default". Validate reports out-of-range values;
+// NewUsers and Reload call it.
+type UserConfig struct {
+	// Failures is the budget of one username: failed guesses for it, over
+	// all addresses, before guesses for it from keys that are not known-good
+	// are refused. It is the burst of a token bucket (golang.org/x/time/rate)
+	// refilled over Window (user_limits.failures; 0, the default, turns
+	// per-user budgets off: every call allows and nothing is recorded).
+	Failures int
+	// Window is the time over which an emptied username budget is fully
+	// refilled, so one token comes back every Window/Failures. It is also the
+	// span over which MaxNamesPerKey counts names (user_limits.window;
+	// default 1h).
+	Window time.Duration
+	// KnownGoodTTL is how long a (username, key) pair that logged in is
+	// remembered after its latest success; such a key is never throttled for
+	// that username (user_limits.known_good_ttl; default 720h).
+	KnownGoodTTL time.Duration
+	// MaxNamesPerKey is how many distinct usernames one key may try within
+	// Window before it is refused as a sprayer (user_limits.max_names_per_key;
+	// default 0: no cap; at most 1000).
+	MaxNamesPerKey int
+	// MaxTracked bounds each of the three tables: usernames with budget
+	// state, known-good pairs and per-key name sets. Beyond it the least
+	// recently used entry is forgotten (user_limits.max_tracked; default
+	// 100,000).
+	MaxTracked int
+}
+
+// Validate reports whether c is usable: each bad setting gives one
+// *ConfigError naming its config-file key (e.g. "limiter:
+// user_limits.failures must be ≥ 0"); several are joined with errors.Join.
+// Zero fields are valid.
+func (c UserConfig) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &ConfigError{Key: "user_limits." + key, Reason: fmt.Sprintf(format, args...)})
+	}
+	switch {
+	case c.Failures < 0:
+		bad("failures", "must be ≥ 0")
+	case c.Failures > math.MaxInt32:
+		bad("failures", "must be ≤ %d", math.MaxInt32)
+	}
+	if c.Window < 0 {
+		bad("window", "must be > 0")
+	}
+	if c.KnownGoodTTL < 0 {
+		bad("known_good_ttl", "must be > 0")
+	}
+	switch {
+	case c.MaxNamesPerKey < 0:
+		bad("max_names_per_key", "must be ≥ 0")
+	case c.MaxNamesPerKey > maxNamesPerKeyLimit:
+		bad("max_names_per_key", "must be ≤ %d", maxNamesPerKeyLimit)
+	}
+	switch {
+	case c.MaxTracked < 0:
+		bad("max_tracked", "must be ≥ 1")
+	case c.MaxTracked > math.MaxInt32:
+		bad("max_tracked", "must be ≤ %d", math.MaxInt32)
+	}
+	return errors.Join(errs...)
+}
+
+// userSettings is a validated UserConfig with defaults applied. It is
+// immutable once built; Reload swaps in a new one.
+type userSettings struct {
+	UserConfig
+	limit rate.Limit // Failures per Window, in tokens per second
+}
+
+func newUserSettings(c UserConfig) *userSettings {
+	if c.Window == 0 {
+		c.Window = DefaultUserWindow
+	}
+	if c.KnownGoodTTL == 0 {
+		c.KnownGoodTTL = DefaultKnownGoodTTL
+	}
+	if c.MaxTracked == 0 {
+		c.MaxTracked = DefaultUserMaxTracked
+	}
+	return &userSettings{UserConfig: c, limit: rate.Limit(float64(c.Failures) / c.Window.Seconds())}
+}
+
+func (s *userSettings) off() bool { return s.Failures == 0 }
