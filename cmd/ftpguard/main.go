@@ -32,7 +32,7 @@ import (
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/limiter/filestore"
-	"github.com/ftpguard/ftpguard/limiter/redisstore"
+	"github.com/ftpguard/ftpguard/limiter/stores"
 	"github.com/ftpguard/ftpguard/proxy"
 )
 
@@ -116,7 +116,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	events := new(admin.EventRing)
 	log := slog.New(admin.NewLogHandler(newLogger(stderr, st.File.Log.Format, level).Handler(), events))
 
-	store, err := openStore(st.File.Store, log)
+	store, err := stores.Open(st.File.Store, log)
 	if err != nil {
 		return err
 	}
@@ -210,36 +210,6 @@ func run(path string, st *Settings, stderr io.Writer) error {
 			log.Info("stopped")
 			return nil
 		}
-	}
-}
-
-// openStore opens the ban store the config names. A corrupt state file
-// stops the start (bans must not be forgotten silently) unless on_corrupt
-// is "reset": then it is moved aside, logged, and a new one is made.
-func openStore(c StoreConfig, log *slog.Logger) (limiter.Store, error) {
-	switch c.Kind {
-	case "file":
-		fs, err := filestore.Open(c.Path, filestore.Options{})
-		if errors.Is(err, filestore.ErrCorrupt) && c.OnCorrupt == "reset" {
-			moved, merr := filestore.Reset(c.Path)
-			if merr != nil {
-				return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
-			}
-			log.Error("state file corrupt; moved aside, starting with no bans", "err", err, "moved_to", moved)
-			fs, err = filestore.Open(c.Path, filestore.Options{})
-		}
-		if errors.Is(err, filestore.ErrCorrupt) {
-			return nil, fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the file, or set [store] on_corrupt = \"reset\"", err)
-		}
-		if err != nil {
-			return nil, err
-		}
-		log.Info("state file", "path", fs.Path())
-		return fs, nil
-	case "redis":
-		return redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log})
-	default:
-		return limiter.NewMemoryStore(), nil
 	}
 }
 
