@@ -18,6 +18,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +78,9 @@ type Client struct {
 	// MaxStreamBody bounds a decision stream answer (zero:
 	// DefaultMaxStreamBody).
 	MaxStreamBody int64
-	// UserAgent is sent with every request (zero: "ftpguard-crowdsec").
+	// UserAgent is sent with every request (zero: "ftpguard/VERSION"). It
+	// must read NAME/VERSION: the LAPI (1.4.6) refuses a watcher login whose
+	// User-Agent does not, with 401 "incorrect Username or Password".
 	UserAgent string
 
 	mu     sync.Mutex
@@ -85,6 +88,16 @@ type Client struct {
 	expire time.Time
 	logins int
 }
+
+// defaultUserAgent is "ftpguard/" and the module's version ("dev" in a
+// build without one).
+var defaultUserAgent = func() string {
+	v := "dev"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = strings.ReplaceAll(bi.Main.Version, "/", "-")
+	}
+	return "ftpguard/" + v
+}()
 
 var defaultHTTP = &http.Client{Transport: &http.Transport{
 	Proxy:               nil,
@@ -293,7 +306,7 @@ func (c *Client) do(ctx context.Context, op, method, path string, header func(ht
 	}
 	ua := c.UserAgent
 	if ua == "" {
-		ua = "ftpguard-crowdsec"
+		ua = defaultUserAgent
 	}
 	req.Header.Set("User-Agent", ua)
 	req.Header.Set("Accept", "application/json")

@@ -126,7 +126,7 @@ func (c Section) Settings(p *conf.Problems) Settings {
 		p.Add("crowdsec.bouncer_key_file", "lapi_url is set but neither bouncer_key_file nor machine_id is: set one, or lapi_url = \"\"")
 	}
 	base := func() *Client {
-		return &Client{URL: c.LAPIURL, Timeout: c.Timeout, UserAgent: "ftpguard"}
+		return &Client{URL: c.LAPIURL, Timeout: c.Timeout}
 	}
 	if c.BouncerKeyFile != "" {
 		if key, ok := readSecret(p, "crowdsec.bouncer_key_file", c.BouncerKeyFile); ok {
