@@ -31,6 +31,7 @@ type fakeLAPI struct {
 	logins   int        // successful logins
 	valid    string     // the token in force
 	alerts   [][]Alert  // each POST /v1/alerts
+	raw      []string   // their bodies
 	alertErr func() int // if set, the status to answer an alert POST with (0: accept)
 	agents   []string
 }
@@ -87,13 +88,15 @@ func newFakeLAPI(t *testing.T) *fakeLAPI {
 				return
 			}
 		}
+		body, _ := io.ReadAll(r.Body)
 		var alerts []Alert
-		if err := json.NewDecoder(r.Body).Decode(&alerts); err != nil {
+		if err := json.Unmarshal(body, &alerts); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		f.mu.Lock()
 		f.alerts = append(f.alerts, alerts)
+		f.raw = append(f.raw, string(body))
 		f.mu.Unlock()
 		ids := make([]string, len(alerts))
 		for i := range ids {

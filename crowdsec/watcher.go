@@ -2,6 +2,7 @@ package crowdsec
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -165,9 +166,11 @@ func (w *Watcher) Run(ctx context.Context) {
 			}
 			now := w.now()
 			alerts := make([]Alert, 0, len(bans))
+			sent := bans[:0] // the bans that make alerts, requeued if the push fails
 			for _, b := range bans {
 				if a, ok := alertFor(b, now); ok {
 					alerts = append(alerts, a)
+					sent = append(sent, b)
 				}
 			}
 			w.mu.Lock()
@@ -188,7 +191,7 @@ func (w *Watcher) Run(ctx context.Context) {
 				backoff = 0
 				continue
 			}
-			w.requeue(bans)
+			w.requeue(sent)
 			w.mu.Lock()
 			w.stats.PushFailed++
 			w.stats.LastError, w.stats.LastErrorAt = err, w.now()
@@ -199,7 +202,7 @@ func (w *Watcher) Run(ctx context.Context) {
 			if backoff == 0 {
 				backoff = w.cfg.MinBackoff
 				if w.cfg.Logger != nil {
-					w.cfg.Logger.Warn("crowdsec: pushing alerts failed; retrying", "err", err, "bans", len(bans))
+					w.cfg.Logger.Warn("crowdsec: pushing alerts failed; retrying", "err", err, "bans", len(sent))
 				}
 			} else {
 				backoff = min(2*backoff, w.cfg.MaxBackoff)
@@ -257,6 +260,7 @@ func alertFor(b Ban, now time.Time) (Alert, bool) {
 		Leakspeed:       "0s",
 		Simulated:       false,
 		Remediation:     true,
+		Events:          []json.RawMessage{},
 		Source:          src,
 		Decisions: []AlertDecision{{
 			Duration: formatDuration(left),
