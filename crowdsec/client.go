@@ -50,6 +50,7 @@ type StatusError struct {
 	Body string // start of the answer's body
 }
 
+// Error returns "crowdsec: OP: HTTP CODE: BODY".
 func (e *StatusError) Error() string {
 	return fmt.Sprintf("crowdsec: %s: HTTP %d: %s", e.Op, e.Code, e.Body)
 }

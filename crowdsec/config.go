@@ -50,14 +50,20 @@ func Defaults() Section {
 }
 
 // Settings is a validated [crowdsec] section, secrets read, ready to run.
+// The zero Settings has both halves off.
 type Settings struct {
 	// BouncerClient is nil when the bouncer is off; otherwise it has the
 	// URL, key and timeout set.
 	BouncerClient *Client
-	Bouncer       BouncerConfig
-	// WatcherClient is nil when the watcher is off.
+	// Bouncer is the bouncer's poll interval, scopes and origins (set the
+	// Logger before NewBouncer).
+	Bouncer BouncerConfig
+	// WatcherClient is nil when the watcher is off; otherwise it has the
+	// URL, machine id, password, scenario and timeout set.
 	WatcherClient *Client
-	Watcher       WatcherConfig
+	// Watcher is the watcher's queue and backoff (defaults; set the Logger
+	// before NewWatcher).
+	Watcher WatcherConfig
 }
 
 // Enabled reports whether anything of the CrowdSec link is on.

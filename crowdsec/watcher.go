@@ -82,7 +82,9 @@ type Watcher struct {
 }
 
 // NewWatcher returns a Watcher that pushes through c (which needs URL,
-// MachineID and Password).
+// MachineID and Password). If c.Scenarios is empty, NewWatcher sets it to
+// [Scenario], the scenario the watcher declares at login; call it before c
+// is in use.
 func NewWatcher(c *Client, cfg WatcherConfig) *Watcher {
 	if cfg.Queue <= 0 {
 		cfg.Queue = DefaultQueue
