@@ -71,7 +71,8 @@ type Client struct {
 	// Scenarios are the scenarios the watcher declares at login.
 	Scenarios []string
 	// HTTP sends the requests; nil means a client of this package's own,
-	// without proxies from the environment (the LAPI is local).
+	// without proxies from the environment (the LAPI is local) and without
+	// following redirects (the key would follow them).
 	HTTP *http.Client
 	// Timeout bounds each request, on top of the caller's context (zero:
 	// DefaultTimeout).
@@ -100,11 +101,17 @@ var defaultUserAgent = func() string {
 	return "ftpguard/" + v
 }()
 
-var defaultHTTP = &http.Client{Transport: &http.Transport{
-	Proxy:               nil,
-	MaxIdleConnsPerHost: 2,
-	IdleConnTimeout:     90 * time.Second,
-}}
+// defaultHTTP follows no redirect: net/http would forward the X-Api-Key
+// header to wherever a redirect points (it strips only Authorization and
+// cookies), so a 3xx is an error, like any other non-2xx answer.
+var defaultHTTP = &http.Client{
+	Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 2,
+		IdleConnTimeout:     90 * time.Second,
+	},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
 
 // RawDecision is a decision as the LAPI sends it in the decision stream.
 type RawDecision struct {

@@ -202,6 +202,25 @@ func TestDecisionStreamErrors(t *testing.T) {
 		t.Errorf("timeout took %v", d)
 	}
 
+	// A redirect is not followed: the key would go along to its target.
+	leaked := make(chan string, 1)
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked <- r.Header.Get("X-Api-Key")
+		io.WriteString(w, `{}`)
+	}))
+	defer target.Close()
+	redirect := httptest.NewServer(http.RedirectHandler(target.URL+"/v1/decisions/stream", http.StatusFound))
+	defer redirect.Close()
+	c = &Client{URL: redirect.URL, APIKey: "key"}
+	if _, err := c.DecisionStream(context.Background(), true, nil, nil); !errors.As(err, &se) || se.Code != http.StatusFound {
+		t.Errorf("redirect: %v", err)
+	}
+	select {
+	case k := <-leaked:
+		t.Errorf("redirect followed, key %q sent to its target", k)
+	default:
+	}
+
 	for _, u := range []string{"", "127.0.0.1:8080", "http://"} {
 		if _, err := (&Client{URL: u}).DecisionStream(context.Background(), true, nil, nil); err == nil || !strings.HasPrefix(err.Error(), "crowdsec: ") {
 			t.Errorf("URL %q: %v", u, err)
