@@ -34,6 +34,10 @@ type lapi struct {
 	url    string
 	key    string // a bouncer key
 	pw     string // machine "ftpguard"'s password
+
+	out  syncBuffer // its output, over restarts
+	cmd  *exec.Cmd  // nil when stopped
+	done chan error // cmd's Wait
 }
 
 func crowdsecRoot(t *testing.T) string {
@@ -142,43 +146,61 @@ prometheus:
 		t.Fatal("cscli bouncers add printed no key")
 	}
 
-	var out syncBuffer
-	cmd := exec.Command(filepath.Join(root, "usr/bin/crowdsec"), "-c", l.config, "-no-cs")
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = &out, &out
+	l.start(t)
+	t.Cleanup(func() {
+		l.stop(t)
+		if t.Failed() {
+			t.Logf("LAPI output:\n%s", l.out.String())
+		}
+	})
+	return l
+}
+
+// start runs the LAPI and waits until it answers.
+func (l *lapi) start(t *testing.T) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(l.root, "usr/bin/crowdsec"), "-c", l.config, "-no-cs")
+	cmd.Dir = filepath.Dir(l.config)
+	cmd.Stdout, cmd.Stderr = &l.out, &l.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("LAPI output:\n%s", out.String())
-		}
-	})
+	l.cmd, l.done = cmd, done
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get(l.url + "v1/decisions") // any HTTP answer (403 here) means it serves
 		if err == nil {
 			resp.Body.Close()
-			return l
+			return
 		}
 		select {
 		case err := <-done:
-			t.Fatalf("LAPI exited: %v\n%s", err, out.String())
+			l.cmd = nil
+			t.Fatalf("LAPI exited: %v\n%s", err, l.out.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("LAPI did not answer within 30s: %v\n%s", err, out.String())
+			t.Fatalf("LAPI did not answer within 30s: %v\n%s", err, l.out.String())
 		}
 	}
+}
+
+// stop ends the LAPI if it runs: SIGTERM, then SIGKILL after 10s.
+func (l *lapi) stop(t *testing.T) {
+	if l.cmd == nil {
+		return
+	}
+	_ = l.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-l.done:
+	case <-time.After(10 * time.Second):
+		t.Log("LAPI ignored SIGTERM for 10s; killing it")
+		_ = l.cmd.Process.Kill()
+		<-l.done
+	}
+	l.cmd = nil
 }
 
 // cscli runs cscli on the LAPI's config and returns its standard output.
@@ -323,4 +345,23 @@ func TestLAPI(t *testing.T) {
 	if s := b.Stats(); s.PollsFailed != 0 || s.LastError != nil {
 		t.Errorf("bouncer stats %+v", s)
 	}
+
+	t.Run("outage", func(t *testing.T) {
+		l.stop(t)
+		failed := b.Stats().PollsFailed
+		waitFor(t, bound, "a failed poll", func() bool { return b.Stats().PollsFailed > failed })
+		t.Logf("LAPI down: poll failed with %v", b.Stats().LastError)
+		if _, ok := lookup("10.9.1.1"); !ok {
+			t.Error("the range was forgotten while the LAPI is down")
+		}
+		l.start(t)
+		ok := b.Stats().PollsOK
+		lat := waitFor(t, bound+time.Second, "a poll after restart", func() bool { return b.Stats().PollsOK > ok })
+		t.Logf("LAPI back: a poll succeeded %v after it answered", lat.Round(time.Millisecond))
+		l.cscli(t, "decisions", "add", "--ip", "127.0.0.88", "--duration", "10m")
+		waitFor(t, bound, "a ban after the outage", func() bool { _, ok := lookup("127.0.0.88"); return ok })
+		if _, ok := lookup("10.9.1.1"); !ok {
+			t.Error("the range is gone after the outage")
+		}
+	})
 }
