@@ -134,6 +134,9 @@ func (b *Bouncer) Poll(ctx context.Context) error {
 	startup := !b.synced
 	s, err := b.c.DecisionStream(ctx, startup, b.cfg.Scopes, b.cfg.Origins)
 	now := b.now()
+	if err != nil && ctx.Err() != nil {
+		return err // shutting down: not a failure of the LAPI
+	}
 	if err != nil {
 		if b.cfg.Logger != nil && !b.failing {
 			b.cfg.Logger.Warn("crowdsec: decision stream poll failed; keeping the decisions held", "err", err, "decisions", len(b.table))
