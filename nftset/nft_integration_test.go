@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -484,5 +485,100 @@ func TestOtherTablesUntouched(t *testing.T) {
 	}
 	if err := s.Add(pfx("127.0.93.4/32"), now.Add(time.Hour), now); !errors.Is(err, ErrClosed) {
 		t.Errorf("Add after Close = %v, want ErrClosed", err)
+	}
+}
+
+// A ban the kernel expired is added again as a change, not a rewrite; a
+// table deleted behind the Set's back is rebuilt by the next change.
+func TestExpiredAndLostTable(t *testing.T) {
+	cfg := testConfig(t, 21)
+	s := open(t, cfg)
+	defer s.Close()
+	now := time.Now()
+	if err := s.Sync(nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add(pfx("127.0.94.1/32"), now.Add(1500*time.Millisecond), now); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if got := listSet(t, cfg.Table, SetBanned4); len(got) != 0 {
+		t.Errorf("banned4 after the timeout = %v, want empty", got)
+	}
+	rewrites := s.rewrites
+	now = time.Now()
+	if err := s.Add(pfx("127.0.94.0/24"), now.Add(time.Hour), now); err != nil {
+		t.Fatal(err)
+	}
+	if s.rewrites != rewrites {
+		t.Errorf("re-adding over an expired element rewrote the table")
+	}
+	if got := vals(listSet(t, cfg.Table, SetBanned4)); !slices.Equal(got, []string{"127.0.94.0/24"}) {
+		t.Errorf("banned4 = %q", got)
+	}
+
+	deleteTable(t, cfg.Table)
+	if err := s.Add(pfx("127.0.95.1/32"), now.Add(time.Hour), now); err != nil {
+		t.Fatal(err)
+	}
+	if s.rewrites != rewrites+1 {
+		t.Errorf("rewrites = %d, want %d after the table was lost", s.rewrites, rewrites+1)
+	}
+	if got := vals(listSet(t, cfg.Table, SetBanned4)); !slices.Equal(got, []string{"127.0.94.0/24", "127.0.95.1"}) {
+		t.Errorf("banned4 after the rebuild = %q", got)
+	}
+}
+
+// Concurrent Adds and Removes from many goroutines end in the state of
+// their last calls (run with -race).
+func TestConcurrent(t *testing.T) {
+	cfg := testConfig(t, 21)
+	s := open(t, cfg)
+	defer s.Close()
+	if err := s.Sync(nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16*20)
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 20 {
+				key := netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 0, 96, byte(g*16 + i%16)}), 32)
+				now := time.Now()
+				var err error
+				if i < 16 {
+					err = s.Add(key, now.Add(time.Hour), now)
+				} else {
+					err = s.Remove(key, now) // the first 4 of the goroutine's 16
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	es := listSet(t, cfg.Table, SetBanned4)
+	n := 0
+	for _, e := range es {
+		switch {
+		case strings.Contains(e.Val, "-"):
+			a, b, _ := strings.Cut(e.Val, "-")
+			n += int(netip.MustParseAddr(b).As4()[3]) - int(netip.MustParseAddr(a).As4()[3]) + 1
+		case strings.Contains(e.Val, "/"):
+			n += 1 << (32 - pfx(e.Val).Bits())
+		default:
+			n++
+		}
+	}
+	if n != 16*12 {
+		t.Errorf("banned4 holds %d addresses, want %d: %q", n, 16*12, vals(es))
+	}
+	if s.rewrites != 2 {
+		t.Errorf("rewrites = %d, want 2 (Open's and Sync's)", s.rewrites)
 	}
 }

@@ -88,6 +88,9 @@ type Set struct {
 	// disjoint ranges → end, as spans made them from want. nil: unknown
 	// (the next change rewrites the table).
 	have [2]map[rangeKey]time.Time
+	// rewrites counts the table rewrites (for tests: a change that had to
+	// fall back to one).
+	rewrites int
 }
 
 // rangeKey is an element of banned4 or banned6: an inclusive range.
@@ -331,6 +334,7 @@ func (s *Set) applyLocked(now time.Time) error {
 // transaction: "add table; delete table; table …" (the add makes the
 // delete safe when the table is missing). Only this table is touched.
 func (s *Set) rewriteLocked(now time.Time) error {
+	s.rewrites++
 	s.pruneLocked(now)
 	want := s.wantSpansLocked()
 	c, err := s.conn()
