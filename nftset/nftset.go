@@ -175,7 +175,7 @@ func (s *Set) Add(key netip.Prefix, until, now time.Time) error {
 	} else {
 		delete(s.want, p)
 	}
-	return s.applyLocked(now)
+	return s.applyLocked(s.regionLocked(p), now)
 }
 
 // Remove lifts the ban of key (a ban of a wider or narrower prefix stays
@@ -194,8 +194,9 @@ func (s *Set) Remove(key netip.Prefix, now time.Time) error {
 	if _, banned := s.want[p]; !banned {
 		return nil
 	}
+	region := s.regionLocked(p)
 	delete(s.want, p)
-	return s.applyLocked(now)
+	return s.applyLocked(region, now)
 }
 
 // Close ends s: with remove_on_exit the table is deleted, otherwise it is
@@ -242,11 +243,19 @@ func (s *Set) table() *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyINet, Name: s.cfg.Table}
 }
 
-// prune forgets the bans that ended by now.
+// pruneLocked forgets the bans that ended by now, and the ranges the
+// kernel has expired.
 func (s *Set) pruneLocked(now time.Time) {
 	for p, u := range s.want {
 		if !u.After(now) {
 			delete(s.want, p)
+		}
+	}
+	for _, h := range s.have {
+		for k, u := range h {
+			if !u.After(now) {
+				delete(h, k)
+			}
 		}
 	}
 }
@@ -267,67 +276,68 @@ func (s *Set) wantSpansLocked() [2][]span {
 	return [2][]span{spans(fam[0]), spans(fam[1])}
 }
 
-// applyLocked brings the sets to s.want with one transaction that deletes
-// the ranges that changed (or went) and adds the new ones. If it fails
-// (an element the kernel already expired, a table changed behind our
-// back, state unknown since Open) the whole table is rewritten instead.
-func (s *Set) applyLocked(now time.Time) error {
+// applyLocked brings the ranges inside region (the widest ban containing
+// the key that changed) to what s.want needs, with one transaction that
+// deletes the ranges that changed or went and adds the new ones; the rest
+// of the sets is not looked at, so a change costs O(bans) cheap checks,
+// not a rebuild. If the transaction fails (an element the kernel already
+// expired, a table changed behind our back) or the sets' state is unknown
+// (since Open), the whole table is rewritten instead.
+func (s *Set) applyLocked(region netip.Prefix, now time.Time) error {
 	s.pruneLocked(now)
 	if s.have[0] == nil || s.have[1] == nil {
 		return s.rewriteLocked(now)
 	}
-	want := s.wantSpansLocked()
+	i, name := 0, SetBanned4
+	if region.Addr().Is6() {
+		i, name = 1, SetBanned6
+	}
+	next, del, add := plan(s.have[i], s.want, region, now)
+	if len(del) == 0 && len(add) == 0 {
+		return nil
+	}
 	c, err := s.conn()
 	if err != nil {
 		return err
 	}
-	t := s.table()
-	var next [2]map[rangeKey]time.Time
-	changed := false
-	for i, name := range [2]string{SetBanned4, SetBanned6} {
-		set := &nftables.Set{Table: t, Name: name, Interval: true, HasTimeout: true}
-		next[i] = make(map[rangeKey]time.Time, len(want[i]))
-		for _, sp := range want[i] {
-			next[i][rangeKey{sp.lo, sp.hi}] = sp.until
-		}
-		var del, add []span
-		for k, u := range s.have[i] {
-			if nu, ok := next[i][k]; (!ok || !nu.Equal(u)) && u.After(now) {
-				del = append(del, span{k.lo, k.hi, u})
-			}
-		}
-		for _, sp := range want[i] {
-			if u, ok := s.have[i][rangeKey{sp.lo, sp.hi}]; !ok || !u.Equal(sp.until) || !u.After(now) {
-				add = append(add, sp)
-			}
-		}
-		if len(del) > 0 {
-			changed = true
-			if err := c.SetDeleteElements(set, elements(del, now, false)); err != nil {
-				return fmt.Errorf("nftset: %w", err)
-			}
-		}
-		if len(add) > 0 {
-			changed = true
-			for _, chunk := range chunks(elements(add, now, true)) {
-				if err := c.SetAddElements(set, chunk); err != nil {
-					return fmt.Errorf("nftset: %w", err)
-				}
-			}
+	set := &nftables.Set{Table: s.table(), Name: name, Interval: true, HasTimeout: true}
+	if len(del) > 0 {
+		if err := c.SetDeleteElements(set, elements(del, now, false)); err != nil {
+			return fmt.Errorf("nftset: %w", err)
 		}
 	}
-	if !changed {
-		s.have = next
-		return nil
+	for _, chunk := range chunks(elements(add, now, true)) {
+		if err := c.SetAddElements(set, chunk); err != nil {
+			return fmt.Errorf("nftset: %w", err)
+		}
 	}
 	if err := c.Flush(); err != nil {
 		if rerr := s.rewriteLocked(now); rerr != nil {
-			return fmt.Errorf("nftset: update sets: %w (and rewriting the table: %w)", err, rerr)
+			return fmt.Errorf("nftset: update set %s: %w (and rewriting the table: %w)", name, err, rerr)
 		}
 		return nil
 	}
-	s.have = next
+	for k := range s.have[i] {
+		if region.Contains(k.lo) {
+			delete(s.have[i], k)
+		}
+	}
+	for _, sp := range next {
+		s.have[i][rangeKey{sp.lo, sp.hi}] = sp.until
+	}
 	return nil
+}
+
+// regionLocked returns the widest of p and the bans containing p: the part
+// of the address space a change of p's ban can affect.
+func (s *Set) regionLocked(p netip.Prefix) netip.Prefix {
+	r := p
+	for q := range s.want {
+		if q.Bits() < r.Bits() && q.Contains(p.Addr()) {
+			r = q
+		}
+	}
+	return r
 }
 
 // rewriteLocked replaces the table with one built from s.want, in one

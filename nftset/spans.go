@@ -54,12 +54,19 @@ func normalize(p netip.Prefix) (netip.Prefix, bool) {
 // it, so a /24 banned until 10:00 that contains a /32 banned until 12:00
 // becomes three ranges (the part before the /32, the /32, the part after)
 // rather than two overlapping elements, which an interval set rejects.
-// Adjacent ranges with the same end are merged. CIDR prefixes are nested
-// or disjoint, so one sweep with a stack of the open prefixes suffices.
+//
+// Adjacent ranges with the same end are merged only inside one ban that
+// ends then itself (a /32 banned until 10:00 in a /24 banned until 12:00
+// leaves the /24 one range), never across two bans (two adjacent /25 stay
+// two ranges): so every range lies inside a ban still in force while the
+// range is, and a change of one key's ban can be planned from the bans of
+// the widest ban containing it alone (plan). CIDR prefixes are nested or
+// disjoint, so one sweep with a stack of the open prefixes suffices.
 func spans(bans map[netip.Prefix]time.Time) []span {
 	type open struct {
-		last  netip.Addr
-		until time.Time // the effective end: the latest of it and its parents
+		first, last netip.Addr
+		own         time.Time // the prefix's own end
+		eff         time.Time // the latest of it and its parents' ends
 	}
 	keys := make([]netip.Prefix, 0, len(bans))
 	for p := range bans {
@@ -75,22 +82,28 @@ func spans(bans map[netip.Prefix]time.Time) []span {
 	})
 
 	var out []span
+	var stack []open
+	// emit appends lo–hi (inside every prefix on the stack), merged with
+	// the range before when one open prefix holds both and ends at until.
 	emit := func(lo, hi netip.Addr, until time.Time) {
 		if n := len(out); n > 0 && out[n-1].until.Equal(until) && out[n-1].hi.Next() == lo {
-			out[n-1].hi = hi
-			return
+			for _, o := range stack {
+				if o.own.Equal(until) && o.first.Compare(out[n-1].lo) <= 0 {
+					out[n-1].hi = hi
+					return
+				}
+			}
 		}
 		out = append(out, span{lo, hi, until})
 	}
-	var stack []open
 	var pos netip.Addr // the first address not yet emitted; invalid past the end
 	// pop closes the innermost open prefix: the rest of it is emitted.
 	pop := func() {
 		top := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
 		if pos.IsValid() && pos.Compare(top.last) <= 0 {
-			emit(pos, top.last, top.until)
+			emit(pos, top.last, top.eff)
 		}
+		stack = stack[:len(stack)-1]
 		pos = top.last.Next()
 	}
 	for _, p := range keys {
@@ -98,23 +111,58 @@ func spans(bans map[netip.Prefix]time.Time) []span {
 		for len(stack) > 0 && stack[len(stack)-1].last.Less(first) {
 			pop()
 		}
-		until := bans[p]
+		own := bans[p]
+		eff := own
 		if len(stack) > 0 {
 			top := stack[len(stack)-1]
 			if pos.Less(first) {
-				emit(pos, first.Prev(), top.until)
+				emit(pos, first.Prev(), top.eff)
 			}
-			if top.until.After(until) {
-				until = top.until
+			if top.eff.After(eff) {
+				eff = top.eff
 			}
 		}
 		pos = first
-		stack = append(stack, open{lastAddr(p), until})
+		stack = append(stack, open{first, lastAddr(p), own, eff})
 	}
 	for len(stack) > 0 {
 		pop()
 	}
 	return out
+}
+
+// plan returns the ranges of the bans of want inside region (next), and
+// the changes from have that install them: the ranges to delete (changed
+// or gone, and not yet expired by now) and the ranges to add. Ranges of
+// have outside region are not looked at: region is the widest ban
+// containing the changed key (or the key), and each range in force lies
+// inside a ban in force (see spans), so none straddles region's edge.
+func plan(have map[rangeKey]time.Time, want map[netip.Prefix]time.Time, region netip.Prefix, now time.Time) (next, del, add []span) {
+	sub := make(map[netip.Prefix]time.Time)
+	for p, u := range want {
+		if p.Bits() >= region.Bits() && region.Contains(p.Addr()) && u.After(now) {
+			sub[p] = u
+		}
+	}
+	next = spans(sub)
+	in := make(map[rangeKey]time.Time, len(next))
+	for _, sp := range next {
+		in[rangeKey{sp.lo, sp.hi}] = sp.until
+	}
+	for k, u := range have {
+		if !region.Contains(k.lo) || !u.After(now) {
+			continue
+		}
+		if nu, ok := in[k]; !ok || !nu.Equal(u) {
+			del = append(del, span{k.lo, k.hi, u})
+		}
+	}
+	for _, sp := range next {
+		if u, ok := have[rangeKey{sp.lo, sp.hi}]; !ok || !u.Equal(sp.until) || !u.After(now) {
+			add = append(add, sp)
+		}
+	}
+	return next, del, add
 }
 
 // elements returns the interval elements of sps: per range a start element
