@@ -206,7 +206,8 @@ func TestPlanModel(t *testing.T) {
 		now := t0
 		for step := range 40 {
 			now = now.Add(time.Duration(rng.IntN(4)) * 10 * time.Minute) // coarse: ends coincide
-			for k, u := range kernel {                                   // the kernel's expiry
+			// The kernel's expiry.
+			for k, u := range kernel {
 				if !u.After(now) {
 					delete(kernel, k)
 				}
