@@ -24,10 +24,14 @@
 // accept in the admin's own tables cannot re-admit a banned address. Only
 // new connections are dropped: sessions already open (and their data
 // connections' established flows) go on, as the proxy itself ends them.
-// Without drop_rule only the sets are kept, for the admin's own rules to
-// reference (their table cannot reference our sets across tables, so such
-// rules go in this table's own chains; replaced on Sync — keep them in a
-// file applied after ftpguard starts, or use drop_rule).
+//
+// Without drop_rule only the sets are kept, for rules of the admin's own.
+// A rule can only reference a set of its own table, so such rules go in
+// chains the admin adds to this table (say, from an nft -f file applied
+// after ftpguard starts): Sync flushes and refills the sets, the ports set
+// and the input chain, in one transaction, and keeps every other chain.
+// Only when the table has objects of another layout under these names does
+// Sync delete and re-create the whole table (also in one transaction).
 package nftset
 
 import (
@@ -71,8 +75,9 @@ var ErrClosed = errors.New("nftset: closed")
 // the zero value is not usable. Safe for concurrent use: one mutex
 // serializes the netlink conversations and the Set's own state.
 //
-// Every method but Close does a netlink round trip with the kernel (well
-// under a millisecond usually, longer for a big Sync or a busy machine):
+// Open, Sync, Add, Remove (and Close with remove_on_exit) do a netlink
+// round trip with the kernel (about a millisecond; tens of milliseconds
+// for a Sync of thousands of bans or on a busy machine):
 // call them from a goroutine of the caller's own (such as the firewall
 // queue), never while holding a lock of the caller's (the limiter's, a
 // session's), so a slow kernel never holds up the proxy.
@@ -260,7 +265,7 @@ func (s *Set) pruneLocked(now time.Time) {
 	}
 }
 
-// wantSpans returns the ranges want needs, per family.
+// wantSpansLocked returns the ranges s.want needs, per family.
 func (s *Set) wantSpansLocked() [2][]span {
 	var fam [2]map[netip.Prefix]time.Time
 	for i := range fam {
@@ -340,22 +345,47 @@ func (s *Set) regionLocked(p netip.Prefix) netip.Prefix {
 	return r
 }
 
-// rewriteLocked replaces the table with one built from s.want, in one
-// transaction: "add table; delete table; table …" (the add makes the
-// delete safe when the table is missing). Only this table is touched.
+// rewriteLocked rewrites the table's sets (and chain) from s.want, in one
+// transaction, so the bans never lapse: "add table; add set …; flush set
+// …; add element …" keeps chains of the admin's own in this table (the
+// only place rules can reference banned4/banned6 from). If that fails
+// (objects of an older layout: another key type, hook or priority) the
+// table is deleted and created anew, also in one transaction. Only this
+// table is touched.
 func (s *Set) rewriteLocked(now time.Time) error {
 	s.rewrites++
 	s.pruneLocked(now)
 	want := s.wantSpansLocked()
+	err := s.replaceLocked(want, now, false)
+	if err != nil {
+		if err2 := s.replaceLocked(want, now, true); err2 != nil {
+			s.have = [2]map[rangeKey]time.Time{}
+			return fmt.Errorf("nftset: replace table inet %s: %w", s.cfg.Table, errors.Join(err, err2))
+		}
+	}
+	for i := range want {
+		s.have[i] = make(map[rangeKey]time.Time, len(want[i]))
+		for _, sp := range want[i] {
+			s.have[i][rangeKey{sp.lo, sp.hi}] = sp.until
+		}
+	}
+	return nil
+}
+
+// replaceLocked sends the transaction of rewriteLocked: with recreate the
+// table is deleted first ("add table" before makes that safe when it is
+// missing), otherwise its sets and chain are flushed and refilled.
+func (s *Set) replaceLocked(want [2][]span, now time.Time, recreate bool) error {
 	c, err := s.conn()
 	if err != nil {
 		return err
 	}
 	t := s.table()
 	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
-	var next [2]map[rangeKey]time.Time
+	if recreate {
+		c.DelTable(t)
+		c.AddTable(t)
+	}
 	var sets [2]*nftables.Set
 	for i, def := range [2]struct {
 		name string
@@ -364,36 +394,18 @@ func (s *Set) rewriteLocked(now time.Time) error {
 		set := &nftables.Set{Table: t, Name: def.name, KeyType: def.typ, Interval: true, HasTimeout: true}
 		sets[i] = set
 		if err := c.AddSet(set, nil); err != nil {
-			return fmt.Errorf("nftset: set %s: %w", def.name, err)
+			return fmt.Errorf("set %s: %w", def.name, err)
 		}
-		next[i] = make(map[rangeKey]time.Time, len(want[i]))
-		for _, sp := range want[i] {
-			next[i][rangeKey{sp.lo, sp.hi}] = sp.until
-		}
+		c.FlushSet(set)
 		for _, chunk := range chunks(elements(want[i], now, true)) {
 			if err := c.SetAddElements(set, chunk); err != nil {
-				return fmt.Errorf("nftset: set %s: %w", def.name, err)
+				return fmt.Errorf("set %s: %w", def.name, err)
 			}
 		}
 	}
-	if s.cfg.DropRule {
-		if err := s.addDropChain(c, t, sets); err != nil {
-			return err
-		}
-	}
-	if err := c.Flush(); err != nil {
-		s.have = [2]map[rangeKey]time.Time{}
-		return fmt.Errorf("nftset: replace table inet %s: %w", s.cfg.Table, err)
-	}
-	s.have = next
-	return nil
-}
-
-// addDropChain queues the ports set, the input chain and its two rules.
-func (s *Set) addDropChain(c *nftables.Conn, t *nftables.Table, banned [2]*nftables.Set) error {
 	ports := &nftables.Set{Table: t, Name: SetPorts, KeyType: nftables.TypeInetService, Interval: true}
-	if err := c.AddSet(ports, portElements(s.ports)); err != nil {
-		return fmt.Errorf("nftset: set %s: %w", SetPorts, err)
+	if err := c.AddSet(ports, nil); err != nil {
+		return fmt.Errorf("set %s: %w", SetPorts, err)
 	}
 	policy := nftables.ChainPolicyAccept
 	ch := c.AddChain(&nftables.Chain{
@@ -404,14 +416,26 @@ func (s *Set) addDropChain(c *nftables.Conn, t *nftables.Table, banned [2]*nftab
 		Priority: nftables.ChainPriorityRef(ChainPriority),
 		Policy:   &policy,
 	})
-	for _, fam := range []struct {
-		nfproto byte
-		set     *nftables.Set
-		off, n  uint32
-	}{{unix.NFPROTO_IPV4, banned[0], 12, 4}, {unix.NFPROTO_IPV6, banned[1], 8, 16}} {
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropExprs(fam.nfproto, ports, fam.set, fam.off, fam.n)})
+	if !s.cfg.DropRule {
+		// Added just to be deleted: gone whether or not an earlier
+		// drop_rule = true left them.
+		c.DelChain(ch)
+		c.DelSet(ports)
+	} else {
+		c.FlushSet(ports)
+		if err := c.SetAddElements(ports, portElements(s.ports)); err != nil {
+			return fmt.Errorf("set %s: %w", SetPorts, err)
+		}
+		c.FlushChain(ch)
+		for _, fam := range []struct {
+			nfproto byte
+			set     *nftables.Set
+			off, n  uint32
+		}{{unix.NFPROTO_IPV4, sets[0], 12, 4}, {unix.NFPROTO_IPV6, sets[1], 8, 16}} {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropExprs(fam.nfproto, ports, fam.set, fam.off, fam.n)})
+		}
 	}
-	return nil
+	return c.Flush()
 }
 
 // dropExprs is "meta nfproto F meta l4proto tcp tcp dport @ports ct state
