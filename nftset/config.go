@@ -28,8 +28,8 @@ type Config struct {
 	// the admin's own to reference (@banned4, @banned6).
 	DropRule bool `toml:"drop_rule"`
 	// Ports are the destination ports the drop rule guards: single ports
-	// ("21") or ranges ("50000-50099"). Required with DropRule; the lead
-	// (cmd/ftpguard) fills them from listen and passive.ports when unset.
+	// ("21") or ranges ("50000-50099"). Required with DropRule (the
+	// caller may fill them from listen and passive.ports before Validate).
 	Ports []string `toml:"ports"`
 	// RemoveOnExit deletes the table on Close. Off by default: the bans
 	// stay in force across a restart until the new process re-syncs.
