@@ -143,6 +143,12 @@ type Limiter struct {
 	closeOnce sync.Once
 
 	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+
+	// The guesses waiting for a place, per key (wait.go). wmu is taken
+	// after mu when both are held, never before.
+	wmu     sync.Mutex
+	waiters map[bkey]*waitQueue
+	nwait   atomic.Int64 // guesses queued; 0 lets settles skip wmu
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their
@@ -284,6 +290,7 @@ func (l *Limiter) Reload(cfg Config) error {
 		l.bansEvicted++
 	}
 	l.syncLocked()
+	l.wakeOverlapping(netip.Prefix{}) // budgets may be larger, keys other
 	return nil
 }
 
