@@ -98,6 +98,8 @@ type Stats struct {
 	// Unsynced is the ban changes made while the shared store was down and
 	// not yet written to it.
 	Unsynced int
+	// Waiting is the guesses queued for a place of their key (Verdict.Wait).
+	Waiting int
 }
 
 // Limiter keeps budgets and bans per key. It is safe for concurrent use:
@@ -301,7 +303,9 @@ func (l *Limiter) Stats() Stats {
 	defer l.mu.Unlock()
 	l.bans.sweep(l.clock, -1)
 	l.syncLocked()
+	waiting, _ := l.waiting()
 	return Stats{
+		Waiting:     waiting,
 		Tracked:     l.budgets.len(),
 		Banned:      l.bans.active,
 		Remembered:  l.bans.len() - l.bans.active,

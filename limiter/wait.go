@@ -53,6 +53,11 @@ func (a *Attempt) Retry(now time.Time) (*Attempt, Verdict) {
 	return a.l.begin(now, a.addr, a.user, a.u, w)
 }
 
+// StopWaiting gives up a's place in the queue of its key, if it holds one,
+// without settling a: for a Busy guess that is forwarded all the same
+// (observe mode). Settle does it too.
+func (a *Attempt) StopWaiting() { a.leaveWait() }
+
 // leaveWait takes a's waiter, if any, out of its queue.
 func (a *Attempt) leaveWait() {
 	if a.w != nil {
