@@ -18,6 +18,7 @@ var rejectReasons = []string{
 	"banned",
 	"budget exhausted",
 	"attempts in flight",
+	"too many logins waiting",
 	"user budget spent",
 	"too many usernames from key",
 	"max_conns",

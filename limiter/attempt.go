@@ -14,6 +14,13 @@ type Verdict struct {
 	// UserRefused: the username's budget refused the guess (User.Throttled
 	// or User.TooManyNames); the address's budget was not asked.
 	UserRefused bool
+	// Wait, for a Busy verdict of Begin or Retry: the guess holds a place
+	// in the FIFO queue of its key, and Wait fires when it should try again
+	// (Attempt.Retry): an attempt of the key settled, the key was banned,
+	// its budget forgotten, the limiter reloaded. It may also fire for
+	// nothing. nil: not queued (the queue holds Config.MaxLoginWaiters
+	// guesses already, or the verdict is not Busy).
+	Wait <-chan struct{}
 }
 
 // OK reports whether the guess may be forwarded.
@@ -40,14 +47,25 @@ type Attempt struct {
 	held     bool // a place in the address's budget is held
 	userHeld bool // a place in the username's budget is held
 	settled  atomic.Bool
+	w        *waiter // its place in the queue of key (a Busy verdict), or nil
+	wr       waitReq // what the address's budget did with the queue
 }
 
 // Begin starts a login guess from addr for user ("" for none, e.g. ACCT):
 // the username's budget is asked first (u may be nil: per-username budgets
 // off), then the address's (Attempt). The returned Attempt is never nil and
 // must be settled once, whatever the verdict.
+//
+// A guess that finds every token of its key held by attempts in flight
+// (Busy), or other guesses of its key already waiting, is queued: see
+// Verdict.Wait and Attempt.Retry.
 func (l *Limiter) Begin(now time.Time, addr netip.Addr, user string, u *Users) (*Attempt, Verdict) {
-	a := &Attempt{l: l, addr: addr, key: l.Key(addr), user: user}
+	return l.begin(now, addr, user, u, nil)
+}
+
+// begin is Begin for the guess whose place in a queue is w (nil: none).
+func (l *Limiter) begin(now time.Time, addr netip.Addr, user string, u *Users, w *waiter) (*Attempt, Verdict) {
+	a := &Attempt{l: l, addr: addr, key: l.Key(addr), user: user, w: w}
 	var v Verdict
 	if u != nil && user != "" {
 		a.u = u
@@ -55,16 +73,25 @@ func (l *Limiter) Begin(now time.Time, addr netip.Addr, user string, u *Users) (
 		a.userHeld = v.User.Held
 		if v.User.Throttled || v.User.TooManyNames {
 			a.releaseUser()
+			a.leaveWait()
 			v.UserRefused = true
 			v.Key = a.key
 			return a, v
 		}
 	}
-	v.Decision = l.attempt(now, addr, a.key)
+	a.wr.w = w
+	v.Decision = l.attempt(now, addr, a.key, &a.wr)
 	a.held = v.Allowed && !v.Allowlisted
 	if !v.Allowed {
 		a.releaseUser()
 	}
+	if v.Busy && a.wr.got != nil {
+		a.w = a.wr.got
+		v.Wait = a.w.ch
+	} else {
+		a.leaveWait()
+	}
+	a.wr = waitReq{}
 	return a, v
 }
 
@@ -83,6 +110,7 @@ func (a *Attempt) Settle(now time.Time, o Outcome) Decision {
 		return Decision{}
 	}
 	defer a.releaseUser()
+	a.leaveWait()
 	var d Decision
 	switch o {
 	case OutcomeSuccess:

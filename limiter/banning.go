@@ -128,6 +128,7 @@ func (l *Limiter) banLocked(now time.Time, s *settings, p netip.Prefix, d time.D
 	r.seq, r.synced = l.seq, false
 	l.bansCreated++
 	l.budgets.remove(k)
+	l.wakeOverlapping(p) // the guesses waiting find the ban
 	l.syncLocked()
 	return ban, r.seq
 }

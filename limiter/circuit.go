@@ -72,10 +72,10 @@ func (c *circuit) unsynced() int {
 	return len(c.queue)
 }
 
-func (c *circuit) attempt(now time.Time, s *settings, addr netip.Addr, d Decision) (Decision, error) {
+func (c *circuit) attempt(now time.Time, s *settings, addr netip.Addr, d Decision, wr *waitReq) (Decision, error) {
 	l := c.l
 	if !c.open.Load() {
-		got, err := c.shared.attempt(now, s, addr, d)
+		got, err := c.shared.attempt(now, s, addr, d, wr)
 		if err == nil {
 			return got, nil
 		}
@@ -92,7 +92,7 @@ func (c *circuit) attempt(now time.Time, s *settings, addr netip.Addr, d Decisio
 		d.StoreDown = true
 		return d, nil
 	}
-	return c.local.attempt(now, s, addr, d)
+	return c.local.attempt(now, s, addr, d, wr)
 }
 
 func (c *circuit) fail(now time.Time, s *settings, addr netip.Addr, d Decision, b *bucket, cover *banRec, o Outcome) (Decision, error) {
@@ -457,6 +457,7 @@ func (l *Limiter) installLocked(s *settings, b Ban) bool {
 	r.seq, r.synced = l.seq, true
 	if l.clock.Before(b.Until) {
 		l.budgets.remove(k)
+		l.wakeOverlapping(b.Key) // the guesses waiting find the ban
 	}
 	l.syncLocked()
 	return true

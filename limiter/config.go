@@ -83,6 +83,11 @@ type Config struct {
 	// unknown user on some daemons) against the key's budget
 	// (count_user_rejects; the config file's default is true).
 	CountUserRejects bool
+	// MaxLoginWaiters bounds the guesses of one key that wait in its FIFO
+	// queue for a place held by attempts in flight (Verdict.Wait); beyond
+	// it a Busy guess is not queued, and the caller refuses it
+	// (max_login_waiters; default 32).
+	MaxLoginWaiters int
 }
 
 // ConfigError is the error Validate returns for one bad setting; Validate
@@ -146,6 +151,9 @@ func (c Config) Validate() error {
 	case c.MaxTracked > math.MaxInt32:
 		bad("max_tracked", "must be ≤ %d", math.MaxInt32)
 	}
+	if c.MaxLoginWaiters < 0 {
+		bad("max_login_waiters", "must be ≥ 1")
+	}
 	return errors.Join(errs...)
 }
 
@@ -174,6 +182,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxTracked == 0 {
 		c.MaxTracked = DefaultMaxTracked
+	}
+	if c.MaxLoginWaiters == 0 {
+		c.MaxLoginWaiters = DefaultMaxLoginWaiters
 	}
 	return c
 }

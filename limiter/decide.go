@@ -24,12 +24,15 @@ import (
 // when the store is down the local one decides, or with Config.FailClosed
 // the attempt is refused (StoreDown).
 func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
-	return l.attempt(now, addr, netip.Prefix{})
+	return l.attempt(now, addr, netip.Prefix{}, nil)
 }
 
 // attempt is Attempt on key, the key of addr that the attempt is taken on
-// (the invalid Prefix: addr's key under the settings in force).
-func (l *Limiter) attempt(now time.Time, addr netip.Addr, key netip.Prefix) Decision {
+// (the invalid Prefix: addr's key under the settings in force). wr (nil:
+// never queue) is the guess's place in the queue of its key: a guess with
+// others of its key queued ahead is Busy without asking the budget, and a
+// Busy guess is queued.
+func (l *Limiter) attempt(now time.Time, addr netip.Addr, key netip.Prefix, wr *waitReq) Decision {
 	addr = normAddr(addr)
 	if !addr.IsValid() {
 		return Decision{}
@@ -50,7 +53,12 @@ func (l *Limiter) attempt(now time.Time, addr netip.Addr, key netip.Prefix) Deci
 		d.Ban = r.ban
 		return d
 	}
-	d, _ = l.keeper.attempt(now, s, addr, d) // releases l.mu; it never fails
+	if l.aheadLocked(s, d.Key, wr) {
+		l.mu.Unlock()
+		d.Busy = true
+		return d
+	}
+	d, _ = l.keeper.attempt(now, s, addr, d, wr) // releases l.mu; it never fails
 	return d
 }
 
@@ -66,8 +74,8 @@ func (l *Limiter) publish(d Decision, seq uint64) Decision {
 
 // attemptLocked decides an attempt of d.Key, neither allowlisted nor
 // banned, on the local budget; for a new ban it returns its version, for
-// saveBan once l.mu is released.
-func (l *Limiter) attemptLocked(now time.Time, s *settings, d Decision) (Decision, uint64) {
+// saveBan once l.mu is released. A Busy guess is queued (wr).
+func (l *Limiter) attemptLocked(now time.Time, s *settings, d Decision, wr *waitReq) (Decision, uint64) {
 	b := l.bucketLocked(now, s, keyOf(d.Key))
 	tokens := whole(b.lim.TokensAt(now))
 	if free := tokens - int(b.pending); free >= 1 {
@@ -77,6 +85,7 @@ func (l *Limiter) attemptLocked(now time.Time, s *settings, d Decision) (Decisio
 	}
 	if tokens >= 1 {
 		d.Busy = true
+		l.busyLocked(s, d.Key, wr)
 		return d, 0
 	}
 	ban, seq := l.banLocked(now, s, d.Key, 0, ReasonBudget)
@@ -125,6 +134,7 @@ func (l *Limiter) settle(now time.Time, addr netip.Addr, key netip.Prefix, o Out
 	}
 	l.mu.Unlock()
 	l.keeper.settled(now, s, key, o) // counts its own errors
+	l.signalHead(key)                // its place is free: the first guess waiting takes it
 }
 
 // Failure settles an attempt of addr that failed: it frees its place and
@@ -193,6 +203,9 @@ func (l *Limiter) fail(now time.Time, addr netip.Addr, key netip.Prefix, o Outco
 		b.lim.ReserveN(now, 1)
 	}
 	d, _ = l.keeper.fail(now, s, addr, d, b, cover, o) // releases l.mu; it never fails
+	if o == OutcomeFailure && !d.NewBan {
+		l.signalHead(d.Key) // a place given up (a ban wakes every waiter itself)
+	}
 	return d
 }
 
@@ -244,6 +257,7 @@ func (l *Limiter) evictBudgetLocked() {
 		l.budgets.get(b.key) // make it most recently used
 		b = l.budgets.oldest()
 	}
+	l.wakeKeyLocked(b.key) // a forgotten key starts again with a full budget
 	l.budgets.remove(b.key)
 	l.evicted++
 }

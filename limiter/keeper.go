@@ -15,8 +15,9 @@ import (
 // holds one and never asks which.
 type budgetKeeper interface {
 	// attempt decides an attempt of d.Key (neither allowlisted nor banned
-	// at the check). It is called with l.mu held and releases it.
-	attempt(now time.Time, s *settings, addr netip.Addr, d Decision) (Decision, error)
+	// at the check). It is called with l.mu held and releases it. A Busy
+	// verdict queues the guess (l.busyLocked with wr, l.mu held).
+	attempt(now time.Time, s *settings, addr netip.Addr, d Decision, wr *waitReq) (Decision, error)
 	// fail decides a failure of d.Key (OutcomeFailure, which settles an
 	// attempt, or OutcomePenalty) that the local budget b has already
 	// counted; cover is the ban covering addr (of another prefix, as d.Key
@@ -48,8 +49,8 @@ var (
 // localKeeper decides with the limiter's own table of budgets.
 type localKeeper struct{ l *Limiter }
 
-func (k localKeeper) attempt(now time.Time, s *settings, _ netip.Addr, d Decision) (Decision, error) {
-	d, seq := k.l.attemptLocked(now, s, d)
+func (k localKeeper) attempt(now time.Time, s *settings, _ netip.Addr, d Decision, wr *waitReq) (Decision, error) {
+	d, seq := k.l.attemptLocked(now, s, d, wr)
 	k.l.mu.Unlock()
 	return k.l.publish(d, seq), nil
 }
@@ -77,7 +78,7 @@ type sharedKeeper struct {
 	sb SharedBudgets
 }
 
-func (k sharedKeeper) attempt(now time.Time, s *settings, _ netip.Addr, d Decision) (Decision, error) {
+func (k sharedKeeper) attempt(now time.Time, s *settings, _ netip.Addr, d Decision, wr *waitReq) (Decision, error) {
 	l := k.l
 	l.mu.Unlock()
 	res, err := k.sb.SharedAttempt(context.Background(), d.Key, now, s.params())
@@ -94,7 +95,10 @@ func (k sharedKeeper) attempt(now time.Time, s *settings, _ netip.Addr, d Decisi
 		b.pending++
 		d.Allowed, d.Remaining = true, res.Remaining
 	case SharedBusy:
+		// Places freed by other limiters signal nothing here: the
+		// caller's wait polls (docs/operating.md).
 		d.Busy = true
+		l.busyLocked(s, d.Key, wr)
 	default:
 		d, change = l.sharedBanLocked(s, res, d)
 	}

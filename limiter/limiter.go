@@ -98,6 +98,8 @@ type Stats struct {
 	// Unsynced is the ban changes made while the shared store was down and
 	// not yet written to it.
 	Unsynced int
+	// Waiting is the guesses queued for a place of their key (Verdict.Wait).
+	Waiting int
 }
 
 // Limiter keeps budgets and bans per key. It is safe for concurrent use:
@@ -143,6 +145,12 @@ type Limiter struct {
 	closeOnce sync.Once
 
 	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+
+	// The guesses waiting for a place, per key (wait.go). wmu is taken
+	// after mu when both are held, never before.
+	wmu     sync.Mutex
+	waiters map[bkey]*waitQueue
+	nwait   atomic.Int64 // guesses queued; 0 lets settles skip wmu
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their
@@ -284,6 +292,7 @@ func (l *Limiter) Reload(cfg Config) error {
 		l.bansEvicted++
 	}
 	l.syncLocked()
+	l.wakeOverlapping(netip.Prefix{}) // budgets may be larger, keys other
 	return nil
 }
 
@@ -294,7 +303,9 @@ func (l *Limiter) Stats() Stats {
 	defer l.mu.Unlock()
 	l.bans.sweep(l.clock, -1)
 	l.syncLocked()
+	waiting, _ := l.waiting()
 	return Stats{
+		Waiting:     waiting,
 		Tracked:     l.budgets.len(),
 		Banned:      l.bans.active,
 		Remembered:  l.bans.len() - l.bans.active,

@@ -31,6 +31,7 @@ type LimitsConfig struct {
 	CountUserRejects bool          `toml:"count_user_rejects"`
 	FailureDelay     time.Duration `toml:"failure_delay"`
 	MaxFailureDelay  time.Duration `toml:"max_failure_delay"`
+	MaxLoginWaiters  int           `toml:"max_login_waiters"`
 }
 
 // DefaultLimits returns the [limits] settings used for every key a file
@@ -43,6 +44,7 @@ func DefaultLimits() LimitsConfig {
 		MaxTracked:       DefaultMaxTracked,
 		CountUserRejects: true,
 		FailureDelay:     time.Second, MaxFailureDelay: 16 * time.Second,
+		MaxLoginWaiters: DefaultMaxLoginWaiters,
 	}
 }
 
@@ -66,6 +68,7 @@ func (c LimitsConfig) Settings(p *conf.Problems, failClosed bool) Config {
 	p.Between("limits.ipv6_prefix", c.IPv6Prefix, 1, 128)
 	allow := p.Prefixes("limits.allow", c.Allow)
 	p.AtLeast("limits.max_tracked", c.MaxTracked, 1)
+	p.AtLeast("limits.max_login_waiters", c.MaxLoginWaiters, 1)
 	if c.FailureDelay < 0 {
 		p.Add("limits.failure_delay", "must be ≥ 0 (0 turns the tarpit off), got %v", c.FailureDelay)
 	}
@@ -87,6 +90,7 @@ func (c LimitsConfig) Settings(p *conf.Problems, failClosed bool) Config {
 		FailureDelay:     c.FailureDelay,
 		MaxFailureDelay:  c.MaxFailureDelay,
 		CountUserRejects: c.CountUserRejects,
+		MaxLoginWaiters:  c.MaxLoginWaiters,
 	}
 	addRest(p, n, "limits.", cfg.Validate())
 	return cfg

@@ -22,7 +22,7 @@ func TestSectionDefaults(t *testing.T) {
 	}
 	want := Config{Failures: 5, Window: 10 * time.Minute, BanTime: time.Hour, BanFactor: 2, MaxBanTime: 168 * time.Hour,
 		IPv4Prefix: 32, IPv6Prefix: 64, MaxTracked: 1_000_000, FailClosed: true,
-		FailureDelay: time.Second, MaxFailureDelay: 16 * time.Second, CountUserRejects: true}
+		FailureDelay: time.Second, MaxFailureDelay: 16 * time.Second, CountUserRejects: true, MaxLoginWaiters: 32}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("Config = %+v\nwant     %+v", cfg, want)
 	}
@@ -54,6 +54,8 @@ func TestSectionProblems(t *testing.T) {
 			[]string{"limits.failures: must be ≥ 1, got -1"}},
 		{"huge failures", func(l *LimitsConfig, _ *UserLimitsConfig) { l.Failures = math.MaxInt32 + 1 },
 			[]string{"limits.failures: must be ≤ 2147483647"}},
+		{"max login waiters", func(l *LimitsConfig, _ *UserLimitsConfig) { l.MaxLoginWaiters = 0 },
+			[]string{"limits.max_login_waiters: must be ≥ 1, got 0"}},
 		{"window", func(l *LimitsConfig, _ *UserLimitsConfig) { l.Window = -time.Second },
 			[]string{`limits.window: must be a positive duration such as "30s", got -1s`}},
 		{"ban factor", func(l *LimitsConfig, _ *UserLimitsConfig) { l.BanFactor = 0.5 },

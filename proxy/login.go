@@ -100,9 +100,11 @@ func (s *session) loginUser(cmd ftpproto.Command) bool {
 //     (distributed guessing), or one more name than a key may try
 //     (spraying), is answered 530 by the proxy after the tarpit, never
 //     forwarded; the guess still costs the key a token.
-//   - A key with no place left is answered 421 and the session ends
-//     (docs/design.md rule 3); so is every guess while the shared store is
-//     down with fail_closed, and a key with too many guesses in flight.
+//   - A key whose tokens are all held by guesses in flight waits for one
+//     (awaitPlace). A key with no place left is answered 421 and the
+//     session ends (docs/design.md rule 3); so is every guess while the
+//     shared store is down with fail_closed, and one that waited in vain
+//     or found the key's queue full.
 //   - In observe mode both are forwarded all the same, and counted.
 func (s *session) guess(cmd ftpproto.Command, user string) bool {
 	named := user
@@ -111,6 +113,10 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 	}
 	now := time.Now()
 	a, v := s.srv.lim.Begin(now, s.peer.Addr(), named, s.srv.users)
+	if v.Busy {
+		a, v = s.awaitPlace(a, v)
+		now = time.Now()
+	}
 	switch {
 	case v.OK():
 	case v.UserRefused:
@@ -125,7 +131,7 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 		if v.NewBan {
 			s.logBan(v.Decision, user)
 		}
-		if refused := s.refusedByBudget(cmd.Verb, user, v.Decision); refused {
+		if refused := s.refusedByBudget(cmd.Verb, user, v.Decision, v.Wait != nil); refused {
 			a.Settle(now, limiter.OutcomeRelease) // it holds nothing
 			return false
 		}
@@ -135,13 +141,19 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 }
 
 // refusedByBudget reports whether a guess the address's budget refused
-// (d) is refused (421, the session ends), or, in observe mode, forwarded.
-func (s *session) refusedByBudget(verb, user string, d limiter.Decision) bool {
+// (d; queued: a Busy guess that waited in its key's queue until
+// login_timeout, rather than one the full queue turned away) is refused
+// (421, the session ends), or, in observe mode, forwarded.
+func (s *session) refusedByBudget(verb, user string, d limiter.Decision, queued bool) bool {
 	var refused bool
 	switch {
 	case d.StoreDown:
 		if refused = s.srv.enforce(s.log, "store unreachable (fail_closed)", "cmd", verb); refused {
 			s.finish(421, "Service temporarily unavailable, try again later.")
+		}
+	case d.Busy && !queued:
+		if refused = s.srv.enforce(s.log, "too many logins waiting", "cmd", verb, "key", d.Key.String()); refused {
+			s.finish(421, "Too many logins waiting from your address; try again later.")
 		}
 	case d.Busy:
 		if refused = s.srv.enforce(s.log, "attempts in flight", "cmd", verb, "key", d.Key.String()); refused {
@@ -153,6 +165,49 @@ func (s *session) refusedByBudget(verb, user string, d limiter.Decision) bool {
 		}
 	}
 	return refused
+}
+
+// placePoll is how often a guess waiting for a place of its key tries
+// again without a signal: places freed by other instances on a shared
+// store, or by the budget refilling, signal nothing here.
+const placePoll = 200 * time.Millisecond
+
+// awaitPlace waits while the guess a (verdict v) is Busy — every token of
+// its key held by guesses in flight — in its key's FIFO queue: until the
+// limiter signals that an attempt settled (or a ban, a reload) or
+// placePoll has passed, then it tries again (docs/design.md rule 3). It
+// stops at the login deadline (login_timeout from the session's start) or
+// when the session ends, and returns the last attempt and verdict: a guess
+// still Busy is refused by the caller. A guess the full queue turned away
+// (v.Wait nil) does not wait; nor does any in observe mode, where Busy
+// guesses are forwarded at once.
+func (s *session) awaitPlace(a *limiter.Attempt, v limiter.Verdict) (*limiter.Attempt, limiter.Verdict) {
+	cfg := s.srv.config()
+	if v.Wait == nil {
+		return a, v
+	}
+	if cfg.Observe {
+		a.StopWaiting()
+		return a, v
+	}
+	start := time.Now()
+	deadline := time.NewTimer(s.start.Add(cfg.LoginTimeout).Sub(start))
+	defer deadline.Stop()
+	poll := time.NewTicker(placePoll)
+	defer poll.Stop()
+	for v.Busy && v.Wait != nil {
+		select {
+		case <-v.Wait:
+		case <-poll.C:
+		case <-deadline.C:
+			return a, v
+		case <-s.done:
+			return a, v
+		}
+		a, v = a.Retry(time.Now())
+	}
+	s.log.Debug("waited for a place", "key", v.Key.String(), "for", time.Since(start), "ok", v.OK())
+	return a, v
 }
 
 // refuseGuess answers a PASS its username's budget refused: counted as a

@@ -534,8 +534,98 @@ func TestPipelinedLoginNotStarved(t *testing.T) {
 }
 
 // TestConcurrentAttemptsBusy: when attempts in flight hold every token
-// left, one more is refused with 421 but the peer is not banned.
+// left, one more waits for a place (TestConcurrentLoginsWait); once the
+// key's queue is full (max_login_waiters), one more is refused with 421,
+// and the peer is not banned for it. The fake daemon holds a reply until
+// told to: a real one cannot be made to.
 func TestConcurrentAttemptsBusy(t *testing.T) {
+	release := make(chan struct{})
+	f := startFake(t, func(c net.Conn, line string) bool {
+		if line == "PASS slow" {
+			<-release
+		}
+		return false
+	})
+	defer close(release)
+	p := startProxy(t, f.ln.Addr().String(), Config{}, limiter.Config{Failures: 1, Window: time.Hour, BanTime: time.Hour, MaxLoginWaiters: 1})
+	c1 := dial(t, p.addr)
+	c1.expect(220)
+	c1.send("USER u\r\nPASS slow\r\n")
+	c1.expect(331)
+	waitFor(t, "c1's PASS at the daemon", func() bool { return f.count("PASS slow") == 1 })
+	c2 := dial(t, p.addr)
+	c2.expect(220)
+	c2.send("USER u\r\nPASS other\r\n")
+	c2.expect(331)
+	waitFor(t, "c2 waiting", func() bool { return p.lim.Stats().Waiting == 1 })
+	c3 := dial(t, p.addr)
+	c3.expect(220)
+	c3.send("USER u\r\n")
+	c3.expect(331)
+	c3.send("PASS third\r\n")
+	if r := c3.expect(421); !strings.Contains(r.Text(), "waiting") {
+		t.Fatalf("busy reply %q", r.Text())
+	}
+	if !p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")).Allowed {
+		t.Fatal("a busy refusal banned the peer")
+	}
+	if f.count("PASS other") != 0 || f.count("PASS third") != 0 {
+		t.Fatal("a PASS without a place reached the daemon")
+	}
+}
+
+// TestConcurrentLoginsWait: logins of one address beyond its budget's
+// free places wait in turn for the attempts in flight rather than get
+// 421 (issue 12: parallel sessions of one client, offices behind NAT): a
+// success gives its place to the first waiter, and the waiters go to the
+// daemon in the order they came. The fake daemon holds a reply until told
+// to: a real one cannot be made to.
+func TestConcurrentLoginsWait(t *testing.T) {
+	release := make(chan struct{})
+	f := startFake(t, func(c net.Conn, line string) bool {
+		if line == "PASS slowgood" {
+			<-release
+			fmt.Fprint(c, "230 Login successful.\r\n")
+			return true
+		}
+		return false
+	})
+	p := startProxy(t, f.ln.Addr().String(), Config{}, limiter.Config{Failures: 1, Window: time.Hour, BanTime: time.Hour})
+	c1 := dial(t, p.addr)
+	c1.expect(220)
+	c1.send("USER u\r\nPASS slowgood\r\n")
+	c1.expect(331)
+	waitFor(t, "c1's PASS at the daemon", func() bool { return f.count("PASS slowgood") == 1 })
+	var cs []*client
+	for i := range 3 {
+		c := dial(t, p.addr)
+		c.expect(220)
+		c.send("USER u\r\n")
+		c.expect(331)
+		c.send("PASS good\r\n")
+		waitFor(t, "a waiter", func() bool { return p.lim.Stats().Waiting == i+1 })
+		cs = append(cs, c)
+	}
+	if f.count("PASS good") != 0 {
+		t.Fatal("a PASS without a place reached the daemon")
+	}
+	close(release)
+	c1.expect(230)
+	for _, c := range cs {
+		c.expect(230)
+	}
+	if n := f.count("PASS good"); n != 3 {
+		t.Fatalf("%d waiting PASS reached the daemon; want 3", n)
+	}
+	if st := p.lim.Stats(); st.Waiting != 0 || st.Banned != 0 {
+		t.Fatalf("after the logins: %+v", st)
+	}
+}
+
+// TestWaitEndsWithSession: a session that ends while its PASS waits for
+// a place leaves no waiter behind (nor a goroutine: goleak in TestMain),
+// and the waiting PASS never reaches the daemon.
+func TestWaitEndsWithSession(t *testing.T) {
 	release := make(chan struct{})
 	f := startFake(t, func(c net.Conn, line string) bool {
 		if line == "PASS slow" {
@@ -549,24 +639,29 @@ func TestConcurrentAttemptsBusy(t *testing.T) {
 	c1.expect(220)
 	c1.send("USER u\r\nPASS slow\r\n")
 	c1.expect(331)
+	waitFor(t, "c1's PASS at the daemon", func() bool { return f.count("PASS slow") == 1 })
 	c2 := dial(t, p.addr)
 	c2.expect(220)
-	c2.send("USER u\r\n")
+	c2.send("USER u\r\nPASS waiting\r\n")
 	c2.expect(331)
-	// c1's attempt may not have been taken yet; wait until it has.
-	deadline := time.Now().Add(5 * time.Second)
-	for f.count("PASS slow") == 0 && time.Now().Before(deadline) {
+	waitFor(t, "c2 waiting", func() bool { return p.lim.Stats().Waiting == 1 })
+	p.srv.Close()
+	waitFor(t, "no waiter", func() bool { return p.lim.Stats().Waiting == 0 })
+	if f.count("PASS waiting") != 0 {
+		t.Fatal("the waiting PASS reached the daemon")
+	}
+}
+
+// waitFor polls cond until it holds (10 s at most: a bound, not a timing
+// threshold).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
 		time.Sleep(time.Millisecond)
-	}
-	c2.send("PASS other\r\n")
-	if r := c2.expect(421); !strings.Contains(r.Text(), "in progress") {
-		t.Fatalf("busy reply %q", r.Text())
-	}
-	if !p.lim.Check(time.Now(), netip.MustParseAddr("127.0.0.1")).Allowed {
-		t.Fatal("a busy refusal banned the peer")
-	}
-	if f.count("PASS other") != 0 {
-		t.Fatal("the refused PASS reached the daemon")
 	}
 }
 

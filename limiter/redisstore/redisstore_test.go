@@ -904,3 +904,63 @@ func TestConformance(t *testing.T) {
 	srv := startRedis(t)
 	storetest.Conformance(t, func(t *testing.T) limiter.Store { return newStore(t, srv, Options{Prefix: "conformance:"}) })
 }
+
+// TestSharedWaitForPlace: with budgets shared on Redis, a guess of one
+// limiter that finds the key's only place held by another limiter is
+// queued (Verdict.Wait). The other limiter's settle cannot signal it: it
+// finds the place on its next try (the proxy's poll), and a settle of its
+// own limiter does signal the next waiter.
+func TestSharedWaitForPlace(t *testing.T) {
+	noLeaks(t)
+	srv := startRedis(t)
+	cfg := limiter.Config{Failures: 1}
+	addr := netip.MustParseAddr("192.0.2.77")
+	a := newRedisLimiter(t, srv, cfg, Options{})
+	b := newRedisLimiter(t, srv, cfg, Options{})
+	now := time.Now()
+
+	held, v := a.Begin(now, addr, "", nil)
+	if !v.OK() {
+		t.Fatalf("a's guess: %+v", v)
+	}
+	w1, v := b.Begin(now, addr, "", nil)
+	if !v.Busy || v.Wait == nil {
+		t.Fatalf("b's guess while a holds the place: %+v, want Busy and queued", v)
+	}
+	wait1 := v.Wait
+	w2, v := b.Begin(now, addr, "", nil)
+	if !v.Busy || v.Wait == nil {
+		t.Fatalf("b's second guess: %+v, want Busy and queued", v)
+	}
+	wait2 := v.Wait
+	held.Settle(now, limiter.OutcomeSuccess)
+	select {
+	case <-wait1:
+		t.Fatal("another limiter's settle signalled b's waiter")
+	default:
+	}
+	w1, v = w1.Retry(now) // the poll
+	if !v.OK() {
+		t.Fatalf("b's first waiter after a's success: %+v, want OK", v)
+	}
+	if w2, v = w2.Retry(now); !v.Busy || v.Wait != wait2 {
+		t.Fatalf("b's second waiter: %+v, want Busy at its place", v)
+	}
+	select { // signalled when the first left the queue: drained
+	case <-wait2:
+	default:
+	}
+	w1.Settle(now, limiter.OutcomeSuccess)
+	select {
+	case <-wait2:
+	default:
+		t.Fatal("b's own settle did not signal its next waiter")
+	}
+	if w2, v = w2.Retry(now); !v.OK() {
+		t.Fatalf("b's second waiter after b's success: %+v, want OK", v)
+	}
+	w2.Settle(now, limiter.OutcomeSuccess)
+	if st := b.Stats(); st.Waiting != 0 {
+		t.Fatalf("waiters left: %d", st.Waiting)
+	}
+}
