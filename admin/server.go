@@ -1,6 +1,6 @@
 // Package admin is ftpguard's admin HTTP API and its command-line client:
-// bans (list, add, lift), reload, health, Prometheus metrics, and a status
-// page with the recent events. It owns the [admin] section of the config
+// bans (list, add, lift), throttled usernames (list, reset), reload,
+// health, Prometheus metrics, and a status page with the recent events. It owns the [admin] section of the config
 // file (config.go); the daemon feeds a Server with the limiter, the
 // metrics and funcs for what only it knows (reload, the settings in force).
 package admin
