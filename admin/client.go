@@ -22,7 +22,7 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-// Exit codes of the client subcommands (bans, status, reload).
+// Exit codes of the client subcommands (bans, users, status, reload).
 const (
 	exitOK    = 0 // done; for status: healthy
 	exitFail  = 1 // the operation failed: no endpoint, refused, no such ban, unhealthy
@@ -34,6 +34,8 @@ const ClientUsage = `usage:
   ftpguard bans list                    list the bans in force
   ftpguard bans add IP|CIDR [DURATION]  ban (DURATION like 90m, 12h, 7d; default: the escalated ban time)
   ftpguard bans del IP|CIDR             lift a ban
+  ftpguard users list                   list the usernames whose logins from new addresses are paused
+  ftpguard users reset NAME             lift a username's throttle (any spelling of it)
   ftpguard status                       health, counters and bans at a glance
   ftpguard reload                       re-read the config (as SIGHUP)
 flags (anywhere after the subcommand):
@@ -212,7 +214,7 @@ func resolveTarget(configPath string, configSet bool, admin, tokenFile string) (
 	return t, nil
 }
 
-// RunClient runs a client subcommand of ftpguard (bans, status, reload)
+// RunClient runs a client subcommand of ftpguard (bans, users, status, reload)
 // with its arguments and returns its exit code: 0 done (status: healthy),
 // 1 failed, 2 a bad command line. defaultConfig is the config file read for
 // the endpoint's address and token when -config is not given.
@@ -250,16 +252,26 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 
 	err := func() error {
 		var sub string
-		if cmd == "bans" {
+		switch cmd {
+		case "bans":
 			if len(pos) == 0 {
 				return failf(exitUsage, "ftpguard bans: want list, add IP [DURATION] or del IP")
 			}
 			sub, pos = pos[0], pos[1:]
+		case "users":
+			if len(pos) == 0 {
+				return failf(exitUsage, "ftpguard users: want list or reset NAME")
+			}
+			sub, pos = pos[0], pos[1:]
 		}
-		want := map[string][2]int{"bans list": {0, 0}, "bans add": {1, 2}, "bans del": {1, 1}, "status": {0, 0}, "reload": {0, 0}}
+		want := map[string][2]int{"bans list": {0, 0}, "bans add": {1, 2}, "bans del": {1, 1}, "status": {0, 0}, "reload": {0, 0},
+			"users list": {0, 0}, "users reset": {1, 1}}
 		name := strings.TrimSpace(cmd + " " + sub)
 		n, ok := want[name]
-		if !ok {
+		switch {
+		case !ok && cmd == "users":
+			return failf(exitUsage, "ftpguard users: unknown subcommand %q (want list or reset)", sub)
+		case !ok:
 			return failf(exitUsage, "ftpguard bans: unknown subcommand %q (want list, add or del)", sub)
 		}
 		if len(pos) < n[0] || len(pos) > n[1] {
@@ -309,6 +321,21 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 				return err
 			}
 			fmt.Fprintf(stdout, "unbanned %s\n", out["unbanned"])
+		case "users list":
+			var users []userJSON
+			if _, err := c.do("GET", "/users", nil, &users); err != nil {
+				return err
+			}
+			if *asJSON {
+				return printJSON(stdout, users)
+			}
+			writeUsersTable(stdout, users)
+		case "users reset":
+			var out map[string]string
+			if _, err := c.do("DELETE", "/users/"+url.PathEscape(pos[0]), nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "reset %q: logins to it from new addresses are no longer paused\n", out["reset"])
 		case "reload":
 			var out map[string]string
 			if _, err := c.do("POST", "/reload", nil, &out); err != nil {
@@ -406,6 +433,14 @@ func writeStatus(w io.Writer, s Status) {
 	if len(s.Bans) > 0 {
 		fmt.Fprintln(w)
 		writeBansTable(w, s.banList())
+	}
+	if len(s.Users) > 0 {
+		fmt.Fprintln(w)
+		users := make([]userJSON, len(s.Users))
+		for i, u := range s.Users {
+			users[i] = u.userJSON
+		}
+		writeUsersTable(w, users)
 	}
 }
 

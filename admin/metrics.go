@@ -19,7 +19,7 @@ var rejectReasons = []string{
 	"budget exhausted",
 	"attempts in flight",
 	"too many logins waiting",
-	"user budget spent",
+	"username throttled", // a PASS for a username whose budget is spent, from a new address: 530, no cost
 	"too many usernames from key",
 	"max_conns",
 	"max_conns_per_ip",

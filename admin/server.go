@@ -1,6 +1,6 @@
 // Package admin is ftpguard's admin HTTP API and its command-line client:
-// bans (list, add, lift), reload, health, Prometheus metrics, and a status
-// page with the recent events. It owns the [admin] section of the config
+// bans (list, add, lift), throttled usernames (list, reset), reload,
+// health, Prometheus metrics, and a status page with the recent events. It owns the [admin] section of the config
 // file (config.go); the daemon feeds a Server with the limiter, the
 // metrics and funcs for what only it knows (reload, the settings in force).
 package admin
@@ -35,6 +35,7 @@ import (
 // are required.
 type Options struct {
 	Limiter *limiter.Limiter
+	Users   *limiter.Users // per-username budgets; nil: none (GET /users lists nothing)
 	Metrics *Metrics
 	Events  *EventRing   // the status page's recent events; nil: none
 	Log     *slog.Logger // nil: slog.Default()
@@ -142,6 +143,8 @@ func (a *Server) Shutdown(ctx context.Context) error {
 //	GET    /bans             bans in force (JSON list)
 //	POST   /bans             ban an IP or CIDR (JSON or form: ip, duration, reason)
 //	DELETE /bans/{ip-or-cidr} lift a ban
+//	GET    /users            throttled usernames (JSON list)
+//	DELETE /users/{name}     lift a username's throttle (any spelling)
 //	POST   /reload           re-read the config (as SIGHUP)
 //	       /debug/pprof/     with [admin] pprof = true
 func (a *Server) Handler() http.Handler {
@@ -155,6 +158,8 @@ func (a *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /bans", a.handleBansList)
 	mux.HandleFunc("POST /bans", a.handleBanAdd)
 	mux.HandleFunc("DELETE /bans/{key...}", a.handleBanDel)
+	mux.HandleFunc("GET /users", a.handleUsersList)
+	mux.HandleFunc("DELETE /users/{name...}", a.handleUserReset)
 	mux.HandleFunc("POST /reload", a.handleReload)
 	pp := http.NewServeMux()
 	pp.HandleFunc("/debug/pprof/", pprof.Index)

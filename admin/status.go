@@ -40,8 +40,11 @@ type Status struct {
 	Rejects  []reasonCount `json:"-"`
 	Bans     []banView     `json:"bans"`
 	MoreBans int           `json:"more_bans"`
-	Events   []Event       `json:"events"`
-	Settings []setting     `json:"settings"`
+	// Throttled usernames: logins to them from new addresses are paused.
+	Users     []userView `json:"throttled_users"`
+	MoreUsers int        `json:"more_throttled_users"`
+	Events    []Event    `json:"events"`
+	Settings  []setting  `json:"settings"`
 }
 
 type reasonCount struct {
@@ -52,6 +55,12 @@ type reasonCount struct {
 type banView struct {
 	banJSON
 	Left string `json:"left"`
+}
+
+type userView struct {
+	userJSON
+	Retry string `json:"retry_in"`
+	Full  string `json:"full_in"`
 }
 
 type setting struct {
@@ -84,6 +93,15 @@ func (a *Server) status(r *http.Request) Status {
 	}
 	for _, b := range bans {
 		s.Bans = append(s.Bans, banView{toBanJSON(b, now), humanDuration(b.Until.Sub(now))})
+	}
+	users := a.throttledUsers(now)
+	if len(users) > statusBansMax {
+		s.MoreUsers = len(users) - statusBansMax
+		users = users[:statusBansMax]
+	}
+	for _, u := range users {
+		s.Users = append(s.Users, userView{u, humanDuration(time.Duration(u.RetryInSeconds) * time.Second),
+			humanDuration(time.Duration(u.FullInSeconds) * time.Second)})
 	}
 	return s
 }

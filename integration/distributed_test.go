@@ -46,7 +46,7 @@ func TestDistributedGuessing(t *testing.T) {
 		}
 	}
 	waitFor(t, "every refusal logged", func() bool {
-		refusedLocally = g.Count(t, "reject", "reason", "user budget spent")
+		refusedLocally = g.Count(t, "reject", "reason", "username throttled")
 		return refusedLocally+d.FailedLogins(t) >= guesses
 	})
 	if n := d.FailedLogins(t); n > userBudget {
@@ -83,7 +83,7 @@ func TestDistributedGuessingFleet(t *testing.T) {
 		r.c.Close()
 	}
 	refused := func() int {
-		return fleet[0].Count(t, "reject", "reason", "user budget spent") + fleet[1].Count(t, "reject", "reason", "user budget spent")
+		return fleet[0].Count(t, "reject", "reason", "username throttled") + fleet[1].Count(t, "reject", "reason", "username throttled")
 	}
 	waitFor(t, "every refusal logged", func() bool { return refused()+d.FailedLogins(t) >= guesses })
 	if n := d.FailedLogins(t); n > userBudget {
@@ -91,7 +91,7 @@ func TestDistributedGuessingFleet(t *testing.T) {
 	}
 	t.Logf("%d guesses over two instances: %d reached vsftpd (shared user budget %d), %d answered 530 by ftpguard (%d by a, %d by b)",
 		guesses, d.FailedLogins(t), userBudget, refused(),
-		fleet[0].Count(t, "reject", "reason", "user budget spent"), fleet[1].Count(t, "reject", "reason", "user budget spent"))
+		fleet[0].Count(t, "reject", "reason", "username throttled"), fleet[1].Count(t, "reject", "reason", "username throttled"))
 }
 
 // TestDistributedGuessingBurst: guesses for one account sent at the same

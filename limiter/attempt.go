@@ -36,8 +36,11 @@ func (v Verdict) OK() bool { return v.Allowed && !v.UserRefused }
 //
 // A refused Attempt (its Verdict is not OK) holds nothing; settling it as a
 // failure still counts the guess (observe mode forwards refused guesses, and
-// a guess refused for its username costs the address a token): it takes a
-// token without freeing a place (Penalize). Safe for concurrent use.
+// a key that tries too many usernames pays for it): it takes a token without
+// freeing a place (Penalize). A guess refused because its username's budget
+// is spent (User.Throttled) never reached the daemon and is the owner's as
+// often as an attacker's: the proxy settles it as a release, which costs
+// nothing. Safe for concurrent use.
 type Attempt struct {
 	l        *Limiter
 	u        *Users

@@ -494,6 +494,20 @@ func (u circuitUsers) UserFailure(ctx context.Context, user string, now time.Tim
 	return u.call(func() (int, error) { return u.s.UserFailure(ctx, user, now, failures, window) })
 }
 
+// UserReset forwards to the store's UserReset (SharedUserReset), if it has
+// one. An admin's reset is tried even while the circuit is open.
+func (u circuitUsers) UserReset(ctx context.Context, user string) (bool, error) {
+	r, ok := u.s.(SharedUserReset)
+	if !ok {
+		return false, nil
+	}
+	found, err := r.UserReset(ctx, user)
+	if err != nil {
+		u.c.failed(err)
+	}
+	return found, err
+}
+
 func (u circuitUsers) call(fn func() (int, error)) (int, error) {
 	if u.c.open.Load() {
 		return 0, ErrSharedDown

@@ -105,6 +105,9 @@ type UserLimitsConfig struct {
 	KnownGoodTTL   time.Duration `toml:"known_good_ttl"`
 	MaxNamesPerKey int           `toml:"max_names_per_key"`
 	MaxTracked     int           `toml:"max_tracked"`
+	// 0 (the default): [limits] ipv4_prefix / ipv6_prefix.
+	KnownGoodIPv4Prefix int `toml:"known_good_ipv4_prefix"`
+	KnownGoodIPv6Prefix int `toml:"known_good_ipv6_prefix"`
 }
 
 // DefaultUserLimits returns the [user_limits] settings used for every key a
@@ -125,8 +128,11 @@ func (c UserLimitsConfig) Settings(p *conf.Problems) UserConfig {
 	p.Positive("user_limits.known_good_ttl", c.KnownGoodTTL)
 	p.AtLeast("user_limits.max_names_per_key", c.MaxNamesPerKey, 0)
 	p.AtLeast("user_limits.max_tracked", c.MaxTracked, 1)
+	p.Between("user_limits.known_good_ipv4_prefix", c.KnownGoodIPv4Prefix, 0, 32)
+	p.Between("user_limits.known_good_ipv6_prefix", c.KnownGoodIPv6Prefix, 0, 128)
 	cfg := UserConfig{Failures: c.Failures, Window: c.Window, KnownGoodTTL: c.KnownGoodTTL,
-		MaxNamesPerKey: c.MaxNamesPerKey, MaxTracked: c.MaxTracked}
+		MaxNamesPerKey: c.MaxNamesPerKey, MaxTracked: c.MaxTracked,
+		KnownGoodIPv4Prefix: c.KnownGoodIPv4Prefix, KnownGoodIPv6Prefix: c.KnownGoodIPv6Prefix}
 	addRest(p, n, "user_limits.", cfg.Validate())
 	return cfg
 }

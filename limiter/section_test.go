@@ -90,6 +90,8 @@ func TestSectionProblems(t *testing.T) {
 			[]string{"user_limits.max_names_per_key: must be ≥ 0, got -1"}},
 		{"user max tracked", func(_ *LimitsConfig, u *UserLimitsConfig) { u.MaxTracked = 0 },
 			[]string{"user_limits.max_tracked: must be ≥ 1, got 0"}},
+		{"known-good prefixes", func(_ *LimitsConfig, u *UserLimitsConfig) { u.KnownGoodIPv4Prefix, u.KnownGoodIPv6Prefix = 33, -1 },
+			[]string{"user_limits.known_good_ipv4_prefix: must be 0–32, got 33", "user_limits.known_good_ipv6_prefix: must be 0–128, got -1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

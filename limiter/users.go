@@ -8,6 +8,8 @@ import (
 	"context"
 	"hash/maphash"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,7 +52,29 @@ type UserDecision struct {
 	// budget until Release; the caller must call Release once, whatever
 	// the outcome.
 	Held bool
+	// RetryIn (Attempt only, when Throttled): about how long until
+	// the budget lets a guess from a new address through again, if no
+	// more guesses reach the daemon meanwhile (the refill of one token,
+	// plus those held by guesses in flight).
+	RetryIn time.Duration
 }
+
+// UserState is a username's budget as Throttled lists it.
+type UserState struct {
+	// Name is the canonical form of the username (CanonicalUser); a name
+	// longer than MaxUserName bytes is shown as its kept prefix and "…"
+	// (Hashed), and Reset needs the whole name.
+	Name      string
+	Hashed    bool
+	Remaining int           // whole tokens left in this instance's budget
+	Held      int           // places held by guesses in flight
+	Failures  int           // the budget's size (UserConfig.Failures)
+	RetryIn   time.Duration // until a guess from a new address passes again
+	FullIn    time.Duration // until the budget is full again
+}
+
+// MaxThrottledList bounds the list Throttled returns.
+const MaxThrottledList = 1000
 
 // UserStats is a snapshot of a Users' tables and counters.
 type UserStats struct {
@@ -72,6 +96,15 @@ type uname struct {
 }
 
 const uHashed = MaxUserName + 1
+
+// String is the name as Throttled shows it: a hashed name as its kept
+// prefix and "…".
+func (n uname) String() string {
+	if n.n == uHashed {
+		return string(n.b[:MaxUserName-8]) + "…"
+	}
+	return string(n.b[:n.n])
+}
 
 // upair is the key of the known-good table.
 type upair struct {
@@ -204,8 +237,9 @@ func (u *Users) Reload(cfg UserConfig) error {
 // Limiter.Key) is forwarded. It records that key tried user (for
 // MaxNamesPerKey; not if the pair is known-good) and takes no token.
 //
-// user is compared byte for byte (the caller trims spaces); unknown
-// usernames count like any other. A key that is known-good for user is
+// user is compared in its canonical form (CanonicalUser: one account
+// under any case, width or default-ignorable spelling; the caller trims
+// spaces); unknown usernames count like any other. A key that is known-good for user is
 // never Throttled nor TooManyNames. Otherwise the key is TooManyNames while
 // it has tried more than MaxNamesPerKey distinct usernames within Window,
 // counting this one, whichever name it tries (a name tried again does not
@@ -229,9 +263,9 @@ func (u *Users) Attempt(now time.Time, user string, key netip.Prefix) UserDecisi
 // Release ends a guess held by Attempt (Held), after its Failure or
 // Success, or when it was never answered.
 func (u *Users) Release(user string) {
+	name, _ := u.canon(CanonicalUser(user))
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	name, _ := u.canon(user)
 	if n := u.held[name]; n > 1 {
 		u.held[name] = n - 1
 	} else {
@@ -240,6 +274,8 @@ func (u *Users) Release(user string) {
 }
 
 func (u *Users) check(now time.Time, user string, key netip.Prefix, hold bool) UserDecision {
+	cu := CanonicalUser(user)
+	name, h := u.canon(cu)
 	u.mu.Lock()
 	s, shared := u.cfg, u.shared
 	if s.off() {
@@ -247,10 +283,9 @@ func (u *Users) check(now time.Time, user string, key netip.Prefix, hold bool) U
 		return UserDecision{}
 	}
 	u.tidyLocked(now, s)
-	name, h := u.canon(user)
 	k := keyOf(key.Masked())
 	var d UserDecision
-	d.KnownGood = u.knownGoodLocked(now, name, k, key.IsValid())
+	d.KnownGood = u.knownGoodLocked(now, s, name, key)
 	d.Remaining = s.Failures
 	if e := u.budgets.get(name); e != nil {
 		d.Remaining = u.remainingLocked(now, s, &e.val)
@@ -264,12 +299,15 @@ func (u *Users) check(now time.Time, user string, key netip.Prefix, hold bool) U
 	}
 	u.mu.Unlock()
 	if shared != nil { // outside the lock: a round trip to the store
-		if r, err := shared.UserRemaining(context.Background(), user, now, s.Failures, s.Window); err == nil {
+		if r, err := shared.UserRemaining(context.Background(), cu, now, s.Failures, s.Window); err == nil {
 			d.Remaining = r
 		}
 	}
 	u.mu.Lock()
 	d.Throttled = d.Remaining-u.held[name] < 1
+	if hold && d.Throttled {
+		d.RetryIn = u.retryLocked(now, s, name)
+	}
 	if hold && !d.Throttled && !d.TooManyNames {
 		u.held[name]++
 		d.Held = true
@@ -293,22 +331,25 @@ func (u *Users) check(now time.Time, user string, key netip.Prefix, hold bool) U
 // Check, after the failure; Failure records no name for MaxNamesPerKey and
 // counts nothing in UserStats.Throttled.
 func (u *Users) Failure(now time.Time, user string, key netip.Prefix) UserDecision {
-	d, shared, s := u.failure(now, user, key)
+	cu := CanonicalUser(user)
+	d, shared, s := u.failure(now, cu, key)
 	if shared == nil {
 		return d
 	}
 	// Outside the lock: a round trip to the store, whose budget decides
 	// while it answers.
-	if r, err := shared.UserFailure(context.Background(), user, now, s.Failures, s.Window); err == nil {
+	if r, err := shared.UserFailure(context.Background(), cu, now, s.Failures, s.Window); err == nil {
 		d.Remaining = r
 		d.Throttled = !d.KnownGood && r < 1
 	}
 	return d
 }
 
-// failure is Failure on u's own budget; it returns the store to tell too
-// (nil: none, or budgets are off) and the settings in force.
-func (u *Users) failure(now time.Time, user string, key netip.Prefix) (UserDecision, SharedUserBudgets, *userSettings) {
+// failure is Failure on u's own budget for the canonical name cu; it
+// returns the store to tell too (nil: none, or budgets are off) and the
+// settings in force.
+func (u *Users) failure(now time.Time, cu string, key netip.Prefix) (UserDecision, SharedUserBudgets, *userSettings) {
+	name, _ := u.canon(cu)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	s := u.cfg
@@ -316,7 +357,6 @@ func (u *Users) failure(now time.Time, user string, key netip.Prefix) (UserDecis
 		return UserDecision{}, nil, s
 	}
 	u.tidyLocked(now, s)
-	name, _ := u.canon(user)
 	k := keyOf(key.Masked())
 	e := u.budgets.get(name)
 	if e == nil {
@@ -335,7 +375,7 @@ func (u *Users) failure(now time.Time, user string, key netip.Prefix) (UserDecis
 		e.val.AllowN(now, s.Failures) // empty as of now
 	}
 	d := UserDecision{
-		KnownGood: u.knownGoodLocked(now, name, k, key.IsValid()),
+		KnownGood: u.knownGoodLocked(now, s, name, key),
 		Remaining: max(0, whole(e.val.TokensAt(now))),
 	}
 	if !d.KnownGood {
@@ -354,6 +394,7 @@ func (u *Users) failure(now time.Time, user string, key netip.Prefix) (UserDecis
 // among the names key tried. It does not refill the username's budget.
 // An invalid key is never remembered.
 func (u *Users) Success(now time.Time, user string, key netip.Prefix) {
+	name, h := u.canon(CanonicalUser(user))
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	s := u.cfg
@@ -361,9 +402,8 @@ func (u *Users) Success(now time.Time, user string, key netip.Prefix) {
 		return
 	}
 	u.tidyLocked(now, s)
-	name, h := u.canon(user)
 	k := keyOf(key.Masked())
-	p := upair{name, k}
+	p := upair{name, keyOf(s.goodKey(key))}
 	e := u.good.get(p)
 	if e == nil {
 		if u.good.len() >= s.MaxTracked {
@@ -401,7 +441,9 @@ func (u *Users) Stats() UserStats {
 	}
 }
 
-// canon returns the stored form of user and a seeded hash of all its bytes.
+// canon returns the stored form of user (already CanonicalUser's) and a
+// seeded hash of all its bytes. It reads only u.seed, which never changes:
+// no lock needed.
 func (u *Users) canon(user string) (uname, uint64) {
 	h := maphash.String(u.seed, user)
 	var n uname
@@ -417,13 +459,14 @@ func (u *Users) canon(user string) (uname, uint64) {
 	return n, h
 }
 
-// knownGoodLocked reports whether (name, k) logged in within KnownGoodTTL,
-// dropping the pair if it expired.
-func (u *Users) knownGoodLocked(now time.Time, name uname, k bkey, valid bool) bool {
-	if !valid {
+// knownGoodLocked reports whether name logged in from key's known-good
+// neighbourhood (s.goodKey) within KnownGoodTTL, dropping the pair if it
+// expired.
+func (u *Users) knownGoodLocked(now time.Time, s *userSettings, name uname, key netip.Prefix) bool {
+	if !key.IsValid() {
 		return false
 	}
-	e := u.good.get(upair{name, k})
+	e := u.good.get(upair{name, keyOf(s.goodKey(key))})
 	if e == nil {
 		return false
 	}
@@ -519,4 +562,103 @@ func (u *Users) tidyLocked(now time.Time, s *userSettings) {
 		}
 		u.keys.remove(e)
 	}
+}
+
+// retryLocked is about how long until name's budget lets one guess from a
+// new address through: the refill of the whole tokens its guesses in
+// flight hold plus one. When the local budget is not the one spent (a
+// shared store's is), one token's refill (Window/Failures) bounds it.
+func (u *Users) retryLocked(now time.Time, s *userSettings, name uname) time.Duration {
+	tokens := float64(s.Failures)
+	if e := u.budgets.get(name); e != nil {
+		uadapt(&e.val, s, now)
+		tokens = e.val.TokensAt(now)
+	}
+	need := float64(1+u.held[name]) - tokens
+	if need <= tokenSlack {
+		return s.Window / time.Duration(s.Failures)
+	}
+	return refillTime(need, s)
+}
+
+// refillTime is how long s's budgets take to refill n tokens, to the
+// millisecond.
+func refillTime(n float64, s *userSettings) time.Duration {
+	return time.Duration(n / float64(s.limit) * float64(time.Second)).Round(time.Millisecond)
+}
+
+// Throttled lists the usernames whose budget is spent on this instance
+// (including the places held by guesses in flight): guesses for them from
+// keys that are not known-good are refused. At most MaxThrottledList,
+// sorted by name. With a shared store, a name spent only by other
+// instances' failures is not listed (Check still refuses it). It costs a
+// pass over the budgets (at most MaxTracked), under the lock.
+func (u *Users) Throttled(now time.Time) []UserState {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := u.cfg
+	if s.off() {
+		return nil
+	}
+	var out []UserState
+	for name, e := range u.budgets.m {
+		uadapt(&e.val, s, now)
+		t := e.val.TokensAt(now)
+		rem := max(0, whole(t))
+		held := u.held[name]
+		if rem-held >= 1 {
+			continue
+		}
+		st := UserState{Remaining: rem, Held: held, Failures: s.Failures, RetryIn: u.retryLocked(now, s, name)}
+		if full := float64(s.Failures) - t; full > tokenSlack {
+			st.FullIn = refillTime(full, s)
+		}
+		st.Name, st.Hashed = name.String(), name.n == uHashed
+		out = append(out, st)
+	}
+	// Names whose places are all held by guesses in flight, with no
+	// failure yet (bounded by the sessions).
+	for name, held := range u.held {
+		if u.budgets.get(name) == nil && s.Failures-held < 1 {
+			out = append(out, UserState{Name: name.String(), Hashed: name.n == uHashed, Remaining: s.Failures,
+				Held: held, Failures: s.Failures, RetryIn: u.retryLocked(now, s, name)})
+		}
+	}
+	slices.SortFunc(out, func(a, b UserState) int { return strings.Compare(a.Name, b.Name) })
+	if len(out) > MaxThrottledList {
+		out = out[:MaxThrottledList]
+	}
+	return out
+}
+
+// SharedUserReset is implemented by a SharedUserBudgets that can forget a
+// username's budget (redisstore.Store): Users.Reset clears it there too.
+type SharedUserReset interface {
+	// UserReset deletes user's shared budget (user as for UserFailure) and
+	// reports whether there was one.
+	UserReset(ctx context.Context, user string) (bool, error)
+}
+
+// Reset lifts the throttle of a username: its budget (under its canonical
+// form, so any spelling will do) is full again, here and in the shared
+// store if there is one. Known-good pairs, the names keys tried and the
+// places of guesses in flight are kept. It reports whether a budget was
+// found spent or partly spent; err is the shared store's (the local budget
+// is reset anyway).
+func (u *Users) Reset(user string) (found bool, err error) {
+	cu := CanonicalUser(user)
+	name, _ := u.canon(cu)
+	u.mu.Lock()
+	if e := u.budgets.get(name); e != nil {
+		u.budgets.remove(e)
+		found = true
+	}
+	shared := u.shared
+	u.mu.Unlock()
+	if r, ok := shared.(SharedUserReset); ok {
+		var there bool
+		there, err = r.UserReset(context.Background(), cu)
+		found = found || there
+	}
+	return found, err
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -43,6 +44,14 @@ type UserConfig struct {
 	// Window before it is refused as a sprayer (user_limits.max_names_per_key;
 	// default 0: no cap; at most 1000).
 	MaxNamesPerKey int
+	// KnownGoodIPv4Prefix and KnownGoodIPv6Prefix are the neighbourhood a
+	// login makes known-good: the pair is kept for the address masked to
+	// this prefix, so an owner whose ISP changes the last octet is still
+	// known (user_limits.known_good_ipv4_prefix, known_good_ipv6_prefix;
+	// default 0: the key's own prefix, [limits] ipv4_prefix/ipv6_prefix).
+	// A prefix longer than the key's acts as the key's.
+	KnownGoodIPv4Prefix int
+	KnownGoodIPv6Prefix int
 	// MaxTracked bounds each of the three tables: usernames with budget
 	// state, known-good pairs and per-key name sets. Beyond it the least
 	// recently used entry is forgotten (user_limits.max_tracked; default
@@ -77,6 +86,12 @@ func (c UserConfig) Validate() error {
 	case c.MaxNamesPerKey > maxNamesPerKeyLimit:
 		bad("max_names_per_key", "must be ≤ %d", maxNamesPerKeyLimit)
 	}
+	if c.KnownGoodIPv4Prefix < 0 || c.KnownGoodIPv4Prefix > 32 {
+		bad("known_good_ipv4_prefix", "must be 0–32 (0: [limits] ipv4_prefix)")
+	}
+	if c.KnownGoodIPv6Prefix < 0 || c.KnownGoodIPv6Prefix > 128 {
+		bad("known_good_ipv6_prefix", "must be 0–128 (0: [limits] ipv6_prefix)")
+	}
 	switch {
 	case c.MaxTracked < 0:
 		bad("max_tracked", "must be ≥ 1")
@@ -107,3 +122,19 @@ func newUserSettings(c UserConfig) *userSettings {
 }
 
 func (s *userSettings) off() bool { return s.Failures == 0 }
+
+// goodKey is the neighbourhood of key (a Limiter.Key) that a known-good
+// pair is kept for: key masked to KnownGoodIPv4Prefix/KnownGoodIPv6Prefix
+// when that is shorter than key's own prefix, else key itself.
+func (s *userSettings) goodKey(key netip.Prefix) netip.Prefix {
+	bits := s.KnownGoodIPv6Prefix
+	if key.Addr().Is4() {
+		bits = s.KnownGoodIPv4Prefix
+	}
+	if bits > 0 && bits < key.Bits() {
+		if p, err := key.Addr().Prefix(bits); err == nil {
+			return p
+		}
+	}
+	return key.Masked()
+}

@@ -109,8 +109,8 @@ func TestUsersSteps(t *testing.T) {
 			{5 * s, uCheck, "alice", kOwner, uGood(0)},              // the owner is never locked out
 			{5 * s, uFailure, "alice", kOwner, uGood(0)},            // its typos count, but do not throttle it
 			{6 * s, uCheck, "bob", kBot4, urem(3)},                  // other names keep their budget
-			{6 * s, uCheck, "Alice", kBot4, urem(3)},                // names are case-sensitive
-			{6 * s, uCheck, "alice ", kBot4, urem(3)},               // and byte-exact
+			{6 * s, uCheck, "Alice", kBot4, uThrottled},             // one account under any case (CanonicalUser)
+			{6 * s, uCheck, "alice ", kBot4, urem(3)},               // but a space is a character
 			{6 * s, uCheck, "alice", "198.51.100.4/24", uThrottled}, // a wider key is another key
 		}},
 		{"refill", UserConfig{Failures: 3, Window: 30 * m}, []ustep{

@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ftpguard/ftpguard/ftpproto"
 	"github.com/ftpguard/ftpguard/limiter"
@@ -97,14 +100,17 @@ func (s *session) loginUser(cmd ftpproto.Command) bool {
 // if the budgets allow it.
 //
 //   - A username whose budget is spent or held by guesses in flight
-//     (distributed guessing), or one more name than a key may try
-//     (spraying), is answered 530 by the proxy after the tarpit, never
-//     forwarded; the guess still costs the key a token.
+//     (distributed guessing) is answered 530 by the proxy, truthfully (the
+//     name, that logins from new addresses are paused, when to retry),
+//     never forwarded and at no cost to the key: it is the owner as often
+//     as an attacker, and the guess never reached the daemon.
+//   - One more name than a key may try (spraying) is answered 530 after
+//     the tarpit, never forwarded; that costs the key a token.
 //   - A key whose tokens are all held by guesses in flight waits for one
-//     (awaitPlace). A key with no place left is answered 421 and the
-//     session ends (docs/design.md rule 3); so is every guess while the
-//     shared store is down with fail_closed, and one that waited in vain
-//     or found the key's queue full.
+//     (awaitPlace), FIFO, at most until login_timeout.
+//   - A key with no place left is answered 421 and the session ends
+//     (docs/design.md rule 3); so is every guess while the shared store is
+//     down with fail_closed, and one that waited in vain or found the key's queue full.
 //   - In observe mode both are forwarded all the same, and counted.
 func (s *session) guess(cmd ftpproto.Command, user string) bool {
 	named := user
@@ -120,11 +126,14 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 	switch {
 	case v.OK():
 	case v.UserRefused:
-		reason := "user budget spent"
+		reason := "username throttled"
 		if v.User.TooManyNames {
 			reason = "too many usernames from key"
 		}
 		if s.srv.enforce(s.log, reason, "user", user, "user_remaining", v.User.Remaining) {
+			if !v.User.TooManyNames {
+				return s.pauseGuess(a, user, v.User.RetryIn)
+			}
 			return s.refuseGuess(a, user, reason)
 		}
 	default:
@@ -210,8 +219,49 @@ func (s *session) awaitPlace(a *limiter.Attempt, v limiter.Verdict) (*limiter.At
 	return a, v
 }
 
-// refuseGuess answers a PASS its username's budget refused: counted as a
-// failure, then 530 after the replies before it and the tarpit (held even
+// pauseGuess answers a PASS for a username whose budget is spent, from a
+// key that is not known-good for it: 530 with the truth (never "Login
+// incorrect": the password was not checked), after the replies before it.
+// The attempt is released: the refused address keeps its budget and is
+// never banned or delayed for it (docs/design.md rule 3). It reports
+// whether the session goes on.
+func (s *session) pauseGuess(a *limiter.Attempt, user string, retry time.Duration) bool {
+	a.Settle(time.Now(), limiter.OutcomeRelease)
+	s.awaitReplies(2 * time.Second)
+	return s.replyLocal(ftpproto.NewReply(530, pausedText(user, retry))) && !s.closing.Load()
+}
+
+// pausedText is the reply to a PASS pauseGuess refuses. The username is
+// the client's own, bounded to 32 characters, printable and without
+// quotes; retry is rounded up to the minute.
+func pausedText(user string, retry time.Duration) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range user {
+		if n == 32 {
+			b.WriteString("…")
+			break
+		}
+		if r == utf8.RuneError || !unicode.IsPrint(r) || r == '"' || r == '\\' {
+			r = '?'
+		}
+		b.WriteRune(r)
+		n++
+	}
+	when := "in under a minute"
+	if retry >= time.Minute {
+		m := int64((retry + time.Minute - 1) / time.Minute)
+		if m >= 60 {
+			when = fmt.Sprintf("in about %dh%02dm", m/60, m%60)
+		} else {
+			when = fmt.Sprintf("in about %dm", m)
+		}
+	}
+	return fmt.Sprintf("Logins to \"%s\" from new addresses are paused after repeated failed logins elsewhere; retry %s.", b.String(), when)
+}
+
+// refuseGuess answers a PASS from a key that tried too many usernames:
+// counted as a failure, then 530 after the replies before it and the tarpit (held even
 // for an allowlisted key: the username is what is guessed), or 421 if the
 // key is banned now. It reports whether the session goes on.
 func (s *session) refuseGuess(a *limiter.Attempt, user, reason string) bool {

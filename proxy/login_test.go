@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -126,4 +127,98 @@ func testSession(t *testing.T, cfg Config, lcfg limiter.Config) (*session, *sync
 	t.Cleanup(func() { c1.Close(); c2.Close() })
 	s := newSession(srv, c1, c1, c2, endpoints{peer: netip.MustParseAddrPort("192.0.2.1:4000")}, srv.log)
 	return s, logs
+}
+
+func TestPausedText(t *testing.T) {
+	tests := []struct {
+		user  string
+		retry time.Duration
+		want  string
+	}{
+		{"alice", 3 * time.Minute, `Logins to "alice" from new addresses are paused after repeated failed logins elsewhere; retry in about 3m.`},
+		{"alice", 2*time.Minute + time.Second, `"alice" from new addresses are paused after repeated failed logins elsewhere; retry in about 3m.`},
+		{"bob", 59 * time.Second, `retry in under a minute.`},
+		{"bob", 0, `retry in under a minute.`},
+		{"bob", 90*time.Minute + 1, `retry in about 1h31m.`},
+		{`a"b\c` + "\x7f\xff", time.Hour, `Logins to "a?b?c??" from`},
+		{"josé", time.Minute, `Logins to "josé" from new addresses are paused after repeated failed logins elsewhere; retry in about 1m.`},
+		{strings.Repeat("x", 40), time.Minute, `Logins to "` + strings.Repeat("x", 32) + `…" from`},
+	}
+	for _, tt := range tests {
+		got := pausedText(tt.user, tt.retry)
+		if !strings.Contains(got, tt.want) || strings.Contains(got, "incorrect") {
+			t.Errorf("pausedText(%q, %v) = %q, want it to hold %q", tt.user, tt.retry, got, tt.want)
+		}
+	}
+}
+
+// TestUserThrottleOwner: two wrong guesses from anywhere spend the
+// account's budget; its owner, logging in from an address that never
+// logged in before, is told the truth (not "Login incorrect"), retries ten
+// times at no cost to its address (full budget, no ban, never 421), and
+// gets in once an admin resets the username, under any spelling. Before,
+// each retry was a "530 Login incorrect." that cost the address a token:
+// the third banned the owner.
+func TestUserThrottleOwner(t *testing.T) {
+	f := startFake(t, nil)
+	lcfg := limiter.Config{Failures: 3, Window: time.Hour, BanTime: time.Hour}
+	p := startProxy(t, f.ln.Addr().String(), trusting("127.0.0.0/8"), lcfg)
+	users, err := limiter.NewUsers(limiter.UserConfig{Failures: 2, Window: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.srv.SetUsers(users)
+	login := func(src, user, pass string) ftpproto.Reply {
+		c := dialWithHeader(t, p.addr, 2, src)
+		c.expect(220)
+		c.send("USER " + user + "\r\nPASS " + pass + "\r\n")
+		c.expect(331)
+		r, _ := c.r.ReadReply()
+		c.send("QUIT\r\n")
+		c.r.ReadReply()
+		c.c.Close()
+		return r
+	}
+	for i, spelling := range []string{"victim", "VICTIM"} {
+		if r := login(fmt.Sprintf("203.0.113.%d:1000", i+1), spelling, "guess"); r.Code != 530 || r.Text() != "Login incorrect." {
+			t.Fatalf("guess %d: %v", i, r.Lines)
+		}
+	}
+	const owner = "198.51.100.9"
+	for i := range 10 {
+		r := login(owner+":2000", "Victim", "good")
+		if r.Code != 530 || strings.Contains(r.Text(), "incorrect") ||
+			!strings.Contains(r.Text(), `Logins to "Victim" from new addresses are paused`) || !strings.Contains(r.Text(), "retry in about") {
+			t.Fatalf("owner's retry %d: %v; want the truthful 530", i, r.Lines)
+		}
+	}
+	if n := f.count("PASS good"); n != 0 {
+		t.Fatalf("the daemon saw %d owner logins while throttled", n)
+	}
+	now := time.Now()
+	if bans := p.lim.Bans(now); len(bans) != 0 {
+		t.Fatalf("bans after the owner's retries: %+v", bans)
+	}
+	// The owner's address keeps its whole budget: as many places as a
+	// fresh address's.
+	remaining := func(addr string) int {
+		a, v := p.lim.Begin(now, netip.MustParseAddr(addr), "", nil)
+		defer a.Settle(now, limiter.OutcomeRelease)
+		return v.Remaining
+	}
+	if got, want := remaining(owner), remaining("198.51.100.200"); got != want {
+		t.Fatalf("owner's address has %d tokens after 10 refused retries; a fresh one %d", got, want)
+	}
+	if n := strings.Count(p.logs.String(), `reason="username throttled"`); n != 10 {
+		t.Errorf("%d refusals logged with reason \"username throttled\"; want 10", n)
+	}
+	if got := users.Throttled(now); len(got) != 1 || got[0].Name != "victim" {
+		t.Fatalf("Throttled = %+v", got)
+	}
+	if found, err := users.Reset("VicTim"); !found || err != nil {
+		t.Fatalf("Reset = %v, %v", found, err)
+	}
+	if r := login(owner+":2001", "Victim", "good"); r.Code != 230 {
+		t.Fatalf("owner after reset: %v", r.Lines)
+	}
 }

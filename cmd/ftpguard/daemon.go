@@ -59,7 +59,7 @@ func newDaemon(path string, st *Settings, lim *limiter.Limiter, log *slog.Logger
 	}
 	srv.SetObserver(d.m)
 	lim.SetBanHook(d.onBanChange)
-	d.adm = admin.New(st.Admin, admin.Options{Limiter: lim, Metrics: d.m, Events: events, Log: log,
+	d.adm = admin.New(st.Admin, admin.Options{Limiter: lim, Users: users, Metrics: d.m, Events: events, Log: log,
 		Version: versionString(), Start: time.Now(), Reload: d.reload, Info: d.info})
 	return d, nil
 }

@@ -82,7 +82,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
-	case "bans", "status", "reload":
+	case "bans", "users", "status", "reload":
 		return admin.RunClient(cmd, args, stdout, stderr, defaultConfigPath)
 	case "version":
 		fmt.Fprintln(stdout, "ftpguard", versionString())
@@ -93,7 +93,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "  -config PATH, -admin ADDR, -token-file PATH, -timeout DUR, -json, -reason TEXT (bans add)")
 		return 0
 	default:
-		fmt.Fprintf(stderr, "ftpguard: unknown command %q (want run, check, bans, status, reload or version)\n", cmd)
+		fmt.Fprintf(stderr, "ftpguard: unknown command %q (want run, check, bans, users, status, reload or version)\n", cmd)
 		return 2
 	}
 }

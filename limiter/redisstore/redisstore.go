@@ -185,6 +185,27 @@ func (r *Store) UserFailure(ctx context.Context, user string, now time.Time, fai
 	return r.user(ctx, user, now, failures, window, "1")
 }
 
+var _ limiter.SharedUserReset = (*Store)(nil)
+
+// UserReset deletes the shared budget of user (see limiter.SharedUserReset):
+// the next guess finds it full.
+func (r *Store) UserReset(ctx context.Context, user string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	n, err := r.client.Del(ctx, r.userKey(user)).Result()
+	if err != nil {
+		return false, r.failed("user reset", netip.Prefix{}, err)
+	}
+	return n > 0, nil
+}
+
+// userKey is the key of user's budget: a hash of the name, fixed-size
+// whatever an attacker sends as a username, the same on every instance.
+func (r *Store) userKey(user string) string {
+	h := sha256.Sum256([]byte(user))
+	return r.prefix + "u:" + hex.EncodeToString(h[:16])
+}
+
 // user runs redisUser. The key is a hash of the name: fixed-size whatever
 // an attacker sends as a username, the same on every instance.
 func (r *Store) user(ctx context.Context, user string, now time.Time, failures int, window time.Duration, take string) (int, error) {
@@ -193,9 +214,8 @@ func (r *Store) user(ctx context.Context, user string, now time.Time, failures i
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	h := sha256.Sum256([]byte(user))
 	rate := float64(failures) / (float64(window) / float64(time.Millisecond))
-	n, err := redisUser.Run(ctx, r.client, []string{r.prefix + "u:" + hex.EncodeToString(h[:16])},
+	n, err := redisUser.Run(ctx, r.client, []string{r.userKey(user)},
 		now.UnixMilli(), rate, failures, take).Int()
 	if err != nil {
 		return 0, r.failed("user budget", netip.Prefix{}, err)

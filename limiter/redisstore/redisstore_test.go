@@ -964,3 +964,34 @@ func TestSharedWaitForPlace(t *testing.T) {
 		t.Fatalf("waiters left: %d", st.Waiting)
 	}
 }
+
+// TestUsersSharedReset: spellings of one name share one budget in Redis,
+// and Users.Reset on one instance, under any spelling, clears the shared
+// budget for all (before it, a reset on one instance left the fleet's
+// budget spent).
+func TestUsersSharedReset(t *testing.T) {
+	noLeaks(t)
+	srv := startRedis(t)
+	cfg := limiter.UserConfig{Failures: 2, Window: time.Hour}
+	a, b := newUsers(t, cfg), newUsers(t, cfg)
+	a.SetShared(newStore(t, srv, Options{}))
+	b.SetShared(newStore(t, srv, Options{}))
+	now := time.Now()
+	key := netip.MustParsePrefix("198.51.100.1/32")
+	a.Failure(now, "ALICE", key)
+	b.Failure(now, "Alice", key)
+	if d := a.Check(now, "alice", key); !d.Throttled {
+		t.Fatalf("after ALICE on a and Alice on b: %+v, want alice throttled", d)
+	}
+	if found, err := b.Reset("ａｌｉｃｅ"); !found || err != nil {
+		t.Fatalf("Reset = %v, %v", found, err)
+	}
+	for i, u := range []*limiter.Users{a, b} {
+		if d := u.Check(now, "alice", key); d.Throttled || d.Remaining != 2 {
+			t.Errorf("instance %d after Reset: %+v, want the full budget", i, d)
+		}
+	}
+	if found, err := b.Reset("nobody"); found || err != nil {
+		t.Errorf("Reset(nobody) = %v, %v", found, err)
+	}
+}
