@@ -36,6 +36,7 @@ const ClientUsage = `usage:
   ftpguard bans del IP|CIDR             lift a ban
   ftpguard status                       health, counters and bans at a glance
   ftpguard reload                       re-read the config (as SIGHUP)
+  ftpguard top [-n COUNT] [-d DELAY]    live view: rates, bans, busiest addresses and usernames, health
 flags (anywhere after the subcommand):
 `
 

@@ -160,3 +160,54 @@ func TestDashboardAndRulesMetricsExist(t *testing.T) {
 	}
 	t.Logf("%d ftpguard metrics used by the dashboard and the rules, all served", len(used))
 }
+
+// TestTopCommand: `ftpguard top -n 1`, over the unix socket of the admin
+// endpoint named by the config (as under the systemd unit), prints one
+// plain-text frame during a scripted attack: the rates line with the
+// failed guesses, the banned key with its time left, the busiest address.
+func TestTopCommand(t *testing.T) {
+	d := startVsftpd(t)
+	const budget = 2
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	g := startGuard(t, d.Addr, guardOpts{Failures: budget, Admin: "unix:" + sock, AdminExtra: `history_interval = "1s"`})
+	const attacker = "127.0.0.91"
+	offend(t, g, attacker, budget)
+	waitFor(t, "the ban", func() bool { return g.Count(t, "ban", "key", attacker+"/32") == 1 })
+	c, err := ftpClient(t, "127.0.0.92", g.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(testUser, testPass); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Quit()
+
+	var out []byte
+	rates := regexp.MustCompile(`(?m)^rates /min \(last \d+s\): failed guesses [0-9.]+  logins ok [0-9.]+  refused [0-9.]+  bans [0-9.]+  relayed .*/min$`)
+	banned := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(attacker) + `/32 +1 +[0-9hms]+ +budget$`) // offences, time left
+	waitFor(t, "a frame with rates", func() bool {
+		cmd := exec.Command(guardBin, "top", "-n", "1", "-config", g.Config)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err = cmd.Output()
+		if err != nil {
+			t.Fatalf("ftpguard top -n 1: %v\n%s%s", err, out, stderr.String())
+		}
+		return rates.Match(out)
+	})
+	t.Logf("ftpguard top -n 1:\n%s", out)
+	for _, want := range []*regexp.Regexp{
+		banned,
+		regexp.MustCompile(`(?m)^health OK|  health OK$`),
+		regexp.MustCompile(`(?m)^BANS IN FORCE \(1\)$`),
+		regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(attacker) + ` +2 +`), // busiest: its 2 failed guesses
+		regexp.MustCompile(`(?m)^backend \S+ reachable .*store file ok`),
+	} {
+		if !want.Match(out) {
+			t.Errorf("the frame lacks %v", want)
+		}
+	}
+	if strings.Contains(string(out), "\x1b[") {
+		t.Error("a terminal escape in the output to a pipe")
+	}
+}
