@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -304,8 +305,26 @@ func drawChart(s Series) chart {
 		format = func(v float64) string { return humanBytes(uint64(v)) }
 	}
 	c := chart{Current: format(s.Current), Peak: format(s.Peak), Empty: len(s.Points) == 0}
-	c.Line, c.Area = polyline(s.Points, s.Peak)
+	c.Line, c.Area = polyline(maxPool(s.Points, chartMaxPoints), s.Peak)
 	return c
+}
+
+// chartMaxPoints bounds the points drawn in a chart: about one per pixel
+// of its usual width (the day window has 1440).
+const chartMaxPoints = 360
+
+// maxPool shortens pts to at most n points, each the highest of the ones
+// it stands for, so that a spike stays visible.
+func maxPool(pts []float64, n int) []float64 {
+	if len(pts) <= n {
+		return pts
+	}
+	k := (len(pts) + n - 1) / n
+	out := make([]float64, 0, n)
+	for i := 0; i < len(pts); i += k {
+		out = append(out, slices.Max(pts[i:min(i+k, len(pts))]))
+	}
+	return out
 }
 
 // polyline returns the points of a line through pts (scaled to peak) and

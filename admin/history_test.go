@@ -103,6 +103,9 @@ func TestHistoryBounded(t *testing.T) {
 	if sess.Peak != 9 || sess.Current != 9 {
 		t.Errorf("day sessions: peak %v current %v; want the spike, 9", sess.Peak, sess.Current)
 	}
+	if c := drawChart(sess); strings.Count(c.Line, ",") > chartMaxPoints || !strings.Contains(c.Line, ",2.0") {
+		t.Errorf("day chart of %d points drawn with %d, the spikes kept: %v", len(sess.Points), strings.Count(c.Line, ","), strings.Contains(c.Line, ",2.0"))
+	}
 	if got := len(h.fine.buf) + len(h.coarse.buf); got != historyFine+historyCoarse {
 		t.Errorf("%d samples allocated", got)
 	}
