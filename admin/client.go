@@ -38,6 +38,7 @@ const ClientUsage = `usage:
   ftpguard users reset NAME             lift a username's throttle (any spelling of it)
   ftpguard status                       health, counters and bans at a glance
   ftpguard reload                       re-read the config (as SIGHUP)
+  ftpguard top [-n COUNT] [-d DELAY]    live view: rates, bans, busiest addresses and usernames, health
 flags (anywhere after the subcommand):
 `
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ftpguard/ftpguard/internal/conf"
 )
@@ -20,12 +21,20 @@ type Config struct {
 	TokenFile string `toml:"token_file"`
 	// Pprof serves net/http/pprof under /debug/pprof/.
 	Pprof bool `toml:"pprof"`
+	// HistoryInterval is the step of the in-memory history the status
+	// page draws (history.go): one sample per interval for 360 intervals,
+	// one per 6 intervals for 1440 of those. Takes effect on restart.
+	HistoryInterval time.Duration `toml:"history_interval"`
 }
+
+// DefaultHistoryInterval is [admin] history_interval's default: the last
+// hour at 10s, the last day at a minute.
+const DefaultHistoryInterval = 10 * time.Second
 
 // DefaultConfig returns the [admin] settings of a file that leaves the
 // table out: a listener on 127.0.0.1:9121, no token, no pprof.
 func DefaultConfig() Config {
-	return Config{Listen: "127.0.0.1:9121"}
+	return Config{Listen: "127.0.0.1:9121", HistoryInterval: DefaultHistoryInterval}
 }
 
 // Settings are the validated [admin] settings.
@@ -33,6 +42,7 @@ type Settings struct {
 	Network, Address string // for net.Listen; Network "" = off
 	Token            string // the token read from TokenFile; "" = none
 	Pprof            bool
+	HistoryInterval  time.Duration // of the status page's history
 }
 
 // minTokenLen is the shortest admin token accepted: a short one can be
@@ -46,7 +56,12 @@ func (c Config) Settings(p *conf.Problems) Settings {
 	if err != nil {
 		p.Add("admin.listen", "%v", err)
 	}
-	s := Settings{Network: network, Address: address, Pprof: c.Pprof}
+	s := Settings{Network: network, Address: address, Pprof: c.Pprof, HistoryInterval: c.HistoryInterval}
+	if s.HistoryInterval == 0 { // a Config{} literal
+		s.HistoryInterval = DefaultHistoryInterval
+	} else if c.HistoryInterval < time.Second || c.HistoryInterval > time.Hour {
+		p.Add("admin.history_interval", "must be between 1s and 1h, got %v", c.HistoryInterval)
+	}
 	if c.TokenFile != "" {
 		tok, err := ReadToken(c.TokenFile)
 		if err != nil {

@@ -72,10 +72,12 @@ type Server struct {
 	m   *Metrics
 	log *slog.Logger
 	st  atomic.Pointer[Settings] // token and pprof in force
+	h   *History                 // sampled while serving (startHistory)
 
 	mu     sync.Mutex
 	hs     []*http.Server // of Serve
 	closed bool           // by Shutdown
+	hstop  func()         // ends the history's sampler; nil: not started
 }
 
 // New returns the admin API with the [admin] settings s.
@@ -86,7 +88,7 @@ func New(s Settings, o Options) *Server {
 	if o.Events == nil {
 		o.Events = new(EventRing)
 	}
-	a := &Server{opt: o, lim: o.Limiter, m: o.Metrics, log: o.Log}
+	a := &Server{opt: o, lim: o.Limiter, m: o.Metrics, log: o.Log, h: NewHistory(o.Metrics, s.HistoryInterval)}
 	a.st.Store(&s)
 	return a
 }
@@ -116,6 +118,7 @@ func (a *Server) Serve(l net.Listener) error {
 		return http.ErrServerClosed
 	}
 	a.hs = append(a.hs, hs)
+	a.startHistory()
 	a.mu.Unlock()
 	return hs.Serve(l)
 }
@@ -126,6 +129,7 @@ func (a *Server) Shutdown(ctx context.Context) error {
 	a.mu.Lock()
 	hs := a.hs
 	a.closed = true
+	a.stopHistory()
 	a.mu.Unlock()
 	var errs []error
 	for _, h := range hs {

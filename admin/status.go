@@ -16,9 +16,12 @@ var statusHTML string
 // statusTmpl is the status page. html/template escapes every value:
 // usernames, keys and reasons come from clients and admins.
 var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
-	"bytes": humanBytes,
-	"ago":   func(t, now time.Time) string { return humanDuration(now.Sub(t)) + " ago" },
-	"clock": func(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05") },
+	"bytes":  humanBytes,
+	"ago":    func(t, now time.Time) string { return humanDuration(now.Sub(t)) + " ago" },
+	"clock":  func(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05") },
+	"step":   func(w SeriesWindow) string { return shortDuration(time.Duration(w.StepSeconds * float64(time.Second))) },
+	"window": func(w SeriesWindow) string { return shortDuration(time.Duration(w.SpanSeconds * float64(time.Second))) },
+	"hot":    func(name string) bool { return name != "logins_ok" && name != "bytes" && name != "sessions" },
 }).Parse(statusHTML))
 
 // statusBansMax bounds the bans listed on the status page (the soonest to
@@ -41,10 +44,12 @@ type Status struct {
 	Bans     []banView     `json:"bans"`
 	MoreBans int           `json:"more_bans"`
 	// Throttled usernames: logins to them from new addresses are paused.
-	Users     []userView `json:"throttled_users"`
-	MoreUsers int        `json:"more_throttled_users"`
-	Events    []Event    `json:"events"`
-	Settings  []setting  `json:"settings"`
+	Users     []userView  `json:"throttled_users"`
+	MoreUsers int         `json:"more_throttled_users"`
+	Events    []Event     `json:"events"`
+	Settings  []setting   `json:"settings"`
+	History   HistoryView `json:"history"`
+	Charts    []chartRow  `json:"-"` // History drawn
 }
 
 type reasonCount struct {
@@ -81,7 +86,9 @@ func (a *Server) status(r *http.Request) Status {
 		Counters: a.m.snapshot(),
 		Events:   a.opt.Events.List(),
 		Settings: settingsView(info),
+		History:  a.h.View(),
 	}
+	s.Charts = chartRows(s.History)
 	for _, reason := range sortedReasons(s.Counters.Rejects) {
 		s.Rejects = append(s.Rejects, reasonCount{reason, s.Counters.Rejects[reason]})
 	}

@@ -5,6 +5,8 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"image"
 	"image/png"
 	"io"
@@ -12,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -31,7 +35,9 @@ func TestStatusPageInChromium(t *testing.T) {
 	const budget = 2
 	d := startVsftpd(t)
 	// ban 1 lasts 2s, ban 2 a minute: the attacker's second offence shows.
-	g := startGuard(t, d.Addr, guardOpts{Failures: budget, BanTime: "2s", BanFactor: 30, Admin: "127.0.0.1:0"})
+	// One history sample a second: the charts show the attack in seconds.
+	g := startGuard(t, d.Addr, guardOpts{Failures: budget, BanTime: "2s", BanFactor: 30, Admin: "127.0.0.1:0",
+		AdminExtra: `history_interval = "1s"`})
 
 	const attacker = "127.0.0.71"
 	offend(t, g, attacker, budget)
@@ -64,6 +70,16 @@ func TestStatusPageInChromium(t *testing.T) {
 			c.Quit()
 		}
 	})
+	// Meanwhile legitimate users keep logging in.
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			if c, err := ftpClient(t, "127.0.0.74", g.Addr); err == nil {
+				c.Login(testUser, testPass)
+				c.Quit()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	c, err := ftpClient(t, "127.0.0.73", g.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -72,6 +88,10 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Quit()
+
+	// The history shows it before the page is drawn: the failures rose
+	// and the logins went on after they did.
+	attackSeen(t, g)
 
 	shot := filepath.Join(t.TempDir(), "status.png")
 	url := "http://" + g.AdminAddr + "/"
@@ -127,6 +147,13 @@ func TestStatusPageInChromium(t *testing.T) {
 			t.Errorf("status page lacks %q", want)
 		}
 	}
+	// The charts: inline SVG, the failures' peak above zero.
+	if m := regexp.MustCompile(`<tr id="chart-failed" data-current="[0-9.]+" data-peak="([0-9.]+)"`).FindSubmatch(html); m == nil || string(m[1]) == "0" {
+		t.Errorf("the status page has no chart of the failures, or it stays at zero: %q", m)
+	}
+	if n := bytes.Count(html, []byte("<svg ")); n < 7 {
+		t.Errorf("the status page draws %d charts, want one per series at least", n)
+	}
 	if bytes.Contains(html, []byte("wrong-guess")) || bytes.Contains(html, []byte(testPass)) {
 		t.Error("a password appears on the status page")
 	}
@@ -149,4 +176,42 @@ func colours(img image.Image) int {
 		}
 	}
 	return len(seen)
+}
+
+// attackSeen waits until GET /status's history shows the attack: a step
+// with failed guesses, and logins ok in a step at or after the first one.
+func attackSeen(t *testing.T, g *guard) {
+	t.Helper()
+	var last string
+	waitFor(t, "the attack in the history", func() bool {
+		resp, err := http.Get("http://" + g.AdminAddr + "/status")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var st struct {
+			History struct {
+				IntervalSeconds float64 `json:"interval_seconds"`
+				Recent          struct {
+					Series []struct {
+						Name   string    `json:"name"`
+						Points []float64 `json:"points"`
+						Peak   float64   `json:"peak"`
+					} `json:"series"`
+				} `json:"recent"`
+			} `json:"history"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || st.History.IntervalSeconds != 1 {
+			last = fmt.Sprintf("interval %v, %v", st.History.IntervalSeconds, err)
+			return false
+		}
+		pts := map[string][]float64{}
+		for _, s := range st.History.Recent.Series {
+			pts[s.Name] = s.Points
+		}
+		last = fmt.Sprintf("failed %v, logins_ok %v", pts["failed"], pts["logins_ok"])
+		first := slices.IndexFunc(pts["failed"], func(v float64) bool { return v > 0 })
+		return first >= 0 && slices.ContainsFunc(pts["logins_ok"][first:], func(v float64) bool { return v > 0 })
+	})
+	t.Logf("history: %s", last)
 }

@@ -10,7 +10,8 @@
 //	ftpguard bans add IP|CIDR [DUR]    ban                      ⎪ endpoint ([admin]
 //	ftpguard bans del IP|CIDR          lift a ban               ⎬ listen of -config,
 //	ftpguard status                    health, counters, bans   ⎪ or -admin ADDR)
-//	ftpguard reload                    re-read the config       ⎭
+//	ftpguard reload                    re-read the config       ⎪
+//	ftpguard top [-n 1]                live view (rates, bans)  ⎭
 //	ftpguard version                   print the version
 package main
 
@@ -84,6 +85,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "bans", "users", "status", "reload":
 		return admin.RunClient(cmd, args, stdout, stderr, defaultConfigPath)
+	case "top":
+		return admin.RunTop(args, stdout, stderr, defaultConfigPath)
 	case "version":
 		fmt.Fprintln(stdout, "ftpguard", versionString())
 		return 0
@@ -93,7 +96,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "  -config PATH, -admin ADDR, -token-file PATH, -timeout DUR, -json, -reason TEXT (bans add)")
 		return 0
 	default:
-		fmt.Fprintf(stderr, "ftpguard: unknown command %q (want run, check, bans, users, status, reload or version)\n", cmd)
+		fmt.Fprintf(stderr, "ftpguard: unknown command %q (want run, check, bans, users, status, reload, top or version)\n", cmd)
 		return 2
 	}
 }
