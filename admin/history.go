@@ -51,16 +51,17 @@ type sample struct {
 	bytes    uint64   // relayed, both directions
 }
 
-// sampleOf reads a sample from the metrics' snapshot. A guess the
-// username budgets refused never reached the daemon: it is counted as a
-// failed login by the proxy and as a refusal, and left out here.
+// sampleOf reads a sample from the metrics' snapshot. A guess refused for
+// trying too many usernames never reached the daemon: it is counted as a
+// failed login by the proxy and as a refusal, and left out here (a guess
+// for a throttled username is not counted as a failed login at all).
 func sampleOf(s snapshot, t time.Time) sample {
 	x := sample{t: t, ok: s.LoginsOK, bans: s.BansTotal, banned: int64(s.BansActive),
 		sessions: s.SessionsActive, bytes: s.BytesUp + s.BytesDown, rejects: make([]uint64, len(rejectReasons))}
 	for i, r := range rejectReasons {
 		x.rejects[i] = s.Rejects[r]
 	}
-	local := s.Rejects["user budget spent"] + s.Rejects["too many usernames from key"]
+	local := s.Rejects["too many usernames from key"] // "username throttled" is not counted as a failed login
 	if s.LoginsFailed > local {
 		x.failed = s.LoginsFailed - local
 	}

@@ -35,17 +35,17 @@ func TestHistorySeries(t *testing.T) {
 	}
 	for i, st := range steps {
 		f.s.LoginsFailed, f.s.LoginsOK, f.s.BansTotal, f.s.SessionsActive = st.failed, st.ok, st.banned, st.sessions
-		f.s.Rejects["user budget spent"] = st.userSpent
+		f.s.Rejects["too many usernames from key"] = st.userSpent
 		h.Sample(t0.Add(time.Duration(i) * 10 * time.Second))
 	}
 	v := h.View()
 	want := map[string][]float64{
-		"failed":                    {5, 17, 0},
-		"logins_ok":                 {1, 1, 1},
-		"bans":                      {0, 1, 0},
-		"sessions":                  {2, 7, 1},
-		"refused":                   {0, 3, 0},
-		"refused:user budget spent": {0, 3, 0},
+		"failed":                              {5, 17, 0},
+		"logins_ok":                           {1, 1, 1},
+		"bans":                                {0, 1, 0},
+		"sessions":                            {2, 7, 1},
+		"refused":                             {0, 3, 0},
+		"refused:too many usernames from key": {0, 3, 0},
 	}
 	for name, pts := range want {
 		s, ok := v.Recent.Get(name)
