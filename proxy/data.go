@@ -22,8 +22,16 @@ func (s *session) announceAddr() netip.Addr {
 	return s.ends.reached.Addr()
 }
 
+// replyTooManyPorts answers a PASV/EPSV of a key that holds
+// Config.MaxPortsPerKey passive listeners already.
+var replyTooManyPorts = ftpproto.NewReply(425, "Too many data ports held by your address; close some first.")
+
 // openPassive answers the backend's 227/229 with a listener of the proxy's
-// own and returns the rewritten reply (or a 425 when that fails). The
+// own and returns the rewritten reply (or a 425 when that fails). The key's
+// cap of passive listeners was checked before the PASV/EPSV was forwarded
+// (passiveFull); a 425 here over the cap happens only when sessions of one
+// key raced for the last place, and the daemon's port is then left to the
+// daemon's own timeout. The
 // backend's data port is always dialed on the backend's control address:
 // a daemon cannot make the proxy connect elsewhere (docs/design.md: 227 parsing).
 func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
@@ -49,13 +57,16 @@ func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
 	}
 	target := netip.AddrPortFrom(addrPortOf(s.backend.RemoteAddr()).Addr(), port)
 
-	ln, err := s.listenPassive()
-	if err != nil {
-		s.log.Error("no passive port free", "err", err)
+	ln, why := s.holdPassive() // passive.go
+	switch why {
+	case "cap":
+		return replyTooManyPorts
+	case "free":
 		return ftpproto.NewReply(425, "Can't open passive connection: no port free.")
 	}
 	lport := uint16(ln.Addr().(*net.TCPAddr).Port)
 	out := ftpproto.FormatEPSV(lport)
+	var err error
 	if verb == "PASV" {
 		out, err = ftpproto.FormatPASV(netip.AddrPortFrom(s.announceAddr(), lport))
 		if err != nil {
@@ -152,7 +163,7 @@ func (s *session) untrackData(c net.Conn) {
 // another IP than the control connection's (no port stealing), then dials
 // the backend's data port from the same local IP as the control connection
 // (vsftpd refuses others) and relays.
-func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
+func (s *session) acceptData(ln *heldListener, target netip.AddrPort) {
 	cfg := s.srv.config()
 	// The data leg is open from now: a 2xx to a transfer waits for it even
 	// when the client has connected but the accept has not returned yet.

@@ -65,6 +65,10 @@ type Config struct {
 	// DataTimeout bounds the wait for a client's passive data connection
 	// and for dialing the backend's data port. Default 30s.
 	DataTimeout time.Duration
+	// MaxPortsPerKey caps the passive listeners held (opened, no data
+	// connection yet) by one address key, the limiter's Key. Default 4
+	// (DefaultMaxPortsPerKey).
+	MaxPortsPerKey int
 	// TrustedProxies are the sources (load balancers) whose PROXY protocol
 	// header (v1 or v2) names the true peer. From them a header is required;
 	// nobody else can choose its address. Empty: no PROXY protocol.
@@ -137,6 +141,7 @@ type Server struct {
 	perIP     map[netip.Addr]int
 	conns     int
 	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
+	ports     portHolds     // passive listeners held per key (passive.go)
 
 	// ctx is cancelled by Close, so dials in flight give up at once.
 	ctx    context.Context
