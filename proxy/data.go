@@ -222,8 +222,17 @@ func (s *session) dialData(local netip.Addr, target netip.AddrPort, to string) n
 // client, backend_tls with the daemon), then relays.
 func (s *session) secureAndRelay(client, backend net.Conn, done func()) {
 	cc, err := s.secureData(client)
-	if err != nil {
+	if errors.Is(err, errNoReuse) {
+		s.log.Error("PROT P data connection refused: no TLS session reuse", "err", err)
+	} else if err != nil {
 		s.log.Info("TLS handshake on data connection failed", "err", err)
+	}
+	if err != nil {
+		// The daemon's leg is reset, not closed: an upload must end in
+		// the daemon's error (vsftpd: 426), never an empty file.
+		if tc, ok := backend.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
 		return
 	}
 	bc, err := s.secureBackendData(backend)

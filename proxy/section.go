@@ -62,7 +62,7 @@ func DefaultSection() Section {
 	return Section{
 		Listen:  "0.0.0.0:21",
 		Active:  true,
-		TLS:     TLSConfig{Mode: "off", MinVersion: "1.2", ImplicitListen: "0.0.0.0:990"},
+		TLS:     TLSConfig{Mode: "off", MinVersion: "1.2", ImplicitListen: "0.0.0.0:990", RequireDataReuse: true},
 		Backend: BackendConfig{Address: "127.0.0.1:2121", DialTimeout: 5 * time.Second, SendProxy: "off"},
 		Passive: PassiveConfig{Ports: "50000-50099", MaxPortsPerKey: DefaultMaxPortsPerKey},
 		Sessions: SessionsConfig{
@@ -157,6 +157,7 @@ func (c Section) Settings(p *conf.Problems) Settings {
 			ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,
 			SendProxy:          sendProxy,
 			RequireTLS:         c.TLS.Require,
+			DataNoReuse:        !c.TLS.RequireDataReuse,
 			Active:             c.Active,
 		},
 	}

@@ -80,6 +80,10 @@ type Config struct {
 	// port (explicit), or ServeImplicitTLS listeners; PROT P secures the
 	// data connections with the client. Nil: AUTH is answered 534.
 	TLS *tls.Config
+	// DataNoReuse accepts PROT P data connections that do not resume the
+	// control connection's TLS session ([tls] require_data_reuse = false,
+	// for old clients). False, the default: they are refused.
+	DataNoReuse bool
 	// RequireTLS refuses USER/PASS before AUTH TLS (530).
 	RequireTLS bool
 	// Active accepts PORT/EPRT (for the client's own address and a port ≥
@@ -423,8 +427,10 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 
 	cfg := s.config()
 	client := c
+	var stls *tls.Config // implicit: this session's TLS (tls.go: sessionTLS)
 	if implicit {
-		tc := tls.Server(c, cfg.TLS)
+		stls = sessionTLS(cfg.TLS)
+		tc := tls.Server(c, stls)
 		hctx, hcancel := context.WithTimeout(s.ctx, cfg.LoginTimeout)
 		err := tc.HandshakeContext(hctx)
 		hcancel()
@@ -470,6 +476,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 
 	ss := newSession(s, c, client, bc, e, log)
 	ss.btls = btls
+	ss.tlsCfg = stls
 	if greeting != nil {
 		ss.pregreeted = greeting
 	}

@@ -63,6 +63,7 @@ type session struct {
 	// daemon was set up; relayed first.
 	pregreeted *ftpproto.Reply
 	protP      atomic.Bool // PROT P: data connections with the client are TLS
+	tlsCfg     *tls.Config // the client's TLS, with this session's ticket keys (tls.go: sessionTLS); set before PROT P
 	clientEOF  atomic.Bool
 	closeOnce  sync.Once
 	done       chan struct{}  // closed by abort
