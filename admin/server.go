@@ -74,6 +74,8 @@ type Server struct {
 	st  atomic.Pointer[Settings] // token and pprof in force
 	h   *History                 // sampled while serving (startHistory)
 
+	health backendCheck // the cached health dial (health.go)
+
 	mu     sync.Mutex
 	hs     []*http.Server // of Serve
 	closed bool           // by Shutdown
@@ -454,6 +456,7 @@ type backendHealth struct {
 	OK      bool    `json:"ok"`
 	DialMS  float64 `json:"dial_ms"`
 	Error   string  `json:"error,omitempty"`
+	Note    string  `json:"note,omitempty"`
 }
 
 type storeHealth struct {
@@ -464,24 +467,15 @@ type storeHealth struct {
 	LastError  string `json:"last_error,omitempty"`
 }
 
-// checkHealth dials the backend (within dial_timeout, at most limit) and
+// checkHealth dials the backend (within dial_timeout, at most limit; at
+// most once a second for all callers, never with the session table full:
+// health.go) and
 // looks at the store: a shared store (Redis) is healthy while reachable;
 // a local one always is (its last error is reported).
 func (a *Server) checkHealth(ctx context.Context, limit time.Duration) Health {
 	info := a.opt.Info()
 	h := Health{Status: "ok"}
-	h.Backend.Address = info.Backend
-	ctx, cancel := context.WithTimeout(ctx, min(info.DialTimeout, limit))
-	defer cancel()
-	start := time.Now()
-	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", info.Backend)
-	h.Backend.DialMS = float64(time.Since(start).Microseconds()) / 1000
-	if err != nil {
-		h.Backend.Error = err.Error()
-	} else {
-		c.Close()
-		h.Backend.OK = true
-	}
+	h.Backend = a.backendHealth(ctx, info, limit) // health.go: ≤ 1 dial a second, within max_conns
 	ls := a.lim.Stats()
 	h.Store = storeHealth{Kind: info.Store, OK: !ls.SharedDown, SharedDown: ls.SharedDown, Errors: ls.StoreErrors}
 	if err := a.lim.LastStoreError(); err != nil {

@@ -217,7 +217,8 @@ func newSettings(c Config) *settings {
 	return s
 }
 
-// key masks a normalised address to its key.
+// key masks a normalised address (normAddr: a 6to4 or Teredo address is
+// already the IPv4 address it carries, under IPv4Prefix) to its key.
 func (s *settings) key(a netip.Addr) netip.Prefix {
 	bits := s.IPv6Prefix
 	if a.Is4() {

@@ -219,7 +219,7 @@ func (l *Limiter) restoreLocked(s *settings, b Ban) {
 }
 
 // Key returns the key of addr: addr without zone and unmapped from IPv4-mapped
-// IPv6, masked to Config.IPv4Prefix or IPv6Prefix bits. The invalid Addr has
+// IPv6 (a 6to4 or Teredo address: the IPv4 address it carries), masked to Config.IPv4Prefix or IPv6Prefix bits. The invalid Addr has
 // the invalid (zero) key.
 func (l *Limiter) Key(addr netip.Addr) netip.Prefix {
 	addr = normAddr(addr)
@@ -374,10 +374,10 @@ func (l *Limiter) syncLocked() {
 	l.nactive.Store(int64(l.bans.active))
 }
 
-// normAddr drops a zone and unmaps an IPv4-mapped IPv6 address.
-func normAddr(a netip.Addr) netip.Addr {
-	return a.WithZone("").Unmap()
-}
+// normAddr drops a zone and unmaps an IPv4-mapped IPv6 address; a 6to4 or
+// Teredo address becomes the IPv4 address it carries (prefix.Addr), so
+// its key, allowlisting and bans are those of that IPv4 host.
+func normAddr(a netip.Addr) netip.Addr { return prefix.Addr(a) }
 
 // normPrefix masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or
 // more into the IPv4 prefix it maps.

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ftpguard/ftpguard/ftpproto"
@@ -20,8 +22,16 @@ func (s *session) announceAddr() netip.Addr {
 	return s.ends.reached.Addr()
 }
 
+// replyTooManyPorts answers a PASV/EPSV of a key that holds
+// Config.MaxPortsPerKey passive listeners already.
+var replyTooManyPorts = ftpproto.NewReply(425, "Too many data ports held by your address; close some first.")
+
 // openPassive answers the backend's 227/229 with a listener of the proxy's
-// own and returns the rewritten reply (or a 425 when that fails). The
+// own and returns the rewritten reply (or a 425 when that fails). The key's
+// cap of passive listeners was checked before the PASV/EPSV was forwarded
+// (passiveFull); a 425 here over the cap happens only when sessions of one
+// key raced for the last place, and the daemon's port is then left to the
+// daemon's own timeout. The
 // backend's data port is always dialed on the backend's control address:
 // a daemon cannot make the proxy connect elsewhere (docs/design.md: 227 parsing).
 func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
@@ -47,13 +57,16 @@ func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
 	}
 	target := netip.AddrPortFrom(addrPortOf(s.backend.RemoteAddr()).Addr(), port)
 
-	ln, err := s.listenPassive()
-	if err != nil {
-		s.log.Error("no passive port free", "err", err)
+	ln, why := s.holdPassive() // passive.go
+	switch why {
+	case "cap":
+		return replyTooManyPorts
+	case "free":
 		return ftpproto.NewReply(425, "Can't open passive connection: no port free.")
 	}
 	lport := uint16(ln.Addr().(*net.TCPAddr).Port)
 	out := ftpproto.FormatEPSV(lport)
+	var err error
 	if verb == "PASV" {
 		out, err = ftpproto.FormatPASV(netip.AddrPortFrom(s.announceAddr(), lport))
 		if err != nil {
@@ -150,7 +163,7 @@ func (s *session) untrackData(c net.Conn) {
 // another IP than the control connection's (no port stealing), then dials
 // the backend's data port from the same local IP as the control connection
 // (vsftpd refuses others) and relays.
-func (s *session) acceptData(ln *net.TCPListener, target netip.AddrPort) {
+func (s *session) acceptData(ln *heldListener, target netip.AddrPort) {
 	cfg := s.srv.config()
 	// The data leg is open from now: a 2xx to a transfer waits for it even
 	// when the client has connected but the accept has not returned yet.
@@ -209,8 +222,17 @@ func (s *session) dialData(local netip.Addr, target netip.AddrPort, to string) n
 // client, backend_tls with the daemon), then relays.
 func (s *session) secureAndRelay(client, backend net.Conn, done func()) {
 	cc, err := s.secureData(client)
-	if err != nil {
+	if errors.Is(err, errNoReuse) {
+		s.log.Error("PROT P data connection refused: no TLS session reuse", "err", err)
+	} else if err != nil {
 		s.log.Info("TLS handshake on data connection failed", "err", err)
+	}
+	if err != nil {
+		// The daemon's leg is reset, not closed: an upload must end in
+		// the daemon's error (vsftpd: 426), never an empty file.
+		if tc, ok := backend.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
 		return
 	}
 	bc, err := s.secureBackendData(backend)
@@ -223,7 +245,9 @@ func (s *session) secureAndRelay(client, backend net.Conn, done func()) {
 
 // relayData copies both ways between the client's and the backend's data
 // connections until both ways have ended; downloaded is called when the
-// backend → client way has.
+// backend → client way has. A relay where no byte moves either way for
+// DataTimeout is closed, both legs (docs/design.md rule 5): the transfer's
+// reply is then whatever the daemon sends.
 func (s *session) relayData(client, backend net.Conn, downloaded func()) {
 	s.transfers.Add(1)
 	s.raw.SetReadDeadline(time.Time{})
@@ -233,24 +257,94 @@ func (s *session) relayData(client, backend net.Conn, downloaded func()) {
 	}()
 	errc := make(chan error, 2)
 	obs := s.srv.obs
-	go copyHalf(backend, client, errc, func(n int64) { obs.Bytes(true, n) }, nil)         // upload
-	go copyHalf(client, backend, errc, func(n int64) { obs.Bytes(false, n) }, downloaded) // download
+	w := &idleWatch{timeout: s.srv.config().DataTimeout}
+	go w.copyHalf(0, backend, client, errc, func(n int64) { obs.Bytes(true, n) }, nil)         // upload
+	go w.copyHalf(1, client, backend, errc, func(n int64) { obs.Bytes(false, n) }, downloaded) // download
 	for range 2 {
 		if err := <-errc; err != nil {
-			// A reset or a closed leg: end both ways at once.
+			if errors.Is(err, errDataIdle) {
+				s.log.Info("data connection idle, closed", "timeout", w.timeout)
+			}
+			// A reset, a closed leg or an idle relay: end both ways at once.
 			client.Close()
 			backend.Close()
 		}
 	}
 }
 
-// copyHalf copies src to dst, then half-closes dst so its reader sees EOF,
-// and calls done if not nil. Between two *net.TCPConn (also behind a
-// go-proxyproto Conn, whose WriteTo hands over its socket) io.Copy lets the
-// kernel splice.
-func copyHalf(dst, src net.Conn, errc chan<- error, count func(int64), done func()) {
-	n, err := io.Copy(dst, src)
-	count(n)
+// relayChunk is what one way of a relay copies between two looks at its
+// idle state; io.CopyN keeps the kernel splice between two TCP sockets.
+const relayChunk = 32 << 10
+
+// errDataIdle ends a relay in which no byte moved for the idle timeout.
+var errDataIdle = errors.New("proxy: data connection idle")
+
+// idleWatch decides when a relay is idle: each way reads with a deadline of
+// timeout; a way whose deadline passes with nothing read is idle, and the
+// relay ends once both ways are idle, or one is idle and the other has
+// ended or has been stuck writing (no report) for twice the timeout. A way
+// that moves bytes is never idle, however slowly it moves them.
+type idleWatch struct {
+	timeout time.Duration
+
+	mu     sync.Mutex
+	idle   [2]bool
+	ended  [2]bool
+	report [2]time.Time // a way's last look at its state
+}
+
+// look records what way i saw in its last read: moved bytes, or none
+// within the timeout. It reports whether the relay is idle.
+func (w *idleWatch) look(i int, moved bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := time.Now()
+	w.report[i] = now
+	w.idle[i] = !moved
+	if moved {
+		return false
+	}
+	o := 1 - i
+	stuck := !w.report[o].IsZero() && now.Sub(w.report[o]) >= 2*w.timeout
+	return w.idle[o] || w.ended[o] || stuck
+}
+
+func (w *idleWatch) end(i int) {
+	w.mu.Lock()
+	w.ended[i] = true
+	w.mu.Unlock()
+}
+
+// copyHalf copies src to dst (way i), then half-closes dst so its reader
+// sees EOF, and calls done if not nil. Between two *net.TCPConn io.CopyN
+// lets the kernel splice. The error is nil at src's EOF, errDataIdle when
+// the relay went idle.
+func (w *idleWatch) copyHalf(i int, dst, src net.Conn, errc chan<- error, count func(int64), done func()) {
+	var total int64
+	var err error
+	w.look(i, true)
+	for {
+		src.SetReadDeadline(time.Now().Add(w.timeout))
+		n, e := io.CopyN(dst, src, relayChunk)
+		total += n
+		if e == nil {
+			w.look(i, true)
+			continue
+		}
+		if errors.Is(e, os.ErrDeadlineExceeded) {
+			if w.look(i, n > 0) {
+				err = errDataIdle
+				break
+			}
+			continue
+		}
+		if e != io.EOF {
+			err = e
+		}
+		break
+	}
+	w.end(i)
+	count(total)
 	closeWrite(dst)
 	if done != nil {
 		done()

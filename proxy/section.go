@@ -32,8 +32,9 @@ type BackendConfig struct {
 
 // PassiveConfig is the [passive] table.
 type PassiveConfig struct {
-	Address string `toml:"address"`
-	Ports   string `toml:"ports"`
+	Address        string `toml:"address"`
+	Ports          string `toml:"ports"`
+	MaxPortsPerKey int    `toml:"max_ports_per_key"`
 }
 
 // SessionsConfig is the [sessions] table.
@@ -61,9 +62,9 @@ func DefaultSection() Section {
 	return Section{
 		Listen:  "0.0.0.0:21",
 		Active:  true,
-		TLS:     TLSConfig{Mode: "off", MinVersion: "1.2", ImplicitListen: "0.0.0.0:990"},
+		TLS:     TLSConfig{Mode: "off", MinVersion: "1.2", ImplicitListen: "0.0.0.0:990", RequireDataReuse: true},
 		Backend: BackendConfig{Address: "127.0.0.1:2121", DialTimeout: 5 * time.Second, SendProxy: "off"},
-		Passive: PassiveConfig{Ports: "50000-50099"},
+		Passive: PassiveConfig{Ports: "50000-50099", MaxPortsPerKey: DefaultMaxPortsPerKey},
 		Sessions: SessionsConfig{
 			MaxConns: 2000, MaxConnsPerIP: 10,
 			LoginTimeout: 30 * time.Second, IdleTimeout: 10 * time.Minute,
@@ -122,6 +123,7 @@ func (c Section) Settings(p *conf.Problems) Settings {
 	if err != nil {
 		p.Add("passive.ports", "%v", err)
 	}
+	p.AtLeast("passive.max_ports_per_key", c.Passive.MaxPortsPerKey, 1)
 
 	ss := c.Sessions
 	p.AtLeast("sessions.max_conns", ss.MaxConns, 1)
@@ -142,6 +144,7 @@ func (c Section) Settings(p *conf.Problems) Settings {
 			DialTimeout:        c.Backend.DialTimeout,
 			PassiveAddr:        passiveAddr,
 			PassivePorts:       ports,
+			MaxPortsPerKey:     c.Passive.MaxPortsPerKey,
 			MaxConns:           ss.MaxConns,
 			MaxConnsPerIP:      ss.MaxConnsPerIP,
 			LoginTimeout:       ss.LoginTimeout,
@@ -154,6 +157,7 @@ func (c Section) Settings(p *conf.Problems) Settings {
 			ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,
 			SendProxy:          sendProxy,
 			RequireTLS:         c.TLS.Require,
+			DataNoReuse:        !c.TLS.RequireDataReuse,
 			Active:             c.Active,
 		},
 	}

@@ -65,6 +65,10 @@ type Config struct {
 	// DataTimeout bounds the wait for a client's passive data connection
 	// and for dialing the backend's data port. Default 30s.
 	DataTimeout time.Duration
+	// MaxPortsPerKey caps the passive listeners held (opened, no data
+	// connection yet) by one address key, the limiter's Key. Default 4
+	// (DefaultMaxPortsPerKey).
+	MaxPortsPerKey int
 	// TrustedProxies are the sources (load balancers) whose PROXY protocol
 	// header (v1 or v2) names the true peer. From them a header is required;
 	// nobody else can choose its address. Empty: no PROXY protocol.
@@ -76,6 +80,10 @@ type Config struct {
 	// port (explicit), or ServeImplicitTLS listeners; PROT P secures the
 	// data connections with the client. Nil: AUTH is answered 534.
 	TLS *tls.Config
+	// DataNoReuse accepts PROT P data connections that do not resume the
+	// control connection's TLS session ([tls] require_data_reuse = false,
+	// for old clients). False, the default: they are refused.
+	DataNoReuse bool
 	// RequireTLS refuses USER/PASS before AUTH TLS (530).
 	RequireTLS bool
 	// Active accepts PORT/EPRT (for the client's own address and a port ≥
@@ -137,6 +145,7 @@ type Server struct {
 	perIP     map[netip.Addr]int
 	conns     int
 	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
+	ports     portHolds     // passive listeners held per key (passive.go)
 
 	// ctx is cancelled by Close, so dials in flight give up at once.
 	ctx    context.Context
@@ -418,8 +427,10 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 
 	cfg := s.config()
 	client := c
+	var stls *tls.Config // implicit: this session's TLS (tls.go: sessionTLS)
 	if implicit {
-		tc := tls.Server(c, cfg.TLS)
+		stls = sessionTLS(cfg.TLS)
+		tc := tls.Server(c, stls)
 		hctx, hcancel := context.WithTimeout(s.ctx, cfg.LoginTimeout)
 		err := tc.HandshakeContext(hctx)
 		hcancel()
@@ -465,6 +476,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 
 	ss := newSession(s, c, client, bc, e, log)
 	ss.btls = btls
+	ss.tlsCfg = stls
 	if greeting != nil {
 		ss.pregreeted = greeting
 	}

@@ -63,6 +63,7 @@ type session struct {
 	// daemon was set up; relayed first.
 	pregreeted *ftpproto.Reply
 	protP      atomic.Bool // PROT P: data connections with the client are TLS
+	tlsCfg     *tls.Config // the client's TLS, with this session's ticket keys (tls.go: sessionTLS); set before PROT P
 	clientEOF  atomic.Bool
 	closeOnce  sync.Once
 	done       chan struct{}  // closed by abort
@@ -316,6 +317,9 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		if !s.announceAddr().Is4() {
 			return s.replyLocal(ftpproto.NewReply(500, "PASV needs IPv4; use EPSV."))
 		}
+		if s.passiveFull() { // passive.go
+			return s.refusePassive()
+		}
 		return s.forward(ftpproto.Command{Verb: "PASV"}, "PASV", nil)
 	case "EPSV":
 		switch strings.ToUpper(strings.TrimSpace(cmd.Arg)) {
@@ -325,6 +329,9 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		case "", "1", "2":
 			// The proxy chooses the backend's family; the client's
 			// family is the one it reached us with.
+			if s.passiveFull() {
+				return s.refusePassive()
+			}
 			return s.forward(ftpproto.Command{Verb: "EPSV"}, "EPSV", nil)
 		default:
 			return s.replyLocal(ftpproto.NewReply(501, "Syntax error in EPSV argument."))

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"net"
 	"strings"
 	"time"
@@ -42,7 +44,8 @@ func (s *session) startTLS(cmd ftpproto.Command) bool {
 	if !s.writeLocked(ftpproto.NewReply(234, "AUTH TLS successful.")) {
 		return false
 	}
-	tc, err := s.handshake(s.client, cfg)
+	s.tlsCfg = sessionTLS(cfg.TLS)
+	tc, err := s.handshake(s.client, s.tlsCfg, cfg.DataTimeout)
 	if err != nil {
 		s.log.Info("TLS handshake failed", "err", err)
 		s.abort()
@@ -54,10 +57,26 @@ func (s *session) startTLS(cmd ftpproto.Command) bool {
 	return true
 }
 
-// handshake runs a server handshake on c within DataTimeout.
-func (s *session) handshake(c net.Conn, cfg *Config) (*tls.Conn, error) {
-	tc := tls.Server(c, cfg.TLS)
-	ctx, cancel := context.WithTimeout(s.srv.ctx, cfg.DataTimeout)
+// sessionTLS returns base for one session: a clone with session ticket
+// keys of its own, so that only the tickets issued on this session's
+// control connection can be resumed on its data connections (a ticket of
+// another session, or of another client on the same address, decrypts to
+// nothing and gets a full handshake, which secureData refuses).
+func sessionTLS(base *tls.Config) *tls.Config {
+	if base == nil {
+		return nil
+	}
+	c := base.Clone()
+	var k [32]byte
+	rand.Read(k[:])
+	c.SetSessionTicketKeys([][32]byte{k})
+	return c
+}
+
+// handshake runs a server handshake on c with conf within timeout.
+func (s *session) handshake(c net.Conn, conf *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	tc := tls.Server(c, conf)
+	ctx, cancel := context.WithTimeout(s.srv.ctx, timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, err
@@ -95,16 +114,35 @@ func (s *session) tlsCommand(cmd ftpproto.Command) bool {
 	}
 }
 
+// errNoReuse refuses a PROT P data connection that did not resume the
+// control connection's TLS session.
+var errNoReuse = errors.New("proxy: the data connection did not resume the control connection's TLS session")
+
 // secureData wraps a client data connection in TLS when PROT P is in
-// force. The client may resume its control session's TLS session (clients
-// and servers such as vsftpd's require_ssl_reuse expect that); Go's server
-// accepts session tickets from the same Config.
+// force. It must resume the control connection's TLS session (as vsftpd's
+// require_ssl_reuse): the session's own ticket keys (sessionTLS) make any
+// other ticket fail, so a thief on the same address who races for the
+// port gets a full handshake and errNoReuse. Config.DataNoReuse
+// ([tls] require_data_reuse = false) accepts a full handshake, for old
+// clients.
 func (s *session) secureData(c net.Conn) (net.Conn, error) {
 	cfg := s.srv.config()
 	if !s.protP.Load() || cfg.TLS == nil {
 		return c, nil
 	}
-	return s.handshake(c, cfg)
+	conf := s.tlsCfg
+	if conf == nil { // not reached: PROT P needs the control connection's TLS
+		conf = sessionTLS(cfg.TLS)
+	}
+	tc, err := s.handshake(c, conf, cfg.DataTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if !tc.ConnectionState().DidResume && !cfg.DataNoReuse {
+		tc.Close()
+		return nil, errNoReuse
+	}
+	return tc, nil
 }
 
 // rewriteFEAT makes the FEAT reply advertise AUTH TLS, PBSZ and PROT

@@ -20,6 +20,9 @@ type TLSConfig struct {
 	MinVersion     string `toml:"min_version"`
 	Require        bool   `toml:"require"`
 	ImplicitListen string `toml:"implicit_listen"`
+	// RequireDataReuse: PROT P data connections must resume the control
+	// connection's TLS session (default true).
+	RequireDataReuse bool `toml:"require_data_reuse"`
 	// FTPS towards the daemon.
 	BackendTLS        bool   `toml:"backend_tls"`
 	BackendCA         string `toml:"backend_ca"`

@@ -280,11 +280,24 @@ func TestAdminHealthz(t *testing.T) {
 		t.Fatalf("healthz with the backend up = %d %s", code, body)
 	}
 	td.backend.Close()
+	td.awaitHealthCache(t)
 	code, body = td.call(t, "GET", "/healthz", "", "")
 	var h admin.Health
 	json.Unmarshal([]byte(body), &h)
 	if code != 503 || h.Status != "unhealthy" || h.Backend.OK || !strings.Contains(h.Backend.Error, "refused") || !h.Store.OK {
 		t.Fatalf("healthz with the backend down = %d %s", code, body)
+	}
+}
+
+// awaitHealthCache waits until /healthz reports the backend down: its
+// answer is shared for a second (admin/health.go), so a change is seen
+// when the cached answer expires. Bounded: 5 s.
+func (td *testDaemon) awaitHealthCache(t *testing.T) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if code, _ := td.call(t, "GET", "/healthz", "", ""); code == 503 {
+			return
+		}
 	}
 }
 

@@ -79,6 +79,7 @@ func TestClientCommands(t *testing.T) {
 
 	// Unhealthy: status says so, exit 1.
 	td.backend.Close()
+	td.awaitHealthCache(t)
 	code, out, _ := cli("status", "-config", cfg)
 	if code != 1 || !strings.Contains(out, "health    UNHEALTHY") || !strings.Contains(out, "UNREACHABLE") {
 		t.Errorf("status with the backend down = %d\n%s", code, out)

@@ -13,9 +13,12 @@ import (
 var ErrInvalid = errors.New("limiter: invalid prefix")
 
 // Norm masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or more
-// into the IPv4 prefix it maps. An invalid p, or a mapped prefix shorter
-// than 96 bits (it would mix IPv4-mapped and IPv6 addresses), is an error
-// wrapping ErrInvalid.
+// into the IPv4 prefix it maps, a 6to4 prefix of 24 bits or more into the
+// IPv4 prefix it carries (bits−16) and a single Teredo address (/128) into
+// the client's IPv4 address (/32), as Addr keys them; shorter 6to4 and
+// Teredo prefixes stay as they are (no address is keyed inside them). An
+// invalid p, or a mapped prefix shorter than 96 bits (it would mix
+// IPv4-mapped and IPv6 addresses), is an error wrapping ErrInvalid.
 func Norm(p netip.Prefix) (netip.Prefix, error) {
 	if !p.IsValid() {
 		return netip.Prefix{}, fmt.Errorf("%w: %v", ErrInvalid, p)
@@ -26,6 +29,12 @@ func Norm(p netip.Prefix) (netip.Prefix, error) {
 			return netip.Prefix{}, fmt.Errorf("%w: %v mixes IPv4-mapped and IPv6 addresses", ErrInvalid, p)
 		}
 		a, bits = a.Unmap(), bits-96
+	}
+	switch {
+	case a.Is6() && sixToFour.Contains(a) && bits >= 24:
+		a, bits = Addr(a), bits-16
+	case a.Is6() && teredo.Contains(a) && bits == 128:
+		a, bits = Addr(a), 32
 	}
 	return netip.PrefixFrom(a, bits).Masked(), nil
 }
