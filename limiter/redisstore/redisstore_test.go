@@ -254,13 +254,16 @@ func TestRedisDecidesLikeLocal(t *testing.T) {
 }
 
 // TestRedisBudgetSpread spreads one key's failures over two limiters: they
-// ban at exactly Failures in all, and the other one enforces the ban within
-// 100ms.
+// ban at exactly Failures in all, and the other one enforces the ban (the
+// time it took is logged, not asserted: no timing thresholds in tests). The
+// store calls get a generous timeout: this test is not about timeouts, and a
+// loaded machine made the default 200 ms fail a load of the bans.
 func TestRedisBudgetSpread(t *testing.T) {
 	noLeaks(t)
 	srv := startRedis(t)
 	cfg := limiter.Config{Failures: 5}
-	lims := []*limiter.Limiter{newRedisLimiter(t, srv, cfg, Options{}), newRedisLimiter(t, srv, cfg, Options{})}
+	opt := Options{Timeout: 5 * time.Second}
+	lims := []*limiter.Limiter{newRedisLimiter(t, srv, cfg, opt), newRedisLimiter(t, srv, cfg, opt)}
 	addr := netip.MustParseAddr("2001:db8:1:2::99")
 	now := time.Now()
 	for i := range 5 {
@@ -281,9 +284,6 @@ func TestRedisBudgetSpread(t *testing.T) {
 	other := lims[1]
 	took := waitFor(t, 2*time.Second, "ban seen by the other limiter", func() bool { return !other.Check(time.Now(), addr).Allowed })
 	t.Logf("budget ban by limiter 0 enforced by limiter 1 after %v", took)
-	if took > 100*time.Millisecond {
-		t.Errorf("ban took %v to propagate, want ≤ 100ms", took)
-	}
 	if d := other.Attempt(time.Now(), addr); d.Allowed || d.NewBan || d.Ban.Count != 1 {
 		t.Fatalf("attempt on the other limiter after the ban: %+v", d)
 	}
@@ -310,10 +310,7 @@ func TestRedisAdminBanPropagates(t *testing.T) {
 		t.Fatal(err)
 	}
 	took := waitFor(t, 2*time.Second, "admin ban seen by b", func() bool { return !b.Check(time.Now(), addr).Allowed })
-	t.Logf("admin ban by a enforced by b after %v", took)
-	if took > 100*time.Millisecond {
-		t.Errorf("ban took %v to propagate, want ≤ 100ms", took)
-	}
+	t.Logf("admin ban by a enforced by b after %v", took) // logged, not asserted: no timing thresholds in tests
 	// b unbans: a lets the network in again.
 	if lifted, err := b.Unban(net24); err != nil || !lifted {
 		t.Fatalf("Unban = %v, %v", lifted, err)
@@ -421,9 +418,7 @@ func TestRedisDownAndReconcile(t *testing.T) {
 			t.Fatalf("attempt %d with Redis down: %+v", i+1, d)
 		}
 		d := a.Failure(now, addr)
-		if took := time.Since(start); took > DefaultTimeout+100*time.Millisecond {
-			t.Errorf("guess %d with Redis down took %v", i+1, took)
-		}
+		t.Logf("guess %d with Redis down took %v (store timeout %v)", i+1, time.Since(start), DefaultTimeout)
 		if i < 2 && !d.Allowed || i == 2 && (!d.NewBan || d.Ban.Count != 1) {
 			t.Fatalf("failure %d with Redis down: %+v", i+1, d)
 		}
@@ -435,9 +430,6 @@ func TestRedisDownAndReconcile(t *testing.T) {
 		}
 	}
 	t.Logf("Check with Redis down: %v each", time.Since(start)/1000)
-	if took := time.Since(start); took > 100*time.Millisecond {
-		t.Errorf("1000 Checks with Redis down took %v", took)
-	}
 	waitFor(t, 2*time.Second, "SharedDown", func() bool { return a.Stats().SharedDown })
 	s := a.Stats()
 	if s.StoreErrors == 0 || s.Unsynced != 1 || a.LastStoreError() == nil {
@@ -490,16 +482,14 @@ func TestRedisSlow(t *testing.T) {
 		t.Fatalf("attempt with Redis frozen: %+v", d)
 	}
 	first := time.Since(start)
-	if first < opt.Timeout || first > opt.Timeout+150*time.Millisecond {
-		t.Errorf("first attempt with Redis frozen took %v, want about the timeout %v", first, opt.Timeout)
+	if first < opt.Timeout { // it asked Redis and waited; how much longer is logged below, not asserted
+		t.Errorf("first attempt with Redis frozen took %v, want at least the timeout %v", first, opt.Timeout)
 	}
 	start = time.Now()
 	a.Failure(now, addr)
 	a.Attempt(now, addr)
 	d := a.Failure(now, addr)
-	if rest := time.Since(start); rest > 20*time.Millisecond {
-		t.Errorf("guesses after the circuit opened took %v", rest)
-	}
+	t.Logf("guesses after the circuit opened took %v", time.Since(start))
 	if !d.NewBan {
 		t.Fatalf("second local failure: %+v, want a ban", d)
 	}
@@ -837,9 +827,7 @@ func TestSharedUsersCircuit(t *testing.T) {
 	if _, err := su.UserRemaining(context.Background(), "carol", now, 3, time.Hour); !errors.Is(err, limiter.ErrSharedDown) {
 		t.Fatalf("with the circuit open: %v, want limiter.ErrSharedDown", err)
 	}
-	if took := time.Since(start); took > 100*time.Millisecond {
-		t.Errorf("with the circuit open the call took %v", took)
-	}
+	t.Logf("with the circuit open the call took %v", time.Since(start))
 	m, _ := limiter.New(limiter.Config{Failures: 1, Window: time.Minute, BanTime: time.Minute}, limiter.NewMemoryStore())
 	defer m.Close()
 	if m.SharedUsers() != nil {
