@@ -142,7 +142,8 @@ type Limiter struct {
 	keeper    budgetKeeper
 	closeOnce sync.Once
 
-	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+	hook     atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+	external atomic.Pointer[External]        // SetExternal; nil: none
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their
@@ -240,6 +241,9 @@ func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 	}
 	if s.FailClosed && l.keeper.down() {
 		d.Allowed, d.StoreDown = false, true
+		return d
+	}
+	if l.checkExternal(now, addr, &d) { // external.go: e.g. a CrowdSec decision
 		return d
 	}
 	if l.nactive.Load() == 0 {
