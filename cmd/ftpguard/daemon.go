@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ftpguard/ftpguard/admin"
+	"github.com/ftpguard/ftpguard/crowdsec"
 	"github.com/ftpguard/ftpguard/firewall"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/proxy"
@@ -27,6 +28,7 @@ type daemon struct {
 	events *admin.EventRing
 	m      *admin.Metrics
 	fw     *firewall.Runner
+	cs     *crowdsec.Link // nil: off
 	adm    *admin.Server
 
 	reloadMu sync.Mutex // one reload at a time (SIGHUP and POST /reload)
@@ -34,8 +36,9 @@ type daemon struct {
 
 // newDaemon wires the parts of a daemon with the settings st around lim:
 // the proxy server, the username budgets, the metrics, the firewall runner
-// (not started: see firewall.Runner.Run) and the admin API (not
-// listening).
+// (not started: see firewall.Runner.Run), the CrowdSec link (started: its
+// decisions ban at the limiter's Check, ftpguard's bans are pushed to it;
+// the caller stops it) and the admin API (not listening).
 func newDaemon(path string, st *Settings, lim *limiter.Limiter, log *slog.Logger, level *slog.LevelVar,
 	events *admin.EventRing) (*daemon, error) {
 	srv, err := proxy.New(st.Proxy.Config, lim, log)
@@ -58,9 +61,17 @@ func newDaemon(path string, st *Settings, lim *limiter.Limiter, log *slog.Logger
 		return nil, err
 	}
 	srv.SetObserver(d.m)
+	d.cs = st.CrowdSec.Start(log) // stopped by run
+	if c := admin.NewCrowdSecCollector(d.cs); c != nil {
+		if err := d.m.Register(c); err != nil {
+			d.cs.Stop()
+			return nil, err
+		}
+	}
+	lim.SetExternal(d.cs.External())
 	lim.SetBanHook(d.onBanChange)
 	d.adm = admin.New(st.Admin, admin.Options{Limiter: lim, Metrics: d.m, Events: events, Log: log,
-		Version: versionString(), Start: time.Now(), Reload: d.reload, Info: d.info})
+		Version: versionString(), Start: time.Now(), Reload: d.reload, Info: d.info, CrowdSec: d.cs})
 	return d, nil
 }
 
@@ -139,4 +150,5 @@ func (d *daemon) onBanChange(c limiter.BanChange) {
 		}
 	}
 	d.fw.Hook(c)
+	d.cs.Hook(c) // this instance's own bans only
 }
