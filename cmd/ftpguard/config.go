@@ -96,7 +96,11 @@ func (c Config) settings(p *conf.Problems) *Settings {
 	s := &Settings{File: c}
 	s.Proxy = c.Section.Settings(p)
 	s.Admin = c.Admin.Settings(p)
-	s.Firewall = c.Firewall.Settings(p)
+	guarded := []string{c.Listen}
+	if c.TLS.Mode == "implicit" {
+		guarded = append(guarded, c.TLS.ImplicitListen)
+	}
+	s.Firewall = c.Firewall.WithPorts(firewall.ProxyPorts(guarded, c.Passive.Ports)...).Settings(p)
 	s.CrowdSec = c.CrowdSec.Settings(p)
 	p.OneOf("mode", c.Mode, "enforce", "observe")
 	s.Proxy.Observe = c.Mode == "observe"
