@@ -78,7 +78,7 @@ func LoadConfig(path string) (*Settings, error) {
 		return nil, err
 	}
 	for _, f := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile,
-		&cfg.CrowdSec.BouncerKeyFile, &cfg.CrowdSec.PasswordFile} {
+		&cfg.CrowdSec.BouncerKeyFile, &cfg.CrowdSec.PasswordFile, &cfg.Store.PasswordFile} {
 		if *f != "" && !filepath.IsAbs(*f) {
 			*f = filepath.Join(filepath.Dir(path), *f)
 		}
