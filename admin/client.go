@@ -309,6 +309,9 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 				return err
 			}
 			fmt.Fprintf(stdout, "unbanned %s\n", out["unbanned"])
+			if out["warning"] != "" {
+				fmt.Fprintln(stderr, "warning:", out["warning"])
+			}
 		case "reload":
 			var out map[string]string
 			if _, err := c.do("POST", "/reload", nil, &out); err != nil {

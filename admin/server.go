@@ -384,14 +384,8 @@ func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
 	}
 	lifted, err := a.lim.Unban(key)
 	if !lifted && err == nil {
-		if cs := a.opt.CrowdSec.Covering(key, time.Now()); len(cs) > 0 {
-			d := cs[0]
-			flag := "--ip " + d.Prefix.Addr().String()
-			if d.Prefix.Bits() < d.Prefix.Addr().BitLen() {
-				flag = "--range " + d.Prefix.String()
-			}
-			writeError(w, http.StatusConflict, "%v is banned by a CrowdSec decision (%v, id %d, origin %s): ftpguard cannot lift it; delete it in CrowdSec: cscli decisions delete %s",
-				key, d.Prefix, d.ID, d.Origin, flag)
+		if msg := a.crowdSecCovers(key); msg != "" {
+			writeError(w, http.StatusConflict, "%s", msg)
 			return
 		}
 		msg := fmt.Sprintf("no ban of %v in force", key)
@@ -407,7 +401,29 @@ func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Info("unban", "key", key.String(), "origin", "admin", "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, map[string]string{"unbanned": key.String()})
+	out := map[string]string{"unbanned": key.String()}
+	if msg := a.crowdSecCovers(key); msg != "" {
+		// ftpguard's ban pushed to CrowdSec by the watcher comes back as a
+		// decision: the address stays refused until it is deleted there.
+		out["warning"] = msg
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// crowdSecCovers describes the CrowdSec decision in force that overlaps
+// key, with the cscli command that deletes it; "" if none.
+func (a *Server) crowdSecCovers(key netip.Prefix) string {
+	cs := a.opt.CrowdSec.Covering(key, time.Now())
+	if len(cs) == 0 {
+		return ""
+	}
+	d := cs[0]
+	flag := "--ip " + d.Prefix.Addr().String()
+	if d.Prefix.Bits() < d.Prefix.Addr().BitLen() {
+		flag = "--range " + d.Prefix.String()
+	}
+	return fmt.Sprintf("%v is banned by a CrowdSec decision (%v, id %d, origin %s): ftpguard cannot lift it; delete it in CrowdSec: cscli decisions delete %s",
+		key, d.Prefix, d.ID, d.Origin, flag)
 }
 
 // parseTarget reads the ip of a ban request: a CIDR is taken as it is

@@ -115,8 +115,10 @@ func TestCrowdSec(t *testing.T) {
 		}
 		start := time.Now()
 		for {
-			code, _ := dialViaBalancer(t, "127.0.0.30", g.Addr, "[2001:db8::91]:40000").reply()
-			if code == 421 {
+			r := dialViaBalancer(t, "127.0.0.30", g.Addr, "[2001:db8::91]:40000")
+			code, text := r.reply()
+			r.c.Close() // or max_conns_per_ip would refuse it after 10 tries
+			if code == 421 && strings.Contains(text, "banned") {
 				break
 			}
 			if time.Since(start) > 15*time.Second {
@@ -213,6 +215,32 @@ func TestCrowdSec(t *testing.T) {
 		if v := g.metric(t, `ftpguard_crowdsec_watcher_bans_total{result="pushed"}`); v != 1 {
 			t.Errorf("watcher pushed = %v, want 1 (one ban)", v)
 		}
+
+		// The pushed ban comes back as a decision (origin crowdsec): lifting
+		// ftpguard's own ban warns that CrowdSec still holds one, and the
+		// address is served once it is deleted there too.
+		waitFor(t, "the pushed ban back from the LAPI", func() bool {
+			_, body := g.admin(t, "GET", "/bans", adminToken, "")
+			var bans []struct{ Key, Source string }
+			json.Unmarshal([]byte(body), &bans)
+			for _, b := range bans {
+				if b.Key == attacker+"/32" && b.Source == crowdsec.Source {
+					return true
+				}
+			}
+			return false
+		})
+		tf := filepath.Join(t.TempDir(), "tok")
+		os.WriteFile(tf, []byte(adminToken), 0o600)
+		rc, out, errOut := ftpguardCLI(t, "bans", "del", attacker, "-admin", g.AdminAddr, "-token-file", tf)
+		if rc != 0 || !strings.Contains(out, "unbanned") || !strings.Contains(errOut, "cscli decisions delete --ip "+attacker) {
+			t.Errorf("bans del of ftpguard's ban also held by CrowdSec: %d %s%s; want unbanned and a warning naming cscli", rc, out, errOut)
+		}
+		if code := greeting(t, attacker, g.Addr); code != 421 {
+			t.Errorf("with the CrowdSec decision still in force: greeting %d, want 421", code)
+		}
+		l.Cscli(t, "decisions", "delete", "--ip", attacker)
+		waitGreeting(t, attacker, g.Addr, 220)
 	})
 
 	t.Run("outage", func(t *testing.T) {
