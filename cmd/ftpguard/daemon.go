@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,8 +104,9 @@ func (d *daemon) info() admin.Info {
 // timeouts, mode, log level, firewall commands, the admin token, pprof and
 // the TLS key pair (held by the proxy server, put in use only here, once
 // the whole file is accepted). listen, admin.listen, tls.implicit_listen,
-// [store], log.format and proxy_protocol.header_timeout take effect on
-// restart. An invalid file changes nothing: the error says why, and is
+// [store], [crowdsec], firewall.kind and its nftables keys, log.format and
+// proxy_protocol.header_timeout take effect on restart (a change is
+// logged). An invalid file changes nothing: the error says why, and is
 // logged. SIGHUP and POST /reload both come here.
 func (d *daemon) reload() error {
 	d.reloadMu.Lock()
@@ -127,6 +129,12 @@ func (d *daemon) reload() error {
 	}
 	if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
 		d.log.Warn("reload: admin.listen changed; it takes effect on restart", "admin", st.File.Admin.Listen)
+	}
+	if !reflect.DeepEqual(st.File.CrowdSec, old.File.CrowdSec) {
+		d.log.Warn("reload: [crowdsec] changed; it takes effect on restart")
+	}
+	if f, o := st.File.Firewall, old.File.Firewall; f.Kind != o.Kind || (f.Kind == firewall.KindNftables && !reflect.DeepEqual(f.Config, o.Config)) {
+		d.log.Warn("reload: firewall.kind or the nftables keys changed; they take effect on restart", "kind", f.Kind)
 	}
 	d.srv.SetConfig(st.Proxy.Config)
 	d.level.Set(st.LogLevel)
