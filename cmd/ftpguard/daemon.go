@@ -147,7 +147,8 @@ func (d *daemon) reload() error {
 
 // onBanChange is the limiter's ban hook: it logs the bans and unbans
 // learned from the shared store (this instance's own are logged where they
-// are made) and hands every change to the firewall runner.
+// are made) and hands every change to the firewall runner, and this
+// instance's own bans to the CrowdSec watcher (not in observe mode).
 func (d *daemon) onBanChange(c limiter.BanChange) {
 	if c.Remote {
 		if c.Lifted {
@@ -158,5 +159,7 @@ func (d *daemon) onBanChange(c limiter.BanChange) {
 		}
 	}
 	d.fw.Hook(c)
-	d.cs.Hook(c) // this instance's own bans only
+	if !d.observe() { // observe mode refuses nobody, through CrowdSec's bouncers neither
+		d.cs.Hook(c) // this instance's own bans only
+	}
 }
