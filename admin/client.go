@@ -322,6 +322,9 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 				return err
 			}
 			fmt.Fprintf(stdout, "unbanned %s\n", out["unbanned"])
+			if out["warning"] != "" {
+				fmt.Fprintln(stderr, "warning:", out["warning"])
+			}
 		case "users list":
 			var users []userJSON
 			if _, err := c.do("GET", "/users", nil, &users); err != nil {
@@ -393,9 +396,13 @@ func writeBansTable(w io.Writer, bans []banJSON) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY\tREASON\tOFFENCES\tLEFT\tUNTIL")
+	fmt.Fprintln(tw, "KEY\tSOURCE\tREASON\tOFFENCES\tLEFT\tUNTIL")
 	for _, b := range bans {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", b.Key, cleanCell(b.Reason), b.Count,
+		src := b.Source
+		if src == "" {
+			src = SourceFtpguard // a server from before sources
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", b.Key, cleanCell(src), cleanCell(b.Reason), b.Count,
 			humanDuration(time.Duration(b.SecondsLeft)*time.Second), b.Until.Local().Format("2006-01-02 15:04:05 MST"))
 	}
 	tw.Flush()

@@ -16,12 +16,16 @@ func TestWriteBansTable(t *testing.T) {
 		{Key: "203.0.113.7/32", Reason: "budget", Count: 3, SecondsLeft: 4*3600 + 5*60, Until: until},
 		{Key: "2001:db8:1::/64", Reason: "admin", Count: 1, SecondsLeft: 59, Until: until},
 		{Key: "198.51.100.0/24", Reason: "bad\treason\n", Count: 12, SecondsLeft: 3 * 86400, Until: until},
+		{Key: "192.0.2.0/24", Source: "crowdsec", Reason: "cscli: manual", Count: 1, SecondsLeft: 3600, Until: until},
+		{Key: "192.0.2.9/32", Source: "ftpguard", Reason: "budget", Count: 1, SecondsLeft: 60, Until: until},
 	})
-	want := `KEY              REASON       OFFENCES  LEFT  UNTIL
-203.0.113.7/32   budget       3         4h5m  2026-11-25 18:00:00 UTC
-2001:db8:1::/64  admin        1         59s   2026-11-25 18:00:00 UTC
-198.51.100.0/24  bad?reason?  12        3d0h  2026-11-25 18:00:00 UTC
-3 ban(s) in force
+	want := `KEY              SOURCE    REASON         OFFENCES  LEFT  UNTIL
+203.0.113.7/32   ftpguard  budget         3         4h5m  2026-11-25 18:00:00 UTC
+2001:db8:1::/64  ftpguard  admin          1         59s   2026-11-25 18:00:00 UTC
+198.51.100.0/24  ftpguard  bad?reason?    12        3d0h  2026-11-25 18:00:00 UTC
+192.0.2.0/24     crowdsec  cscli: manual  1         1h0m  2026-11-25 18:00:00 UTC
+192.0.2.9/32     ftpguard  budget         1         1m0s  2026-11-25 18:00:00 UTC
+5 ban(s) in force
 `
 	if got := buf.String(); got != want {
 		t.Errorf("table:\n%s\nwant:\n%s", got, want)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ftpguard/ftpguard/crowdsec"
 	"github.com/ftpguard/ftpguard/internal/conf"
 	"github.com/ftpguard/ftpguard/limiter"
 )
@@ -47,6 +48,10 @@ type Options struct {
 	// Info returns the settings in force, as the status page, the health
 	// check and POST /reload show them.
 	Info func() Info
+	// CrowdSec is the CrowdSec link, whose Bouncer's decisions GET /bans
+	// lists (source "crowdsec") and DELETE /bans refuses to lift (they are
+	// CrowdSec's); nil: off.
+	CrowdSec *crowdsec.Link
 }
 
 // Info is what the admin API shows of the settings in force.
@@ -268,7 +273,10 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 
 // banJSON is a ban as the admin API shows it.
 type banJSON struct {
-	Key         string    `json:"key"`
+	Key string `json:"key"`
+	// Source is who holds the ban: "ftpguard" (its own, lifted with bans
+	// del) or "crowdsec" (a CrowdSec decision, lifted with cscli).
+	Source      string    `json:"source"`
 	Until       time.Time `json:"until"`
 	Since       time.Time `json:"since"`
 	Reason      string    `json:"reason"`
@@ -279,8 +287,22 @@ type banJSON struct {
 
 func toBanJSON(b limiter.Ban, now time.Time) banJSON {
 	left := int64(math.Ceil(b.Until.Sub(now).Seconds()))
-	return banJSON{Key: b.Key.String(), Until: b.Until.UTC(), Since: b.Since.UTC(), Reason: b.Reason,
-		Count: b.Count, SecondsLeft: max(left, 0)}
+	return banJSON{Key: b.Key.String(), Source: SourceFtpguard, Until: b.Until.UTC(), Since: b.Since.UTC(),
+		Reason: b.Reason, Count: b.Count, SecondsLeft: max(left, 0)}
+}
+
+// SourceFtpguard is the source of ftpguard's own bans in GET /bans.
+const SourceFtpguard = "ftpguard"
+
+// decisionJSON is a CrowdSec decision as GET /bans lists it.
+func decisionJSON(d crowdsec.Decision, now time.Time) banJSON {
+	left := int64(math.Ceil(d.Until.Sub(now).Seconds()))
+	reason := d.Origin
+	if d.Scenario != "" {
+		reason += ": " + d.Scenario
+	}
+	return banJSON{Key: d.Prefix.String(), Source: crowdsec.Source, Until: d.Until.UTC(), Reason: reason, Count: 1,
+		SecondsLeft: max(left, 0)}
 }
 
 func (a *Server) handleBansList(w http.ResponseWriter, r *http.Request) {
@@ -289,6 +311,11 @@ func (a *Server) handleBansList(w http.ResponseWriter, r *http.Request) {
 	out := make([]banJSON, 0, len(bans))
 	for _, b := range bans {
 		out = append(out, toBanJSON(b, now))
+	}
+	if a.opt.CrowdSec != nil && a.opt.CrowdSec.Bouncer != nil {
+		for _, d := range a.opt.CrowdSec.Bouncer.List(now) {
+			out = append(out, decisionJSON(d, now))
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -368,6 +395,10 @@ func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
 	}
 	lifted, err := a.lim.Unban(key)
 	if !lifted && err == nil {
+		if msg := a.crowdSecCovers(key); msg != "" {
+			writeError(w, http.StatusConflict, "%s", msg)
+			return
+		}
 		msg := fmt.Sprintf("no ban of %v in force", key)
 		if c := a.lim.Check(time.Now(), key.Addr()); !c.Allowed && c.Ban.Key.IsValid() && c.Ban.Key != key {
 			msg += fmt.Sprintf(" (the ban of %v covers it: lift that one)", c.Ban.Key)
@@ -381,7 +412,29 @@ func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Info("unban", "key", key.String(), "origin", "admin", "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, map[string]string{"unbanned": key.String()})
+	out := map[string]string{"unbanned": key.String()}
+	if msg := a.crowdSecCovers(key); msg != "" {
+		// ftpguard's ban pushed to CrowdSec by the watcher comes back as a
+		// decision: the address stays refused until it is deleted there.
+		out["warning"] = msg
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// crowdSecCovers describes the CrowdSec decision in force that overlaps
+// key, with the cscli command that deletes it; "" if none.
+func (a *Server) crowdSecCovers(key netip.Prefix) string {
+	cs := a.opt.CrowdSec.Covering(key, time.Now())
+	if len(cs) == 0 {
+		return ""
+	}
+	d := cs[0]
+	flag := "--ip " + d.Prefix.Addr().String()
+	if d.Prefix.Bits() < d.Prefix.Addr().BitLen() {
+		flag = "--range " + d.Prefix.String()
+	}
+	return fmt.Sprintf("%v is banned by a CrowdSec decision (%v, id %d, origin %s): ftpguard cannot lift it; delete it in CrowdSec: cscli decisions delete %s",
+		key, d.Prefix, d.ID, d.Origin, flag)
 }
 
 // parseTarget reads the ip of a ban request: a CIDR is taken as it is

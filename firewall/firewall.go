@@ -1,8 +1,10 @@
-// Package firewall pushes ftpguard's bans into the kernel's firewall: it
-// runs the [firewall] ban_command and unban_command of the config file for
-// each ban the limiter makes or lifts (and, with unban_expired, when a ban
-// runs out), one at a time, each within a timeout. It owns the [firewall]
-// section (config.go) and its metrics (metrics.go).
+// Package firewall pushes ftpguard's bans into the kernel's firewall, with
+// one of two backends: kind "exec" runs the [firewall] ban_command and
+// unban_command of the config file for each ban the limiter makes or lifts
+// (and, with unban_expired, when a ban runs out), one at a time, each
+// within a timeout; kind "nftables" keeps the bans in a table of its own
+// over netlink (package nftset), no process per ban. It owns the
+// [firewall] section (config.go) and its metrics (metrics.go).
 package firewall
 
 import (
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/nftset"
 )
 
 // fwQueueSize bounds the firewall commands waiting to run: a flood of bans
@@ -62,7 +65,9 @@ type fwStats struct {
 // New; safe for concurrent use.
 type Runner struct {
 	cfg     atomic.Pointer[Settings]
-	observe func() bool // observe mode: log the commands, run none
+	nft     *nftset.Config // kind "nftables" at New (a reload does not change the kind); nil: exec
+	set     *nftset.Set    // the nftables table; only Run's goroutine uses it; nil: not open
+	observe func() bool    // observe mode: log the commands, run none
 	queue   chan fwJob
 	log     *slog.Logger
 
@@ -73,27 +78,36 @@ type Runner struct {
 	stopped  bool // Run has returned: no more timers
 }
 
-// New returns a Runner of the commands of s. observe reports whether the
-// daemon is in observe mode (then the commands are logged, not run); nil:
+// New returns a Runner of the backend of s: the commands of s, or its
+// nftables table (s.Nft, opened by Run). observe reports whether the
+// daemon is in observe mode (then the changes are logged, not made); nil:
 // never.
 func New(s Settings, observe func() bool, log *slog.Logger) *Runner {
 	if observe == nil {
 		observe = func() bool { return false }
 	}
-	f := &Runner{queue: make(chan fwJob, fwQueueSize), observe: observe, log: log, ends: make(map[netip.Prefix]*time.Timer)}
+	f := &Runner{queue: make(chan fwJob, fwQueueSize), observe: observe, log: log, ends: make(map[netip.Prefix]*time.Timer),
+		nft: s.Nft}
 	f.SetConfig(s)
 	return f
 }
 
-// SetConfig applies reloaded settings to the commands not yet run.
+// SetConfig applies reloaded settings to the commands not yet run. The
+// kind, and the nftables keys, take effect on restart only.
 func (f *Runner) SetConfig(s Settings) {
+	if f.nft != nil || s.Nft != nil {
+		s.Ban, s.Unban, s.UnbanExpired = nil, nil, true
+	}
 	f.cfg.Store(&s)
 }
+
+// on reports whether the Runner pushes bans anywhere.
+func (f *Runner) on() bool { return f.nft != nil || len(f.cfg.Load().Ban) > 0 }
 
 // Hook is the limiter's ban hook: it queues the change, or drops it (and
 // counts and logs that) when the queue is full.
 func (f *Runner) Hook(c limiter.BanChange) {
-	if len(f.cfg.Load().Ban) == 0 {
+	if !f.on() {
 		return
 	}
 	if c.Lifted {
@@ -108,7 +122,7 @@ func (f *Runner) Hook(c limiter.BanChange) {
 // queued for an earlier ban of its prefix (an escalation ends later), if
 // unban_expired is on and b is in force.
 func (f *Runner) scheduleEnd(b limiter.Ban, now time.Time) {
-	if cfg := f.cfg.Load(); !cfg.UnbanExpired || len(cfg.Unban) == 0 || !b.Active(now) {
+	if cfg := f.cfg.Load(); f.nft == nil && (!cfg.UnbanExpired || len(cfg.Unban) == 0) || !b.Active(now) {
 		return
 	}
 	f.mu.Lock()
@@ -188,17 +202,24 @@ func (f *Runner) stats() fwStats {
 	return fwStats{ban: f.counts[0], unban: f.counts[1], queued: len(f.queue)}
 }
 
-// Run executes queued commands until ctx ends. It first pushes initial
+// Run executes queued changes until ctx ends. It first pushes initial
 // (the bans in force at start, which the firewall may have lost with a
-// reboot), each only while no change waits in the queue, and schedules
-// their unbans.
+// reboot) — exec: a ban_command each, only while no change waits in the
+// queue; nftables: the table is opened and synced to initial in one
+// transaction — and schedules their unbans. With nftables, it closes the
+// table when it returns (deleting it with remove_on_exit).
 func (f *Runner) Run(ctx context.Context, initial []limiter.Ban) {
 	defer f.stopEnds()
-	if len(f.cfg.Load().Ban) > 0 {
+	if f.on() {
 		now := time.Now()
 		for _, b := range initial {
 			f.scheduleEnd(b, now)
 		}
+	}
+	if f.nft != nil {
+		f.openNft(initial)
+		initial = nil
+		defer f.closeNft()
 	}
 	for {
 		var j fwJob
@@ -224,6 +245,10 @@ func (f *Runner) Run(ctx context.Context, initial []limiter.Ban) {
 // do runs the command of one job, if one is configured, and logs and
 // counts the result.
 func (f *Runner) do(ctx context.Context, j fwJob) {
+	if f.nft != nil {
+		f.doNft(j)
+		return
+	}
 	cfg := f.cfg.Load()
 	argv := cfg.Ban
 	if j.unban {

@@ -144,7 +144,7 @@ func TestAdminAPIAndCLI(t *testing.T) {
 		t.Fatalf("banned address's greeting: %d %q; want 421", code, text)
 	}
 	code, out, _ = ftpguardCLI(t, "bans", "list", "-config", g.Config, "-admin", g.AdminAddr)
-	if code != 0 || !strings.Contains(out, "KEY") || !regexp.MustCompile(`127\.0\.0\.61/32\s+admin\s+1\s+(29m\d+s|30m0s)\s`).MatchString(out) {
+	if code != 0 || !strings.Contains(out, "KEY") || !regexp.MustCompile(`127\.0\.0\.61/32\s+ftpguard\s+admin\s+1\s+(29m\d+s|30m0s)\s`).MatchString(out) {
 		t.Fatalf("bans list: %d\n%s", code, out)
 	}
 	if code, body := g.admin(t, "GET", "/bans", adminToken, ""); code != 200 || !strings.Contains(body, `"key": "127.0.0.61/32"`) ||

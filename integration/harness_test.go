@@ -205,6 +205,9 @@ type guardOpts struct {
 	Mode string
 	// Sessions is raw TOML put inside the [sessions] table (max_conns).
 	Sessions string
+	// Listen is the top-level listen ("" = "127.0.0.1:0", a kernel-chosen
+	// port).
+	Listen string
 }
 
 // guard is an ftpguard process run by a test.
@@ -242,12 +245,13 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.LogLevel, "debug")
 	def(&o.SendProxy, "off")
 	def(&o.Mode, "enforce")
+	def(&o.Listen, "127.0.0.1:0")
 	dir := o.Dir
 	if dir == "" {
 		dir = t.TempDir()
 	}
 	pasv := 30000 + (freePort(t)%200)*50
-	conf := fmt.Sprintf(`listen = "127.0.0.1:0"
+	conf := fmt.Sprintf(`listen = %q
 mode = %q
 
 [admin]
@@ -280,7 +284,7 @@ drain_timeout = "5s"
 level = %q
 format = "json"
 %s
-`, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
+`, o.Listen, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

@@ -144,7 +144,8 @@ type Limiter struct {
 	keeper    budgetKeeper
 	closeOnce sync.Once
 
-	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+	hook     atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+	external atomic.Pointer[External]        // SetExternal; nil: none
 
 	// The guesses waiting for a place, per key (wait.go). wmu is taken
 	// after mu when both are held, never before.
@@ -248,6 +249,9 @@ func (l *Limiter) Check(now time.Time, addr netip.Addr) Decision {
 	}
 	if s.FailClosed && l.keeper.down() {
 		d.Allowed, d.StoreDown = false, true
+		return d
+	}
+	if l.checkExternal(now, addr, &d) { // external.go: e.g. a CrowdSec decision
 		return d
 	}
 	if l.nactive.Load() == 0 {

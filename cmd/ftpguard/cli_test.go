@@ -37,7 +37,7 @@ func TestClientCommands(t *testing.T) {
 		{[]string{"bans", "list", "-config", cfg}, 0, "no bans in force"},
 		{[]string{"bans", "add", "-config", cfg, "203.0.113.50", "2h"}, 0, "banned 203.0.113.50/32 for 2h0m"},
 		{[]string{"bans", "-config", cfg, "add", "-reason", "scan", "198.51.100.0/24"}, 0, "banned 198.51.100.0/24 for 1h0m (until"},
-		{[]string{"bans", "list", "-config", cfg}, 0, "198.51.100.0/24  scan"},
+		{[]string{"bans", "list", "-config", cfg}, 0, "198.51.100.0/24  ftpguard  scan"},
 		{[]string{"bans", "list", "-config", cfg, "-json"}, 0, `"seconds_left": 7200`},
 		{[]string{"bans", "add", "-config", cfg, "not-an-ip"}, 2, `ip: "not-an-ip" is not an IP address or CIDR`},
 		{[]string{"bans", "add", "-config", cfg, "203.0.113.51", "later"}, 2, `duration: "later" is not a duration`},

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/ftpguard/ftpguard/admin"
+	"github.com/ftpguard/ftpguard/crowdsec"
 	"github.com/ftpguard/ftpguard/firewall"
 	"github.com/ftpguard/ftpguard/internal/conf"
 	"github.com/ftpguard/ftpguard/limiter"
@@ -23,9 +24,10 @@ type Config struct {
 	Store      stores.Config            `toml:"store"`
 	Log        LogConfig                `toml:"log"`
 	// Mode is "enforce" or "observe" (count and log, refuse nobody).
-	Mode     string          `toml:"mode"`
-	Admin    admin.Config    `toml:"admin"`
-	Firewall firewall.Config `toml:"firewall"`
+	Mode     string           `toml:"mode"`
+	Admin    admin.Config     `toml:"admin"`
+	Firewall firewall.Config  `toml:"firewall"`
+	CrowdSec crowdsec.Section `toml:"crowdsec"`
 }
 
 // LogConfig is the [log] table.
@@ -45,6 +47,7 @@ func DefaultConfig() Config {
 		Mode:       "enforce",
 		Admin:      admin.DefaultConfig(),
 		Firewall:   firewall.DefaultConfig(),
+		CrowdSec:   crowdsec.Defaults(),
 	}
 }
 
@@ -58,6 +61,7 @@ type Settings struct {
 	LogLevel slog.Level
 	Admin    admin.Settings
 	Firewall firewall.Settings
+	CrowdSec crowdsec.Settings // taken into use at start only
 }
 
 // LoadConfig reads, decodes and validates the file at path. Every problem
@@ -73,7 +77,8 @@ func LoadConfig(path string) (*Settings, error) {
 	if err := file.Decode(&cfg, &p); err != nil {
 		return nil, err
 	}
-	for _, f := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile} {
+	for _, f := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile,
+		&cfg.CrowdSec.BouncerKeyFile, &cfg.CrowdSec.PasswordFile, &cfg.Store.PasswordFile} {
 		if *f != "" && !filepath.IsAbs(*f) {
 			*f = filepath.Join(filepath.Dir(path), *f)
 		}
@@ -91,7 +96,12 @@ func (c Config) settings(p *conf.Problems) *Settings {
 	s := &Settings{File: c}
 	s.Proxy = c.Section.Settings(p)
 	s.Admin = c.Admin.Settings(p)
-	s.Firewall = c.Firewall.Settings(p)
+	guarded := []string{c.Listen}
+	if c.TLS.Mode == "implicit" {
+		guarded = append(guarded, c.TLS.ImplicitListen)
+	}
+	s.Firewall = c.Firewall.WithPorts(firewall.ProxyPorts(guarded, c.Passive.Ports)...).Settings(p)
+	s.CrowdSec = c.CrowdSec.Settings(p)
 	p.OneOf("mode", c.Mode, "enforce", "observe")
 	s.Proxy.Observe = c.Mode == "observe"
 

@@ -2,11 +2,13 @@ package main
 
 import (
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ftpguard/ftpguard/admin"
+	"github.com/ftpguard/ftpguard/crowdsec"
 	"github.com/ftpguard/ftpguard/firewall"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/proxy"
@@ -27,6 +29,7 @@ type daemon struct {
 	events *admin.EventRing
 	m      *admin.Metrics
 	fw     *firewall.Runner
+	cs     *crowdsec.Link // nil: off
 	adm    *admin.Server
 
 	reloadMu sync.Mutex // one reload at a time (SIGHUP and POST /reload)
@@ -34,8 +37,9 @@ type daemon struct {
 
 // newDaemon wires the parts of a daemon with the settings st around lim:
 // the proxy server, the username budgets, the metrics, the firewall runner
-// (not started: see firewall.Runner.Run) and the admin API (not
-// listening).
+// (not started: see firewall.Runner.Run), the CrowdSec link (started: its
+// decisions ban at the limiter's Check, ftpguard's bans are pushed to it;
+// the caller stops it) and the admin API (not listening).
 func newDaemon(path string, st *Settings, lim *limiter.Limiter, log *slog.Logger, level *slog.LevelVar,
 	events *admin.EventRing) (*daemon, error) {
 	srv, err := proxy.New(st.Proxy.Config, lim, log)
@@ -58,9 +62,17 @@ func newDaemon(path string, st *Settings, lim *limiter.Limiter, log *slog.Logger
 		return nil, err
 	}
 	srv.SetObserver(d.m)
+	d.cs = st.CrowdSec.Start(log) // stopped by run
+	if c := admin.NewCrowdSecCollector(d.cs); c != nil {
+		if err := d.m.Register(c); err != nil {
+			d.cs.Stop()
+			return nil, err
+		}
+	}
+	lim.SetExternal(d.cs.External())
 	lim.SetBanHook(d.onBanChange)
 	d.adm = admin.New(st.Admin, admin.Options{Limiter: lim, Users: users, Metrics: d.m, Events: events, Log: log,
-		Version: versionString(), Start: time.Now(), Reload: d.reload, Info: d.info})
+		Version: versionString(), Start: time.Now(), Reload: d.reload, Info: d.info, CrowdSec: d.cs})
 	return d, nil
 }
 
@@ -92,8 +104,9 @@ func (d *daemon) info() admin.Info {
 // timeouts, mode, log level, firewall commands, the admin token, pprof and
 // the TLS key pair (held by the proxy server, put in use only here, once
 // the whole file is accepted). listen, admin.listen, tls.implicit_listen,
-// [store], log.format and proxy_protocol.header_timeout take effect on
-// restart. An invalid file changes nothing: the error says why, and is
+// [store], [crowdsec], firewall.kind and its nftables keys, log.format and
+// proxy_protocol.header_timeout take effect on restart (a change is
+// logged). An invalid file changes nothing: the error says why, and is
 // logged. SIGHUP and POST /reload both come here.
 func (d *daemon) reload() error {
 	d.reloadMu.Lock()
@@ -117,6 +130,12 @@ func (d *daemon) reload() error {
 	if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
 		d.log.Warn("reload: admin.listen changed; it takes effect on restart", "admin", st.File.Admin.Listen)
 	}
+	if !reflect.DeepEqual(st.File.CrowdSec, old.File.CrowdSec) {
+		d.log.Warn("reload: [crowdsec] changed; it takes effect on restart")
+	}
+	if f, o := st.File.Firewall, old.File.Firewall; f.Kind != o.Kind || (f.Kind == firewall.KindNftables && !reflect.DeepEqual(f.Config, o.Config)) {
+		d.log.Warn("reload: firewall.kind or the nftables keys changed; they take effect on restart", "kind", f.Kind)
+	}
 	d.srv.SetConfig(st.Proxy.Config)
 	d.level.Set(st.LogLevel)
 	d.fw.SetConfig(st.Firewall)
@@ -128,7 +147,8 @@ func (d *daemon) reload() error {
 
 // onBanChange is the limiter's ban hook: it logs the bans and unbans
 // learned from the shared store (this instance's own are logged where they
-// are made) and hands every change to the firewall runner.
+// are made) and hands every change to the firewall runner, and this
+// instance's own bans to the CrowdSec watcher (not in observe mode).
 func (d *daemon) onBanChange(c limiter.BanChange) {
 	if c.Remote {
 		if c.Lifted {
@@ -139,4 +159,7 @@ func (d *daemon) onBanChange(c limiter.BanChange) {
 		}
 	}
 	d.fw.Hook(c)
+	if !d.observe() { // observe mode refuses nobody, through CrowdSec's bouncers neither
+		d.cs.Hook(c) // this instance's own bans only
+	}
 }

@@ -144,6 +144,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer d.cs.Stop()
 	srv := d.srv
 	fwCtx, stopFirewall := context.WithCancel(context.Background())
 	fwDone := make(chan struct{})

@@ -65,6 +65,19 @@ type Options struct {
 	// Logger receives call failures and subscription changes (nil:
 	// slog.Default()).
 	Logger *slog.Logger
+	// SentinelAddrs are Redis Sentinels ("host:port") to ask for the
+	// master's address ([store] sentinel_addrs); with them URL only gives
+	// the user, password, db and TLS, and may be "". See sentinel.go.
+	SentinelAddrs []string
+	// SentinelMaster is the master's name the sentinels monitor
+	// ([store] sentinel_master); required with SentinelAddrs.
+	SentinelMaster string
+	// Password of the Redis servers, replacing the URL's ([store]
+	// password_file's line); "" keeps the URL's.
+	Password string
+	// SentinelPassword of the sentinels themselves (requirepass in
+	// sentinel.conf); "" for none.
+	SentinelPassword string
 }
 
 // Store is a limiter.Store on Redis that also keeps budgets shared by
@@ -126,12 +139,9 @@ var _ limiter.SharedBudgets = (*Store)(nil)
 // server (a limiter starting while Redis is down works locally and catches
 // up); it fails only for invalid options.
 func New(opt Options) (*Store, error) {
-	if opt.URL == "" {
-		return nil, errors.New("redisstore: url is required")
-	}
-	o, err := redis.ParseURL(opt.URL)
+	o, err := baseOptions(opt) // sentinel.go
 	if err != nil {
-		return nil, fmt.Errorf("redisstore: url: %w", err)
+		return nil, err
 	}
 	if opt.Timeout < 0 || opt.AttemptTTL < 0 {
 		return nil, errors.New("redisstore: timeout and attempt_ttl must be ≥ 0")
@@ -162,7 +172,7 @@ func New(opt Options) (*Store, error) {
 		o.ClientName = "ftpguard-" + hex.EncodeToString(id[:]) // for CLIENT LIST
 	}
 	return &Store{
-		client:     redis.NewClient(o),
+		client:     newClient(o, opt), // sentinel.go
 		prefix:     opt.Prefix,
 		channel:    opt.Prefix + "bans",
 		index:      opt.Prefix + "bans",

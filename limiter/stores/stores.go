@@ -6,8 +6,11 @@ package stores
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/ftpguard/ftpguard/internal/conf"
@@ -34,13 +37,21 @@ type Config struct {
 	// FailClosed is limiter.Config.FailClosed: pass it to
 	// limiter.LimitsConfig.Settings.
 	FailClosed bool `toml:"fail_closed"`
+	// SentinelAddrs and SentinelMaster make kind "redis" ask Redis
+	// Sentinels for the master (redisstore.Options); URL then only gives
+	// the db, user and TLS, and may be "".
+	SentinelAddrs  []string `toml:"sentinel_addrs"`
+	SentinelMaster string   `toml:"sentinel_master"`
+	// PasswordFile holds the Redis password (one line), in place of one in
+	// URL.
+	PasswordFile string `toml:"password_file"`
 }
 
 // Default returns the [store] settings used for every key a file leaves
 // out: a state file "ftpguard.db" that must not be corrupt.
 func Default() Config {
 	return Config{Kind: "file", Path: "ftpguard.db", OnCorrupt: "fail",
-		Prefix: redisstore.DefaultPrefix, Timeout: redisstore.DefaultTimeout}
+		Prefix: redisstore.DefaultPrefix, Timeout: redisstore.DefaultTimeout, SentinelAddrs: []string{}}
 }
 
 // Validate adds each bad key of c to p (as "store.url" and so on).
@@ -52,8 +63,25 @@ func (c Config) Validate(p *conf.Problems) {
 			p.Add("store.path", "must name the state file for kind = \"file\"")
 		}
 	case "redis":
-		if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+		sentinel := len(c.SentinelAddrs) > 0
+		if sentinel && c.URL == "" {
+			// the master's address comes from the sentinels
+		} else if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
 			p.Add("store.url", "must be \"redis://host:port/db\" (or rediss://) for kind = \"redis\", got %q", c.URL)
+		}
+		for _, a := range c.SentinelAddrs {
+			p.HostPort("store.sentinel_addrs", a)
+		}
+		if sentinel && c.SentinelMaster == "" {
+			p.Add("store.sentinel_master", "must name the master the sentinels monitor (sentinel monitor NAME …) when sentinel_addrs is set")
+		}
+		if !sentinel && c.SentinelMaster != "" {
+			p.Add("store.sentinel_master", "is set but sentinel_addrs is not")
+		}
+		if c.PasswordFile != "" {
+			if _, err := readPassword(c.PasswordFile); err != nil {
+				p.Add("store.password_file", "%v", err)
+			}
 		}
 		p.Positive("store.timeout", c.Timeout)
 	default:
@@ -95,7 +123,15 @@ func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 		log.Info("state file", "path", fs.Path())
 		return fs, nil
 	case "redis":
-		st, err := redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log})
+		var pw string
+		if c.PasswordFile != "" {
+			var err error
+			if pw, err = readPassword(c.PasswordFile); err != nil {
+				return nil, fmt.Errorf("stores: store.password_file: %w", err)
+			}
+		}
+		st, err := redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log,
+			SentinelAddrs: c.SentinelAddrs, SentinelMaster: c.SentinelMaster, Password: pw})
 		if err != nil {
 			return nil, err // not a nil *redisstore.Store in a non-nil Store
 		}
@@ -103,4 +139,25 @@ func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 	default:
 		return limiter.NewMemoryStore(), nil
 	}
+}
+
+// maxPasswordFile bounds the password file: it holds one line.
+const maxPasswordFile = 4096
+
+// readPassword reads the one-line password file at path.
+func readPassword(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot be read: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
+	if err != nil {
+		return "", fmt.Errorf("cannot be read: %w", err)
+	}
+	v := strings.TrimSpace(string(b))
+	if len(b) > maxPasswordFile || v == "" || strings.ContainsAny(v, "\r\n") {
+		return "", fmt.Errorf("must hold one non-empty line of at most %d bytes, in %s", maxPasswordFile, path)
+	}
+	return v, nil
 }
