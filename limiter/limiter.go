@@ -143,6 +143,8 @@ type Limiter struct {
 	closeOnce sync.Once
 
 	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+
+	pen penalties // no-auth penalties (penalty.go); its own lock
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their
