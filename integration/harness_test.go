@@ -247,6 +247,15 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 		dir = t.TempDir()
 	}
 	pasv := 30000 + (freePort(t)%200)*50
+	// The connection rate and the no-auth penalties are off unless a test
+	// sets them: many tests open connections from one address in a burst,
+	// or hold idle ones, for other purposes (capacity_test.go tests them).
+	if !strings.Contains(o.Sessions, "conn_rate") {
+		o.Sessions += "\nconn_rate = 0.0\n"
+	}
+	if !strings.Contains(o.Sessions, "noauth_penalty") {
+		o.Sessions += "\nnoauth_penalty = \"0s\"\n"
+	}
 	conf := fmt.Sprintf(`listen = "127.0.0.1:0"
 mode = %q
 

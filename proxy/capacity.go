@@ -17,6 +17,7 @@ package proxy
 // neighbouring buckets, so the highest non-empty bucket is found in O(1)).
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,10 +27,15 @@ import (
 	"github.com/ftpguard/ftpguard/limiter"
 )
 
-// capSlot is one admitted connection's place in the table.
+// capSlot is one admitted connection's place in the table. A slot is
+// pre-login (sheddable) from its admission, while the backend is still
+// being dialed too: a flood of connections can hold every slot in that
+// state for seconds when the daemon's accept queue overflows.
 type capSlot struct {
 	k          *capKey
 	ss         *session // set once the session exists (after the backend is dialed)
+	ctx        context.Context
+	cancel     context.CancelFunc // sheds the slot while it dials
 	prev, next *capSlot // in k's pre-login list
 	pre        bool     // in k's pre-login list
 	freed      bool     // its counts were given back (shed, or released)
@@ -67,8 +73,9 @@ func (t *capTable) count(key netip.Prefix) int {
 	return 0
 }
 
-// admit counts a new connection of key and returns its slot.
-func (t *capTable) admit(key netip.Prefix) *capSlot {
+// admit counts a new, pre-login connection of key and returns its slot;
+// ctx is the slot's, cancelled when it is shed before its session exists.
+func (t *capTable) admit(ctx context.Context, key netip.Prefix) *capSlot {
 	k := t.keys[key]
 	if k == nil {
 		k = &capKey{key: key}
@@ -76,15 +83,17 @@ func (t *capTable) admit(key netip.Prefix) *capSlot {
 	}
 	k.all++
 	t.conns++
-	return &capSlot{k: k}
+	sl := &capSlot{k: k}
+	sl.ctx, sl.cancel = context.WithCancel(ctx)
+	t.enterPre(sl)
+	return sl
 }
 
-// attach makes sl's session sheddable while it has not logged in.
-func (t *capTable) attach(sl *capSlot, ss *session) {
-	sl.ss = ss
-	if sl.freed || ss.loggedIn.Load() {
-		return
-	}
+// attach gives sl its session (once the backend is dialed).
+func (t *capTable) attach(sl *capSlot, ss *session) { sl.ss = ss }
+
+// enterPre appends sl to its key's pre-login list.
+func (t *capTable) enterPre(sl *capSlot) {
 	k := sl.k
 	sl.pre = true
 	sl.prev, sl.next = k.tail, nil
@@ -135,18 +144,17 @@ func (t *capTable) free(sl *capSlot) {
 	}
 }
 
-// victim picks the pre-login session to shed: the oldest of the key with
-// the most pre-login sessions (of those keys, the one that reached that
-// count first). It frees its slot at once, so the newcomer takes its place,
-// and returns its session; nil when no pre-login session is left.
-func (t *capTable) victim() *session {
+// victim picks the pre-login slot to shed: the oldest of the key with the
+// most pre-login slots (of those keys, the one that reached that count
+// first). It frees the slot at once, so the newcomer takes its place, and
+// returns it; nil when no pre-login slot is left.
+func (t *capTable) victim() *capSlot {
 	if t.top == 0 {
 		return nil
 	}
-	k := t.buckets[t.top].head
-	sl := k.head
+	sl := t.buckets[t.top].head.head
 	t.free(sl)
-	return sl.ss
+	return sl
 }
 
 // move takes k from bucket from to bucket to (0: none), keeping top.
@@ -230,7 +238,7 @@ func (s *Server) gateKey(c net.Conn, log *slog.Logger, now time.Time, addr netip
 // left. In observe mode a connection over MaxConnsPerIP is admitted, and
 // would says so ("max_conns_per_ip"); MaxConns, which protects the proxy
 // itself, is kept in every mode.
-func (s *Server) acquire(key netip.Prefix) (sl *capSlot, victim *session, reason, would string) {
+func (s *Server) acquire(key netip.Prefix) (sl *capSlot, victim *capSlot, reason, would string) {
 	cfg := s.config()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -248,12 +256,13 @@ func (s *Server) acquire(key netip.Prefix) (sl *capSlot, victim *session, reason
 			return nil, nil, "max_conns", ""
 		}
 	}
-	return s.caps.admit(key), victim, "", would
+	return s.caps.admit(s.ctx, key), victim, "", would
 }
 
 // release gives back sl's place (a no-op for a shed session's, given back
 // when it was shed) and wakes Shutdown.
 func (s *Server) release(sl *capSlot) {
+	sl.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.caps.free(sl)
@@ -261,10 +270,19 @@ func (s *Server) release(sl *capSlot) {
 	s.sessDone = make(chan struct{})
 }
 
-// shed ends ss, a pre-login session, to make room: 421 with the reason,
-// then the close. Its place was given to the newcomer already.
-func (s *Server) shed(ss *session) {
-	s.reject(ss.log, reasonShed, "key", ss.slot.k.key.String(), "age", time.Since(ss.start).Round(time.Millisecond))
+// shed ends sl, a pre-login slot, to make room: its dial is cancelled
+// (handle then refuses it, see shedWhileDialing), or its session gets 421
+// with the reason, then the close. Its place was given to the newcomer
+// already. Called without s.mu.
+func (s *Server) shed(sl *capSlot) {
+	sl.cancel()
+	s.mu.Lock()
+	ss := sl.ss
+	s.mu.Unlock()
+	if ss == nil {
+		return // handle refuses it once its dial is cancelled
+	}
+	s.reject(ss.log, reasonShed, "key", sl.k.key.String(), "age", time.Since(ss.start).Round(time.Millisecond))
 	ss.endWhy.Store(&whyShed)
 	ss.mu.Lock()
 	if !ss.closing.Load() {
@@ -301,6 +319,19 @@ func (s *Server) noAuthEnd(ss *session) {
 	b, made := s.lim.NoAuth(time.Now(), ss.peer.Addr(), s.config().NoAuth)
 	if made {
 		ss.log.Warn("penalty", "key", b.Key.String(), "reason", limiter.ReasonNoAuth, "why", *why,
+			"until", b.Until.Format(time.RFC3339), "for", time.Until(b.Until).Round(time.Second), "count", b.Count)
+	}
+}
+
+// shedWhileDialing refuses c, whose slot was shed before its session
+// existed (log, key: the connection's), and counts it towards the key's
+// no-auth penalty like a shed session.
+func (s *Server) shedWhileDialing(c net.Conn, log *slog.Logger, peer netip.Addr, key netip.Prefix) {
+	s.reject(log, reasonShed, "key", key.String(), "while", "dialing the backend")
+	refuse(c, "421 Server busy: closing idle connections that have not logged in.")
+	b, made := s.lim.NoAuth(time.Now(), peer, s.config().NoAuth)
+	if made {
+		log.Warn("penalty", "key", b.Key.String(), "reason", limiter.ReasonNoAuth, "why", whyShed,
 			"until", b.Until.Format(time.RFC3339), "for", time.Until(b.Until).Round(time.Second), "count", b.Count)
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ func TestShedChoice(t *testing.T) {
 	type op int
 	const (
 		open  op = iota // admit + attach a session of key, named name
-		dial            // admit only (the backend is being dialed: not sheddable)
+		dial            // admit only (the backend is being dialed: sheddable too)
 		login           // name logs in
 		end             // name ends
 		shed            // victim: want name ("" = none)
@@ -49,11 +50,11 @@ func TestShedChoice(t *testing.T) {
 			{open, "a", "a1"}, {open, "b", "b1"}, {open, "c", "c1"},
 			{shed, "", "a1"}, {shed, "", "b1"}, {shed, "", "c1"},
 		}, 0},
-		{"ended sessions leave; dialing ones are not sheddable", []st{
+		{"ended sessions leave; dialing ones are sheddable", []st{
 			{open, "a", "a1"}, {open, "a", "a2"}, {open, "b", "b1"}, {dial, "c", "c1"},
 			{end, "", "a1"}, {end, "", "a2"},
-			{shed, "", "b1"}, {shed, "", ""},
-		}, 1},
+			{shed, "", "b1"}, {shed, "", "c1"}, {shed, "", ""},
+		}, 0},
 		{"a session ended after it was shed changes nothing", []st{
 			{open, "a", "a1"}, {open, "a", "a2"}, {open, "b", "b1"},
 			{shed, "", "a1"}, {end, "", "a1"}, {login, "", "a1"},
@@ -67,17 +68,16 @@ func TestShedChoice(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tab := newCapTable()
 			slots := map[string]*capSlot{}
-			names := map[*session]string{}
+			names := map[*capSlot]string{}
 			for i, s := range tc.steps {
 				switch s.op {
 				case open, dial:
 					k := netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, s.key[0]}), 32)
-					sl := tab.admit(k)
+					sl := tab.admit(context.Background(), k)
 					slots[s.name] = sl
+					names[sl] = s.name
 					if s.op == open {
-						ss := &session{}
-						names[ss] = s.name
-						tab.attach(sl, ss)
+						tab.attach(sl, &session{})
 					}
 				case login:
 					slots[s.name].ss.loggedIn.Store(true)
@@ -106,7 +106,7 @@ func TestShedCounts(t *testing.T) {
 	var slots []*capSlot
 	for i := range 100 {
 		k := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i % 7)}), 32)
-		sl := tab.admit(k)
+		sl := tab.admit(context.Background(), k)
 		tab.attach(sl, &session{})
 		slots = append(slots, sl)
 	}

@@ -409,20 +409,28 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	client := c
 	if implicit {
 		tc := tls.Server(c, cfg.TLS)
-		hctx, hcancel := context.WithTimeout(s.ctx, cfg.LoginTimeout)
+		hctx, hcancel := context.WithTimeout(slot.ctx, cfg.LoginTimeout)
 		err := tc.HandshakeContext(hctx)
 		hcancel()
 		if err != nil {
+			if s.ctx.Err() == nil && slot.ctx.Err() != nil {
+				s.shedWhileDialing(c, log, peer.Addr(), d.Key)
+				return
+			}
 			log.Info("TLS handshake failed", "err", err)
 			c.Close()
 			return
 		}
 		client = tc
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(slot.ctx, cfg.DialTimeout)
 	start := time.Now()
 	bc, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Backend)
 	cancel()
+	if err != nil && s.ctx.Err() == nil && slot.ctx.Err() != nil {
+		s.shedWhileDialing(c, log, peer.Addr(), d.Key)
+		return
+	}
 	s.obs.BackendDial(time.Since(start), err)
 	if err != nil {
 		log.Error("backend unreachable", "backend", cfg.Backend, "err", err, "after", time.Since(start).Round(time.Millisecond))
@@ -466,6 +474,12 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		s.mu.Unlock()
 		bc.Close()
 		refuse(c, "421 Service shutting down.")
+		return
+	}
+	if slot.ctx.Err() != nil { // shed while we dialed
+		s.mu.Unlock()
+		bc.Close()
+		s.shedWhileDialing(c, log, peer.Addr(), d.Key)
 		return
 	}
 	s.sessions[ss] = struct{}{}
