@@ -36,9 +36,9 @@ type capSlot struct {
 	ss         *session // set once the session exists (after the backend is dialed)
 	ctx        context.Context
 	cancel     context.CancelFunc // sheds the slot while it dials
-	prev, next *capSlot // in k's pre-login list
-	pre        bool     // in k's pre-login list
-	freed      bool     // its counts were given back (shed, or released)
+	prev, next *capSlot           // in k's pre-login list
+	pre        bool               // in k's pre-login list
+	freed      bool               // its counts were given back (shed, or released)
 }
 
 // capKey is one address key's sessions.
