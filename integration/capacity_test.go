@@ -18,8 +18,9 @@ import (
 
 // holdIdleConns keeps n idle connections (greeting read, no USER) open
 // from src until stop, reconnecting whenever one is closed or refused, as
-// an attacker holding slots does. It counts the 421s it was sent.
-func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n int, shed, refused *atomic.Int64) {
+// an attacker holding slots does. It counts the 421s it was sent, and
+// held counts its connections greeted and still open.
+func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n int, held, shed, refused *atomic.Int64) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
 	for range n {
 		wg.Add(1)
@@ -33,7 +34,7 @@ func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n
 				}
 				c, err := d.Dial("tcp", addr)
 				if err != nil {
-					time.Sleep(20 * time.Millisecond)
+					time.Sleep(200 * time.Millisecond)
 					continue
 				}
 				done := make(chan struct{})
@@ -54,6 +55,7 @@ func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n
 					switch {
 					case strings.HasPrefix(line, "220 "):
 						greeted = true
+						held.Add(1)
 					case strings.HasPrefix(line, "421 ") && greeted:
 						shed.Add(1)
 					case strings.HasPrefix(line, "421 "):
@@ -61,8 +63,13 @@ func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n
 					}
 				}
 				close(done)
+				if greeted {
+					held.Add(-1)
+				}
 				if !greeted {
-					time.Sleep(20 * time.Millisecond) // refused at once: bounded reconnect rate
+					// Refused at once: 200 goroutines retry 1,000 times a
+					// second in all, a bounded load on a shared test machine.
+					time.Sleep(200 * time.Millisecond)
 				}
 			}
 		}()
@@ -96,11 +103,19 @@ func TestCapacityUnderIdleAttack(t *testing.T) {
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var shed, refused atomic.Int64
+	var held, shed, refused atomic.Int64
 	for i := 1; i <= 20; i++ {
-		holdIdleConns(stop, &wg, fmt.Sprintf("127.0.3.%d", i), g.Addr, 10, &shed, &refused)
+		holdIdleConns(stop, &wg, fmt.Sprintf("127.0.3.%d", i), g.Addr, 10, &held, &shed, &refused)
 	}
-	time.Sleep(time.Second) // the table fills
+	// The table fills: the attackers hold (nearly) every slot left. The
+	// first burst of 200 connects is past, so that what is measured is
+	// the proxy's capacity, not vsftpd forking 200 processes at once.
+	for deadline := time.Now().Add(30 * time.Second); held.Load() < 80; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the attackers hold %d connections after 30 s; want ≥ 80 of the 95 slots left", held.Load())
+		}
+	}
+	t.Logf("attackers hold %d connections (greeted, open)", held.Load())
 
 	var (
 		mu     sync.Mutex
