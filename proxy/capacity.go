@@ -11,12 +11,14 @@ package proxy
 // shed; only when no pre-login session is left to shed is the newcomer
 // refused.
 //
-// Bookkeeping is O(1) per connect, login and end: per key, a count of its
+// Bookkeeping is O(log n) per connect, login and end: per key, a count of its
 // sessions and a list of its pre-login ones, oldest first; keys are kept in
 // buckets by their count of pre-login sessions (a key moves between
-// neighbouring buckets, so the highest non-empty bucket is found in O(1)).
+// neighbouring buckets, so the highest non-empty bucket is found in O(1));
+// in a bucket, keys are a heap by their oldest session (O(log n)).
 
 import (
+	"container/heap"
 	"context"
 	"log/slog"
 	"net"
@@ -34,6 +36,7 @@ import (
 type capSlot struct {
 	k          *capKey
 	ss         *session // set once the session exists (after the backend is dialed)
+	seq        uint64   // admission order
 	ctx        context.Context
 	cancel     context.CancelFunc // sheds the slot while it dials
 	prev, next *capSlot           // in k's pre-login list
@@ -43,20 +46,19 @@ type capSlot struct {
 
 // capKey is one address key's sessions.
 type capKey struct {
-	key          netip.Prefix
-	all          int      // admitted connections (dialing included) not freed
-	pre          int      // pre-login sessions in the list
-	head, tail   *capSlot // pre-login list, oldest first
-	bprev, bnext *capKey  // in bucket pre
+	key        netip.Prefix
+	all        int      // admitted connections (dialing included) not freed
+	pre        int      // pre-login sessions in the list
+	head, tail *capSlot // pre-login list, oldest first
+	idx        int      // in bucket pre (a heap)
 }
-
-type capBucket struct{ head, tail *capKey }
 
 // capTable is the session table's counts. Not safe for concurrent use:
 // Server.mu guards it.
 type capTable struct {
 	keys    map[netip.Prefix]*capKey
 	buckets []capBucket // by pre; [0] unused
+	seq     uint64      // admissions so far: the age order of slots
 	top     int         // highest non-empty bucket; 0: no pre-login session
 	conns   int         // admitted connections not freed
 }
@@ -83,7 +85,8 @@ func (t *capTable) admit(ctx context.Context, key netip.Prefix) *capSlot {
 	}
 	k.all++
 	t.conns++
-	sl := &capSlot{k: k}
+	t.seq++
+	sl := &capSlot{k: k, seq: t.seq}
 	sl.ctx, sl.cancel = context.WithCancel(ctx)
 	t.enterPre(sl)
 	return sl
@@ -145,51 +148,59 @@ func (t *capTable) free(sl *capSlot) {
 }
 
 // victim picks the pre-login slot to shed: the oldest of the key with the
-// most pre-login slots (of those keys, the one that reached that count
-// first). It frees the slot at once, so the newcomer takes its place, and
+// most pre-login slots (of those keys, the one holding the oldest slot). It frees the slot at once, so the newcomer takes its place, and
 // returns it; nil when no pre-login slot is left.
 func (t *capTable) victim() *capSlot {
 	if t.top == 0 {
 		return nil
 	}
-	sl := t.buckets[t.top].head.head
+	sl := t.buckets[t.top][0].head
 	t.free(sl)
 	return sl
 }
 
-// move takes k from bucket from to bucket to (0: none), keeping top.
+// move takes k from bucket from to bucket to (0: none), keeping top. Each
+// bucket is a min-heap of its keys by their oldest pre-login slot, so that
+// of keys holding as many, the one holding the oldest slot is shed first.
+// Every change of a key's oldest slot comes with a move: O(log n).
 func (t *capTable) move(k *capKey, from, to int) {
 	if from > 0 {
-		b := &t.buckets[from]
-		if k.bprev != nil {
-			k.bprev.bnext = k.bnext
-		} else {
-			b.head = k.bnext
-		}
-		if k.bnext != nil {
-			k.bnext.bprev = k.bprev
-		} else {
-			b.tail = k.bprev
-		}
-		k.bprev, k.bnext = nil, nil
+		heap.Remove(&t.buckets[from], k.idx)
 	}
 	if to > 0 {
 		for len(t.buckets) <= to {
-			t.buckets = append(t.buckets, capBucket{})
+			t.buckets = append(t.buckets, nil)
 		}
-		b := &t.buckets[to]
-		k.bprev = b.tail
-		if b.tail != nil {
-			b.tail.bnext = k
-		} else {
-			b.head = k
-		}
-		b.tail = k
+		heap.Push(&t.buckets[to], k)
 		t.top = max(t.top, to)
 	}
-	for t.top > 0 && t.buckets[t.top].head == nil {
+	for t.top > 0 && len(t.buckets[t.top]) == 0 {
 		t.top--
 	}
+}
+
+// capBucket is the keys holding a given count of pre-login slots, a
+// min-heap by their oldest slot's admission (container/heap drives it).
+type capBucket []*capKey
+
+func (b capBucket) Len() int           { return len(b) }
+func (b capBucket) Less(i, j int) bool { return b[i].head.seq < b[j].head.seq }
+func (b capBucket) Swap(i, j int) {
+	b[i], b[j] = b[j], b[i]
+	b[i].idx, b[j].idx = i, j
+}
+func (b *capBucket) Push(x any) {
+	k := x.(*capKey)
+	k.idx = len(*b)
+	*b = append(*b, k)
+}
+func (b *capBucket) Pop() any {
+	old := *b
+	k := old[len(old)-1]
+	old[len(old)-1] = nil
+	*b = old[:len(old)-1]
+	k.idx = -1
+	return k
 }
 
 // ---- the Server's side: the gate, shedding, the end of a session ----

@@ -9,7 +9,7 @@ import (
 
 // TestShedChoice: the session table's choice of the session to shed — the
 // oldest pre-login session of the key holding the most; of keys holding as
-// many, the one that reached that count first; never a logged-in one —
+// many, the one holding the oldest session; never a logged-in one —
 // with counts per key kept through logins, ends and sheds.
 func TestShedChoice(t *testing.T) {
 	type op int
@@ -42,13 +42,19 @@ func TestShedChoice(t *testing.T) {
 		{"logged-in sessions are never shed", []st{
 			{open, "a", "a1"}, {open, "a", "a2"}, {open, "a", "a3"}, {open, "b", "b1"},
 			{login, "", "a1"}, {login, "", "a2"},
-			{shed, "", "b1"}, // a: 1 pre-login, b: 1; a went 3→2→1: it reached 1 last
-			{shed, "", "a3"},
+			{shed, "", "a3"}, // a: 1 pre-login, b: 1; a3 is older than b1
+			{shed, "", "b1"},
 			{shed, "", ""},
 		}, 2},
-		{"ties: the key that reached the count first", []st{
+		{"ties: the key holding the oldest", []st{
 			{open, "a", "a1"}, {open, "b", "b1"}, {open, "c", "c1"},
 			{shed, "", "a1"}, {shed, "", "b1"}, {shed, "", "c1"},
+		}, 0},
+		{"newcomers are not shed before an older session of a key that came down to their count", []st{
+			{open, "a", "a1"}, {open, "a", "a2"}, {open, "a", "a3"},
+			{open, "n", "n1"}, {shed, "", "a1"},
+			{open, "m", "m1"}, {shed, "", "a2"}, // a: 1 (a3), n: 1, m: 1
+			{shed, "", "a3"}, {shed, "", "n1"}, {shed, "", "m1"},
 		}, 0},
 		{"ended sessions leave; dialing ones are sheddable", []st{
 			{open, "a", "a1"}, {open, "a", "a2"}, {open, "b", "b1"}, {dial, "c", "c1"},
