@@ -85,7 +85,9 @@ func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n
 // by GET /bans.
 func TestCapacityUnderIdleAttack(t *testing.T) {
 	d := startVsftpd(t)
-	g := adminGuard(t, d.Addr, guardOpts{LogLevel: "info", Sessions: "max_conns = 100\nnoauth_penalty = \"30s\"\nnoauth_penalty_after = 3\nconn_rate = 5.0\nconn_burst = 20\n"})
+	// dial_timeout 10s: vsftpd forking for the first burst of 200 connects
+	// on a loaded machine may greet after more than the harness's 2 s.
+	g := adminGuard(t, d.Addr, guardOpts{LogLevel: "info", DialTimeout: "10s", Sessions: "max_conns = 100\nnoauth_penalty = \"30s\"\nnoauth_penalty_after = 3\nconn_rate = 5.0\nconn_burst = 20\n"})
 
 	// Logged in before the attack: never shed.
 	var before []interface{ NoOp() error }
@@ -109,11 +111,10 @@ func TestCapacityUnderIdleAttack(t *testing.T) {
 	}
 	// The table fills: the attackers hold (nearly) every slot left. The
 	// first burst of 200 connects is past, so that what is measured is
-	// the proxy's capacity, not vsftpd forking 200 processes at once.
-	for deadline := time.Now().Add(30 * time.Second); held.Load() < 80; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the attackers hold %d connections after 30 s; want ≥ 80 of the 95 slots left", held.Load())
-		}
+	// the proxy's capacity, not vsftpd forking 200 processes at once. (On
+	// a loaded machine the penalties may stop them before they hold 80.)
+	for deadline := time.Now().Add(30 * time.Second); held.Load() < 80 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("attackers hold %d connections (greeted, open)", held.Load())
 
@@ -176,8 +177,13 @@ func TestCapacityUnderIdleAttack(t *testing.T) {
 	if penalized != 20 {
 		t.Fatalf("%d attacking keys under a noauth penalty in GET /bans; want 20:\n%s", penalized, body)
 	}
-	if n := g.Count(t, "reject", "reason", "shed", "peer", "127.0.3.201"); n != 0 {
-		t.Fatal("a logged-in session was shed")
+	for i := 201; i <= 205; i++ {
+		if n := g.Count(t, "reject", "reason", "shed", "peer", fmt.Sprintf("127.0.3.%d", i)); n != 0 {
+			t.Fatal("a logged-in session was shed")
+		}
+	}
+	if g.Count(t, "reject", "reason", "shed") == 0 {
+		t.Fatal("no session was shed: the table was never full")
 	}
 	slices.Sort(lat)
 	t.Logf("%d legitimate logins under the attack, all succeeded: p50 %v, p99 %v, max %v; attackers: %d sessions shed, %d connections refused; penalty events %d",

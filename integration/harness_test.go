@@ -205,6 +205,9 @@ type guardOpts struct {
 	Mode string
 	// Sessions is raw TOML put inside the [sessions] table (max_conns).
 	Sessions string
+	// DialTimeout is [backend] dial_timeout ("2s" when ""); it also
+	// bounds the wait for the daemon's greeting.
+	DialTimeout string
 }
 
 // guard is an ftpguard process run by a test.
@@ -242,6 +245,7 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.LogLevel, "debug")
 	def(&o.SendProxy, "off")
 	def(&o.Mode, "enforce")
+	def(&o.DialTimeout, "2s")
 	dir := o.Dir
 	if dir == "" {
 		dir = t.TempDir()
@@ -265,7 +269,7 @@ listen = %q
 
 [backend]
 address = %q
-dial_timeout = "2s"
+dial_timeout = %q
 send_proxy = %q
 
 [passive]
@@ -289,7 +293,7 @@ drain_timeout = "5s"
 level = %q
 format = "json"
 %s
-`, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
+`, o.Mode, o.Admin, o.AdminExtra, backend, o.DialTimeout, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
