@@ -23,6 +23,9 @@ var rejectReasons = []string{
 	"too many usernames from key",
 	"max_conns",
 	"max_conns_per_ip",
+	"shed",           // a pre-login session closed to make room at max_conns
+	"noauth penalty", // a key whose connections keep ending without a login
+	"conn_rate",      // a key over its connection rate
 	"max_preauth_commands",
 	"line too long",
 	"shutting down",

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -305,9 +306,20 @@ func decisionJSON(d crowdsec.Decision, now time.Time) banJSON {
 		SecondsLeft: max(left, 0)}
 }
 
+// bans returns the bans in force at now and the no-auth penalties (Reason
+// "noauth"), sorted by Until.
+func (a *Server) bans(now time.Time) []limiter.Ban {
+	bans := a.lim.Bans(now)
+	if pen := a.lim.Penalties(now); len(pen) > 0 {
+		bans = append(bans, pen...)
+		slices.SortStableFunc(bans, func(x, y limiter.Ban) int { return x.Until.Compare(y.Until) })
+	}
+	return bans
+}
+
 func (a *Server) handleBansList(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	bans := a.lim.Bans(now)
+	bans := a.bans(now)
 	out := make([]banJSON, 0, len(bans))
 	for _, b := range bans {
 		out = append(out, toBanJSON(b, now))
@@ -394,6 +406,9 @@ func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	lifted, err := a.lim.Unban(key)
+	if a.lim.LiftPenalty(time.Now(), key) { // a no-auth penalty is listed as a ban too
+		lifted = true
+	}
 	if !lifted && err == nil {
 		if msg := a.crowdSecCovers(key); msg != "" {
 			writeError(w, http.StatusConflict, "%s", msg)

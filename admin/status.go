@@ -92,7 +92,7 @@ func (a *Server) status(r *http.Request) Status {
 	for _, reason := range sortedReasons(s.Counters.Rejects) {
 		s.Rejects = append(s.Rejects, reasonCount{reason, s.Counters.Rejects[reason]})
 	}
-	bans := a.lim.Bans(now)
+	bans := a.bans(now) // no-auth penalties included
 	s.Counters.BansActive = len(bans)
 	if len(bans) > statusBansMax {
 		s.MoreBans = len(bans) - statusBansMax
@@ -141,7 +141,7 @@ func settingsView(info Info) []setting {
 		{"limits", "success resets the budget", fmt.Sprint(l.SuccessResets)},
 		{"limits", "tarpit", tarpit},
 		{"user_limits", "username budgets", users},
-		{"sessions", "connections", fmt.Sprintf("at most %d, %d per address", info.MaxConns, info.MaxConnsPerIP)},
+		{"sessions", "connections", fmt.Sprintf("at most %d (pre-login ones shed when full), %d per address key", info.MaxConns, info.MaxConnsPerIP)},
 		{"sessions", "timeouts", fmt.Sprintf("login %s, idle %s", shortDuration(info.LoginTimeout), shortDuration(info.IdleTimeout))},
 		{"store", "kind", info.Store},
 	}

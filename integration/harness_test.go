@@ -208,6 +208,9 @@ type guardOpts struct {
 	// Listen is the top-level listen ("" = "127.0.0.1:0", a kernel-chosen
 	// port).
 	Listen string
+	// DialTimeout is [backend] dial_timeout ("2s" when ""); it also
+	// bounds the wait for the daemon's greeting.
+	DialTimeout string
 }
 
 // guard is an ftpguard process run by a test.
@@ -246,11 +249,21 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.SendProxy, "off")
 	def(&o.Mode, "enforce")
 	def(&o.Listen, "127.0.0.1:0")
+	def(&o.DialTimeout, "2s")
 	dir := o.Dir
 	if dir == "" {
 		dir = t.TempDir()
 	}
 	pasv := 30000 + (freePort(t)%200)*50
+	// The connection rate and the no-auth penalties are off unless a test
+	// sets them: many tests open connections from one address in a burst,
+	// or hold idle ones, for other purposes (capacity_test.go tests them).
+	if !strings.Contains(o.Sessions, "conn_rate") {
+		o.Sessions += "\nconn_rate = 0.0\n"
+	}
+	if !strings.Contains(o.Sessions, "noauth_penalty") {
+		o.Sessions += "\nnoauth_penalty = \"0s\"\n"
+	}
 	conf := fmt.Sprintf(`listen = %q
 mode = %q
 
@@ -260,7 +273,7 @@ listen = %q
 
 [backend]
 address = %q
-dial_timeout = "2s"
+dial_timeout = %q
 send_proxy = %q
 
 [passive]
@@ -284,7 +297,7 @@ drain_timeout = "5s"
 level = %q
 format = "json"
 %s
-`, o.Listen, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
+`, o.Listen, o.Mode, o.Admin, o.AdminExtra, backend, o.DialTimeout, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

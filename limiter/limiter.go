@@ -152,6 +152,8 @@ type Limiter struct {
 	wmu     sync.Mutex
 	waiters map[bkey]*waitQueue
 	nwait   atomic.Int64 // guesses queued; 0 lets settles skip wmu
+
+	pen penalties // no-auth penalties (penalty.go); its own lock
 }
 
 // New returns a Limiter with the configuration cfg (zero fields take their

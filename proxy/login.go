@@ -353,6 +353,7 @@ func (s *session) loggedInNow(user string) {
 	if !s.loggedIn.Swap(true) {
 		s.log.Info("login ok", "user", user)
 		s.srv.obs.Login(true)
+		s.srv.loginDone(s) // capacity.go: no longer sheddable; the key is known-good
 	}
 	s.armClientDeadline()
 }

@@ -33,17 +33,10 @@ func pasvFake(t *testing.T) *fakeFTPD {
 	})
 }
 
-// dialFrom is dial from the local address src (127.0.0.X).
-func dialFrom(t *testing.T, src, addr string) *client {
+// loginFrom connects from the local address src (127.0.0.X) and logs in.
+func loginFrom(t *testing.T, src, addr string) *client {
 	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	cl := &client{t: t, c: c, r: ftpproto.NewReplyReader(c, 4096, 1<<20)}
+	cl := dialFrom(t, src, addr)
 	cl.expect(220)
 	cl.send("USER u\r\nPASS good\r\n")
 	cl.expect(331)
@@ -60,9 +53,9 @@ func TestPassivePortsPerKey(t *testing.T) {
 	f := pasvFake(t)
 	p := startProxy(t, f.ln.Addr().String(), Config{MaxPortsPerKey: 2, DataTimeout: time.Hour}, testLimits)
 
-	a := dialFrom(t, "127.0.0.1", p.addr)
-	b := dialFrom(t, "127.0.0.1", p.addr)
-	c := dialFrom(t, "127.0.0.1", p.addr)
+	a := loginFrom(t, "127.0.0.1", p.addr)
+	b := loginFrom(t, "127.0.0.1", p.addr)
+	c := loginFrom(t, "127.0.0.1", p.addr)
 	a.send("PASV\r\n")
 	a.expect(227)
 	b.send("EPSV\r\n")
@@ -85,7 +78,7 @@ func TestPassivePortsPerKey(t *testing.T) {
 	c.expect(425)
 
 	// Legitimate users first: another address is not refused.
-	o := dialFrom(t, "127.0.0.2", p.addr)
+	o := loginFrom(t, "127.0.0.2", p.addr)
 	o.send("PASV\r\n")
 	o.expect(227)
 
@@ -113,8 +106,8 @@ func TestPassivePortsPerKey(t *testing.T) {
 func TestPassivePortReleasedAfterDataTimeout(t *testing.T) {
 	f := pasvFake(t)
 	p := startProxy(t, f.ln.Addr().String(), Config{MaxPortsPerKey: 1, DataTimeout: 200 * time.Millisecond}, testLimits)
-	a := dialFrom(t, "127.0.0.1", p.addr)
-	b := dialFrom(t, "127.0.0.1", p.addr)
+	a := loginFrom(t, "127.0.0.1", p.addr)
+	b := loginFrom(t, "127.0.0.1", p.addr)
 	a.send("PASV\r\n")
 	ap, err := ftpproto.ParsePASV(a.expect(227).Text())
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ftpguard/ftpguard/internal/conf"
+	"github.com/ftpguard/ftpguard/limiter"
 )
 
 // Section is the proxy's part of the config file: the top-level listen and
@@ -48,6 +49,14 @@ type SessionsConfig struct {
 	MaxPreauthCommands int           `toml:"max_preauth_commands"`
 	MaxLine            int           `toml:"max_line"`
 	MaxReply           int           `toml:"max_reply"`
+	// capacity.go: fair shedding needs no key; these are the gate's.
+	ConnRate            float64       `toml:"conn_rate"`
+	ConnBurst           int           `toml:"conn_burst"`
+	ConnRateMaxKeys     int           `toml:"conn_rate_max_keys"`
+	NoAuthPenalty       time.Duration `toml:"noauth_penalty"`
+	NoAuthPenaltyAfter  int           `toml:"noauth_penalty_after"`
+	NoAuthPenaltyFactor float64       `toml:"noauth_penalty_factor"`
+	NoAuthMaxPenalty    time.Duration `toml:"noauth_max_penalty"`
 }
 
 // ProxyProtocolConfig is the [proxy_protocol] table.
@@ -70,6 +79,9 @@ func DefaultSection() Section {
 			LoginTimeout: 30 * time.Second, IdleTimeout: 10 * time.Minute,
 			DataTimeout: 30 * time.Second, DrainTimeout: 30 * time.Second,
 			MaxPreauthCommands: 20, MaxLine: 2048, MaxReply: 256 << 10,
+			ConnRate: 5, ConnBurst: 20, ConnRateMaxKeys: 1 << 16,
+			NoAuthPenalty: 30 * time.Second, NoAuthPenaltyAfter: 3, NoAuthPenaltyFactor: 2,
+			NoAuthMaxPenalty: 10 * time.Minute,
 		},
 		ProxyProtocol: ProxyProtocolConfig{Trusted: []string{}, HeaderTimeout: 5 * time.Second},
 	}
@@ -135,6 +147,21 @@ func (c Section) Settings(p *conf.Problems) Settings {
 	p.AtLeast("sessions.max_preauth_commands", ss.MaxPreauthCommands, 1)
 	p.AtLeast("sessions.max_line", ss.MaxLine, 512)
 	p.AtLeast("sessions.max_reply", ss.MaxReply, 4096)
+	if !(ss.ConnRate >= 0 && ss.ConnRate <= 1e6) {
+		p.Add("sessions.conn_rate", "must be between 0 (off) and 1e6 connections per second, got %g", ss.ConnRate)
+	}
+	p.Between("sessions.conn_burst", ss.ConnBurst, 1, 1<<20)
+	p.Between("sessions.conn_rate_max_keys", ss.ConnRateMaxKeys, 1, 1<<24)
+	if ss.NoAuthPenalty < 0 {
+		p.Add("sessions.noauth_penalty", "must be ≥ 0 (0: off), got %v", ss.NoAuthPenalty)
+	}
+	p.Between("sessions.noauth_penalty_after", ss.NoAuthPenaltyAfter, 1, 1000)
+	if !(ss.NoAuthPenaltyFactor >= 1 && ss.NoAuthPenaltyFactor <= 100) {
+		p.Add("sessions.noauth_penalty_factor", "must be between 1 and 100, got %g", ss.NoAuthPenaltyFactor)
+	}
+	if ss.NoAuthMaxPenalty < ss.NoAuthPenalty {
+		p.Add("sessions.noauth_max_penalty", "must be ≥ sessions.noauth_penalty (%v), got %v", ss.NoAuthPenalty, ss.NoAuthMaxPenalty)
+	}
 
 	s := Settings{
 		Listen:       c.Listen,
@@ -152,6 +179,11 @@ func (c Section) Settings(p *conf.Problems) Settings {
 			MaxPreauthCommands: ss.MaxPreauthCommands,
 			MaxLine:            ss.MaxLine,
 			MaxReply:           ss.MaxReply,
+			ConnRate:           ss.ConnRate,
+			ConnBurst:          ss.ConnBurst,
+			ConnRateKeys:       ss.ConnRateMaxKeys,
+			NoAuth: limiter.NoAuthConfig{Penalty: ss.NoAuthPenalty, After: ss.NoAuthPenaltyAfter,
+				Factor: ss.NoAuthPenaltyFactor, MaxPenalty: ss.NoAuthMaxPenalty},
 			DataTimeout:        ss.DataTimeout,
 			TrustedProxies:     trusted,
 			ProxyHeaderTimeout: c.ProxyProtocol.HeaderTimeout,

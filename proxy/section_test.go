@@ -43,3 +43,39 @@ func TestSectionSettings(t *testing.T) {
 		t.Errorf("trusted %v", s.TrustedProxies)
 	}
 }
+
+// TestSectionCapacityKeys: the [sessions] capacity keys: defaults, then
+// one problem per bad key.
+func TestSectionCapacityKeys(t *testing.T) {
+	var p conf.Problems
+	s := DefaultSection().Settings(&p)
+	if !p.OK() || s.ConnRate != 5 || s.ConnBurst != 20 || s.ConnRateKeys != 1<<16 ||
+		s.NoAuth.Penalty != 30*time.Second || s.NoAuth.After != 3 || s.NoAuth.Factor != 2 || s.NoAuth.MaxPenalty != 10*time.Minute {
+		t.Fatalf("defaults: %+v %v", s.Config, p.List)
+	}
+	c := DefaultSection()
+	c.Sessions.ConnRate = -1
+	c.Sessions.ConnBurst = 0
+	c.Sessions.ConnRateMaxKeys = 0
+	c.Sessions.NoAuthPenalty = -time.Second
+	c.Sessions.NoAuthPenaltyAfter = 0
+	c.Sessions.NoAuthPenaltyFactor = 0.5
+	p = conf.Problems{}
+	c.Settings(&p)
+	var got []string
+	for _, e := range p.List {
+		got = append(got, strings.SplitN(e.Error(), ":", 2)[0])
+	}
+	want := "sessions.conn_rate sessions.conn_burst sessions.conn_rate_max_keys sessions.noauth_penalty " +
+		"sessions.noauth_penalty_after sessions.noauth_penalty_factor"
+	if strings.Join(got, " ") != want {
+		t.Errorf("problems %v; want %s", p.List, want)
+	}
+	c = DefaultSection()
+	c.Sessions.NoAuthMaxPenalty = time.Second
+	p = conf.Problems{}
+	c.Settings(&p)
+	if len(p.List) != 1 || !strings.HasPrefix(p.List[0].Error(), "sessions.noauth_max_penalty: must be ≥") {
+		t.Errorf("problems %v", p.List)
+	}
+}

@@ -47,10 +47,26 @@ type Config struct {
 	PassiveAddr netip.Addr
 	// PassivePorts are the proxy's own data ports. Zero: kernel-chosen.
 	PassivePorts PortRange
-	// MaxConns caps concurrent sessions. Default 2000.
+	// MaxConns caps concurrent sessions. Default 2000. A newcomer that
+	// finds the table full sheds a pre-login session of the key holding
+	// the most of them (capacity.go); it is refused only when none is left.
 	MaxConns int
-	// MaxConnsPerIP caps concurrent sessions of one peer address. Default 10.
+	// MaxConnsPerIP caps concurrent sessions of one address key (the
+	// limiter's Key: [limits] ipv4_prefix/ipv6_prefix, an IPv6 /64 by
+	// default), not of one exact address. Default 10.
 	MaxConnsPerIP int
+	// ConnRate is the new connections per second a key may open (a token
+	// bucket of ConnBurst); more are refused at the gate, before the
+	// backend is dialed. 0: off. ConnBurst 0: 1.
+	ConnRate  float64
+	ConnBurst int
+	// ConnRateKeys bounds the keys whose connection rate is tracked (the
+	// least recently used is forgotten). Default 65536.
+	ConnRateKeys int
+	// NoAuth are the penalties of keys whose connections keep ending
+	// without a login attempt (login timeout, pre-login command limit,
+	// shed). The zero value is off.
+	NoAuth limiter.NoAuthConfig
 	// LoginTimeout is the time a client has, from connect, to log in. Default 30s.
 	LoginTimeout time.Duration
 	// IdleTimeout closes a logged-in session with no command and no
@@ -121,6 +137,8 @@ func (c Config) withDefaults() Config {
 	def(&c.ProxyHeaderTimeout, defaultProxyHeaderTimeout)
 	defInt(&c.MaxConns, 2000)
 	defInt(&c.MaxConnsPerIP, 10)
+	defInt(&c.ConnBurst, 1)
+	defInt(&c.ConnRateKeys, 1<<16)
 	defInt(&c.MaxPreauthCommands, 20)
 	defInt(&c.MaxLine, 2048)
 	defInt(&c.MaxReply, 256<<10)
@@ -142,10 +160,11 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
 	sessions  map[*session]struct{}
-	perIP     map[netip.Addr]int
-	conns     int
+	caps      capTable      // connections per key, pre-login sessions (capacity.go)
 	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
 	ports     portHolds     // passive listeners held per key (passive.go)
+
+	rates connRates // conn_rate per key; its own lock
 
 	// ctx is cancelled by Close, so dials in flight give up at once.
 	ctx    context.Context
@@ -170,7 +189,7 @@ func New(cfg Config, lim *limiter.Limiter, log *slog.Logger) (*Server, error) {
 		log:       log,
 		listeners: make(map[*net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
-		perIP:     make(map[netip.Addr]int),
+		caps:      newCapTable(),
 		sessDone:  make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -317,7 +336,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	for {
 		s.mu.Lock()
-		n, done := len(s.sessions)+s.conns, s.sessDone
+		n, done := len(s.sessions)+s.caps.conns, s.sessDone
 		s.mu.Unlock()
 		if n == 0 {
 			s.cancel()
@@ -336,43 +355,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) ActiveSessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.conns
-}
-
-// acquire counts a new connection of addr against MaxConns and
-// MaxConnsPerIP. It returns a refusal reason, or "" when admitted. In
-// observe mode a connection over MaxConnsPerIP is admitted, and would says
-// so ("max_conns_per_ip"); MaxConns, which protects the proxy itself, is
-// enforced in every mode.
-func (s *Server) acquire(addr netip.Addr) (reason, would string) {
-	cfg := s.config()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.shutdown.Load():
-		return "shutting down", ""
-	case s.conns >= cfg.MaxConns:
-		return "max_conns", ""
-	case s.perIP[addr] >= cfg.MaxConnsPerIP:
-		if !cfg.Observe {
-			return "max_conns_per_ip", ""
-		}
-		would = "max_conns_per_ip"
-	}
-	s.conns++
-	s.perIP[addr]++
-	return "", would
-}
-
-func (s *Server) release(addr netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.conns--
-	if s.perIP[addr]--; s.perIP[addr] <= 0 {
-		delete(s.perIP, addr)
-	}
-	close(s.sessDone)
-	s.sessDone = make(chan struct{})
+	return s.caps.conns
 }
 
 // handle runs one client connection from the gate to the end.
@@ -406,9 +389,15 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 			return
 		}
 	}
-	reason, would := s.acquire(peer.Addr())
+	if !s.gateKey(c, log, now, peer.Addr(), d) { // capacity.go
+		return
+	}
+	slot, victim, reason, would := s.acquire(d.Key)
 	if would != "" {
 		s.enforce(log, would) // observe mode: logged and counted, admitted
+	}
+	if victim != nil {
+		s.shed(victim)
 	}
 	if reason != "" {
 		s.reject(log, reason)
@@ -421,7 +410,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		refuse(c, msg)
 		return
 	}
-	defer s.release(peer.Addr())
+	defer s.release(slot)
 	setOOBInline(c)
 	log.Info("connect", "local", e.reached.String(), "via_balancer", e.viaLB)
 
@@ -431,20 +420,28 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	if implicit {
 		stls = sessionTLS(cfg.TLS)
 		tc := tls.Server(c, stls)
-		hctx, hcancel := context.WithTimeout(s.ctx, cfg.LoginTimeout)
+		hctx, hcancel := context.WithTimeout(slot.ctx, cfg.LoginTimeout)
 		err := tc.HandshakeContext(hctx)
 		hcancel()
 		if err != nil {
+			if s.ctx.Err() == nil && slot.ctx.Err() != nil {
+				s.shedWhileDialing(c, log, peer.Addr(), d.Key)
+				return
+			}
 			log.Info("TLS handshake failed", "err", err)
 			c.Close()
 			return
 		}
 		client = tc
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(slot.ctx, cfg.DialTimeout)
 	start := time.Now()
 	bc, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Backend)
 	cancel()
+	if err != nil && s.ctx.Err() == nil && slot.ctx.Err() != nil {
+		s.shedWhileDialing(c, log, peer.Addr(), d.Key)
+		return
+	}
 	s.obs.BackendDial(time.Since(start), err)
 	if err != nil {
 		log.Error("backend unreachable", "backend", cfg.Backend, "err", err, "after", time.Since(start).Round(time.Millisecond))
@@ -491,14 +488,24 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		refuse(c, "421 Service shutting down.")
 		return
 	}
+	if slot.ctx.Err() != nil { // shed while we dialed
+		s.mu.Unlock()
+		bc.Close()
+		s.shedWhileDialing(c, log, peer.Addr(), d.Key)
+		return
+	}
 	s.sessions[ss] = struct{}{}
+	ss.slot = slot
+	s.caps.attach(slot, ss)
 	s.mu.Unlock()
 	s.obs.SessionStart()
 	defer s.obs.SessionEnd()
 	ss.run()
 	s.mu.Lock()
 	delete(s.sessions, ss)
+	s.caps.leavePre(slot)
 	s.mu.Unlock()
+	s.noAuthEnd(ss)
 }
 
 // refuse writes one reply and closes c. The write is bounded so a client

@@ -65,6 +65,9 @@ type session struct {
 	protP      atomic.Bool // PROT P: data connections with the client are TLS
 	tlsCfg     *tls.Config // the client's TLS, with this session's ticket keys (tls.go: sessionTLS); set before PROT P
 	clientEOF  atomic.Bool
+	attempted  atomic.Bool            // a PASS or ACCT reached the daemon
+	endWhy     atomic.Pointer[string] // why it ends without a login (capacity.go); nil: other
+	slot       *capSlot               // its place in the session table; guarded by srv.mu
 	closeOnce  sync.Once
 	done       chan struct{}  // closed by abort
 	data       sync.WaitGroup // data-connection goroutines
@@ -186,6 +189,8 @@ func (s *session) armClientDeadline() {
 	cfg := s.srv.config()
 	var d time.Time
 	switch {
+	case s.closing.Load(): // shed: end the read now (capacity.go)
+		d = time.Now()
 	case !s.loggedIn.Load():
 		d = s.start.Add(cfg.LoginTimeout)
 	case s.transfers.Load() > 0:
@@ -232,6 +237,7 @@ func (s *session) commandError(err error) bool {
 			return false
 		}
 		s.log.Info("timeout", "kind", "login", "after", cfg.LoginTimeout)
+		s.endWhy.Store(&whyLoginTimeout)
 		s.finish(421, "Login timeout; closing control connection.")
 		return false
 	default:
@@ -269,6 +275,7 @@ func (s *session) countPreauth() bool {
 	s.preauth++
 	if max := s.srv.config().MaxPreauthCommands; s.preauth > max {
 		s.srv.reject(s.log, "max_preauth_commands", "max", max)
+		s.endWhy.Store(&whyPreauth)
 		s.finish(421, "Too many commands before login; closing control connection.")
 		return false
 	}
@@ -379,6 +386,9 @@ func (s *session) forward(cmd ftpproto.Command, verb string, t *ticket) bool {
 		}
 		s.abort()
 		return false
+	}
+	if t != nil && t.attempt != nil {
+		s.attempted.Store(true)
 	}
 	return true
 }
