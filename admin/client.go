@@ -390,6 +390,9 @@ func writeStatus(w io.Writer, s Status) {
 	fmt.Fprintf(tw, "backend\t%s %s\n", b.Address, okb(b.OK, fmt.Sprintf("reachable (%.1f ms)", b.DialMS), "UNREACHABLE: "+b.Error))
 	st := s.Health.Store
 	fmt.Fprintf(tw, "store\t%s %s\n", st.Kind, okb(st.OK, "ok", "UNREACHABLE (deciding locally)"))
+	for _, r := range s.Health.Reasons {
+		fmt.Fprintf(tw, "not ok\t%s\n", cleanCell(r))
+	}
 	fmt.Fprintf(tw, "sessions\t%d active, %d since start\n", c.SessionsActive, c.SessionsTotal)
 	fmt.Fprintf(tw, "logins\t%d ok, %d failed\n", c.LoginsOK, c.LoginsFailed)
 	fmt.Fprintf(tw, "bans\t%d in force, %d made since start\n", c.BansActive, c.BansTotal)

@@ -137,7 +137,7 @@ func (a *Server) Shutdown(ctx context.Context) error {
 //
 //	GET    /                 status page (HTML)
 //	GET    /status           the same, as JSON
-//	GET    /healthz          backend and store reachable? 200 or 503 (never needs the token)
+//	GET    /healthz          backend and store reachable, bans saved? 200 (ok, degraded) or 503 (never needs the token)
 //	GET    /metrics          Prometheus metrics
 //	GET    /bans             bans in force (JSON list)
 //	POST   /bans             ban an IP or CIDR (JSON or form: ip, duration, reason)
@@ -435,7 +435,11 @@ func (a *Server) handleReload(w http.ResponseWriter, r *http.Request) {
 
 // Health is the answer of /healthz.
 type Health struct {
-	Status  string        `json:"status"` // "ok" or "unhealthy"
+	// Status is "ok"; "degraded" (still serving, but something is not as
+	// it should be: bans in force that are not yet in the store; HTTP 200);
+	// or "unhealthy" (backend or shared store unreachable; HTTP 503).
+	Status  string        `json:"status"`
+	Reasons []string      `json:"reasons,omitempty"` // why not "ok", one line each
 	Backend backendHealth `json:"backend"`
 	Store   storeHealth   `json:"store"`
 }
@@ -453,6 +457,10 @@ type storeHealth struct {
 	SharedDown bool   `json:"shared_down"`
 	Errors     uint64 `json:"errors"`
 	LastError  string `json:"last_error,omitempty"`
+	// Unsaved: ban changes the store failed to write (a full disk), being
+	// retried; Unsynced: ban changes queued while the shared store is down.
+	Unsaved  int `json:"unsaved"`
+	Unsynced int `json:"unsynced"`
 }
 
 // checkHealth dials the backend (within dial_timeout, at most limit) and
@@ -474,12 +482,29 @@ func (a *Server) checkHealth(ctx context.Context, limit time.Duration) Health {
 		h.Backend.OK = true
 	}
 	ls := a.lim.Stats()
-	h.Store = storeHealth{Kind: info.Store, OK: !ls.SharedDown, SharedDown: ls.SharedDown, Errors: ls.StoreErrors}
+	h.Store = storeHealth{Kind: info.Store, OK: !ls.SharedDown, SharedDown: ls.SharedDown, Errors: ls.StoreErrors,
+		Unsaved: ls.Unsaved, Unsynced: ls.Unsynced}
 	if err := a.lim.LastStoreError(); err != nil {
 		h.Store.LastError = err.Error()
 	}
-	if !h.Backend.OK || !h.Store.OK {
+	if !h.Backend.OK {
+		h.Reasons = append(h.Reasons, "backend unreachable: "+h.Backend.Error)
+	}
+	if ls.SharedDown {
+		h.Reasons = append(h.Reasons, "shared store unreachable: deciding locally")
+	}
+	if ls.Unsaved > 0 {
+		h.Reasons = append(h.Reasons, fmt.Sprintf("%d ban change(s) in force but not saved (retrying): %s", ls.Unsaved,
+			h.Store.LastError))
+	}
+	if ls.Unsynced > 0 {
+		h.Reasons = append(h.Reasons, fmt.Sprintf("%d ban change(s) queued for the shared store", ls.Unsynced))
+	}
+	switch {
+	case !h.Backend.OK || !h.Store.OK:
 		h.Status = "unhealthy"
+	case len(h.Reasons) > 0:
+		h.Status = "degraded"
 	}
 	return h
 }
@@ -487,7 +512,7 @@ func (a *Server) checkHealth(ctx context.Context, limit time.Duration) Health {
 func (a *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	h := a.checkHealth(r.Context(), time.Minute)
 	code := http.StatusOK
-	if h.Status != "ok" {
+	if h.Status == "unhealthy" { // degraded still serves
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, h)

@@ -150,19 +150,24 @@ func (l *Limiter) saveBan(ban Ban, seq uint64) error {
 		return fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, ErrSharedDown)
 	}
 	if err != nil {
+		l.retryLater(ban.Key)
 		return l.storeFailed(fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, err))
 	}
 	l.markSynced(keyOf(ban.Key), seq)
 	return nil
 }
 
-// markSynced records that version seq of the ban of k is in the store.
-func (l *Limiter) markSynced(k bkey, seq uint64) {
+// markSynced records that version seq of the ban of k is in the store. It
+// reports whether that ban was announced to the hook as Unsaved (it is to
+// be announced again as Saved).
+func (l *Limiter) markSynced(k bkey, seq uint64) (toldUnsaved bool) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if r := l.bans.recs[k]; r != nil && r.seq == seq {
 		r.synced = true
+		toldUnsaved, r.toldUnsaved = r.toldUnsaved, false
 	}
-	l.mu.Unlock()
+	return toldUnsaved
 }
 
 // deleteBan deletes the ban of p from the store unless p was banned again
@@ -182,9 +187,19 @@ func (l *Limiter) deleteBan(p netip.Prefix, seq uint64) error {
 		return fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, ErrSharedDown)
 	}
 	if err != nil {
+		l.retryLater(p)
 		return l.storeFailed(fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, err))
 	}
 	return nil
+}
+
+// retryLater has the change of p written again later, after a failed
+// write. The circuit of a shared store has queued it already. Called with
+// l.storeMu held.
+func (l *Limiter) retryLater(p netip.Prefix) {
+	if _, ok := l.keeper.(*circuit); !ok {
+		l.retry.add(l, p)
+	}
 }
 
 // storeFailed counts and records err, and returns it.

@@ -277,16 +277,21 @@ func (c *circuit) flushQueue() (int, error) {
 	c.queueMu.Unlock()
 	n := 0
 	for k, p := range todo {
-		if err := c.flushOne(k, p); err != nil {
+		saved, err := c.flushOne(k, p)
+		if err != nil {
 			return n, err
+		}
+		if saved != nil {
+			c.l.notify(BanChange{Ban: *saved, Saved: true})
 		}
 		n++
 	}
 	return n, nil
 }
 
-// flushOne writes the queued change of k (prefix p) and unqueues it.
-func (c *circuit) flushOne(k bkey, p netip.Prefix) error {
+// flushOne writes the queued change of k (prefix p) and unqueues it. It
+// returns the ban it wrote if that ban was announced as Unsaved.
+func (c *circuit) flushOne(k bkey, p netip.Prefix) (*Ban, error) {
 	l := c.l
 	l.storeMu.Lock() // in order with saveBan and deleteBan
 	defer l.storeMu.Unlock()
@@ -307,15 +312,15 @@ func (c *circuit) flushOne(k bkey, p netip.Prefix) error {
 		err = l.store.DeleteBan(p)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: write queued ban change of %v: %w", ErrStore, p, err)
-	}
-	if r != nil {
-		l.markSynced(k, seq)
+		return nil, fmt.Errorf("%w: write queued ban change of %v: %w", ErrStore, p, err)
 	}
 	c.queueMu.Lock()
 	delete(c.queue, k)
 	c.queueMu.Unlock()
-	return nil
+	if r != nil && l.markSynced(k, seq) {
+		return &ban, nil
+	}
+	return nil, nil
 }
 
 // resyncBans loads the store's bans into the table after a subscription

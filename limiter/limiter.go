@@ -98,6 +98,10 @@ type Stats struct {
 	// Unsynced is the ban changes made while the shared store was down and
 	// not yet written to it.
 	Unsynced int
+	// Unsaved is the ban changes that the store failed to write (a full
+	// disk, an I/O error) and that are being retried with backoff: they
+	// are in force here but would not survive a restart.
+	Unsaved int
 }
 
 // Limiter keeps budgets and bans per key. It is safe for concurrent use:
@@ -137,6 +141,8 @@ type Limiter struct {
 	storeErrors  atomic.Uint64
 	lastStoreErr atomic.Pointer[error]
 	unbanned     map[bkey]bool // keys unbanned during a resync's load (nil: none under way); under mu
+
+	retry retrier // ban changes the store failed to write, written again later
 
 	// keeper decides budgets: localKeeper, or a circuit on a shared store.
 	keeper    budgetKeeper
@@ -304,6 +310,7 @@ func (l *Limiter) Stats() Stats {
 		StoreErrors: l.storeErrors.Load(),
 		SharedDown:  l.keeper.down(),
 		Unsynced:    l.keeper.unsynced(),
+		Unsaved:     l.retry.len(),
 	}
 }
 
@@ -335,13 +342,16 @@ func (l *Limiter) CountsUserRejects() bool { return l.cfg.Load().CountUserReject
 
 // Close stops the limiter's background work: with a SharedBudgets store,
 // the subscription to other limiters' bans and the writing of queued ban
-// changes. It waits for them to end. It does not close the store, which
+// changes; with any store, the retries of ban changes it failed to write
+// (one last round is tried). It waits for them to end. It does not close the store, which
 // belongs to the caller (close the store after the limiter). Decisions go
 // on after Close; bans of other limiters no longer arrive. Close is
-// idempotent and always returns nil; without a SharedBudgets store it does
-// nothing.
+// idempotent and always returns nil.
 func (l *Limiter) Close() error {
-	l.closeOnce.Do(l.keeper.close)
+	l.closeOnce.Do(func() {
+		l.keeper.close()
+		l.retry.close()
+	})
 	return nil
 }
 

@@ -128,8 +128,19 @@ func (d *daemon) reload() error {
 
 // onBanChange is the limiter's ban hook: it logs the bans and unbans
 // learned from the shared store (this instance's own are logged where they
-// are made) and hands every change to the firewall runner.
+// are made), logs as an error a ban of this instance's that the store
+// failed to save (it is in force and retried: "ban not saved"), and once
+// it is saved ("ban saved"), and hands every change to the firewall runner
+// (not the "saved" report, which changes nothing in force).
 func (d *daemon) onBanChange(c limiter.BanChange) {
+	switch {
+	case c.Saved:
+		d.log.Info("ban saved", "key", c.Ban.Key.String(), "until", c.Ban.Until.Format(time.RFC3339), "saved", true)
+		return
+	case c.Unsaved:
+		d.log.Error("ban not saved; in force, retrying until saved", "key", c.Ban.Key.String(),
+			"until", c.Ban.Until.Format(time.RFC3339), "saved", false, "err", d.lim.LastStoreError())
+	}
 	if c.Remote {
 		if c.Lifted {
 			d.log.Info("unban", "key", c.Ban.Key.String(), "origin", "shared store")
