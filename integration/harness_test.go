@@ -205,6 +205,8 @@ type guardOpts struct {
 	Mode string
 	// Sessions is raw TOML put inside the [sessions] table (max_conns).
 	Sessions string
+	// DrainTimeout is [sessions] drain_timeout ("5s" when "").
+	DrainTimeout string
 }
 
 // guard is an ftpguard process run by a test.
@@ -242,6 +244,7 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.LogLevel, "debug")
 	def(&o.SendProxy, "off")
 	def(&o.Mode, "enforce")
+	def(&o.DrainTimeout, "5s")
 	dir := o.Dir
 	if dir == "" {
 		dir = t.TempDir()
@@ -273,14 +276,14 @@ failure_delay = "0s"
 [sessions]
 max_conns_per_ip = %d
 login_timeout = %q
-drain_timeout = "5s"
+drain_timeout = %q
 %s
 
 [log]
 level = %q
 format = "json"
 %s
-`, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
+`, o.Mode, o.Admin, o.AdminExtra, backend, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.DrainTimeout, o.Sessions, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
