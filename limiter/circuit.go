@@ -42,6 +42,9 @@ type circuit struct {
 	resync  chan struct{}
 	queueMu sync.Mutex            // guards queue, and closing the circuit
 	queue   map[bkey]netip.Prefix // ban changes to write once the store is back
+	// repaired counts the bans a resync found missing from the store
+	// (without an unban) and wrote back.
+	repaired atomic.Uint64
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -248,7 +251,9 @@ func (c *circuit) reconcile(ctx context.Context, full bool) {
 	switch {
 	case err != nil:
 	case full:
-		err = c.resyncBans()
+		if err = c.resyncBans(); err == nil {
+			_, err = c.flushQueue() // the bans the store had lost, written back
+		}
 	case n == 0:
 		err = c.sb.Ping(ctx)
 	}
@@ -324,9 +329,11 @@ func (c *circuit) flushOne(k bkey, p netip.Prefix) (*Ban, error) {
 }
 
 // resyncBans loads the store's bans into the table after a subscription
-// gap: bans made or escalated elsewhere meanwhile are applied, and records
-// that were in the store and no longer are (unbanned elsewhere) are
-// dropped, unless they changed since the load began. Records not yet
+// gap: bans made or escalated elsewhere meanwhile are applied. Records that
+// were in the store and no longer are, unless they changed since the load
+// began, are dropped only if the store remembers an explicit unban of
+// them (UnbanLog: unbanned elsewhere during the gap); otherwise the store
+// lost them and they are queued to be written back (repair). Records not yet
 // written (queued, or a save under way) stay, and keys unbanned during the
 // load are not banned again from it.
 func (c *circuit) resyncBans() error {
@@ -369,15 +376,52 @@ func (c *circuit) resyncBans() error {
 		l.notify(changes...)
 		changes = changes[:0]
 	}
+	// Records the store should hold and does not: lost (Redis restarted
+	// from an older snapshot, a lagging replica promoted, a key evicted) or
+	// unbanned elsewhere. Missing never means lifted: only an unban the
+	// store remembers (UnbanLog) lifts; the rest are written back.
+	type missing struct {
+		key bkey
+		ban Ban
+		seq uint64
+	}
+	var lost []missing
 	l.mu.Lock()
 	for k, r := range l.bans.recs {
 		if r.synced && r.seq <= seq0 && !seen[k] {
+			lost = append(lost, missing{k, r.ban, r.seq})
+		}
+	}
+	l.mu.Unlock()
+	var unbanned map[netip.Prefix]time.Time
+	if ul, ok := c.sb.(UnbanLog); ok && len(lost) > 0 {
+		keys := make([]netip.Prefix, len(lost))
+		for i, m := range lost {
+			keys[i] = m.ban.Key
+		}
+		if unbanned, err = ul.Unbanned(context.Background(), keys); err != nil {
+			return fmt.Errorf("%w: read unbans: %w", ErrStore, err)
+		}
+	}
+	l.mu.Lock()
+	c.queueMu.Lock()
+	for _, m := range lost {
+		r := l.bans.recs[m.key]
+		if r == nil || r.seq != m.seq || l.unbanned[m.key] {
+			continue // changed meanwhile
+		}
+		if at, ok := unbanned[m.ban.Key]; ok && at.UnixMilli() >= m.ban.Since.UnixMilli() {
 			if r.active && r.ban.Active(l.clock) {
 				changes = append(changes, BanChange{Ban: r.ban, Lifted: true, Remote: true})
 			}
 			l.bans.remove(r)
+			continue
 		}
+		r.synced = false // repair: write it back
+		c.enqueueLocked(r.ban.Key)
+		c.repaired.Add(1)
 	}
+	c.queueMu.Unlock()
 	l.syncLocked()
 	l.mu.Unlock()
 	l.notify(changes...)

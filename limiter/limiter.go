@@ -102,6 +102,9 @@ type Stats struct {
 	// disk, an I/O error) and that are being retried with backoff: they
 	// are in force here but would not survive a restart.
 	Unsaved int
+	// Repaired counts the bans a resync with the shared store found missing
+	// there without an unban (the store lost them) and wrote back.
+	Repaired uint64
 }
 
 // Limiter keeps budgets and bans per key. It is safe for concurrent use:
@@ -311,7 +314,16 @@ func (l *Limiter) Stats() Stats {
 		SharedDown:  l.keeper.down(),
 		Unsynced:    l.keeper.unsynced(),
 		Unsaved:     l.retry.len(),
+		Repaired:    l.repaired(),
 	}
+}
+
+// repaired is the circuit's count of bans written back, if any.
+func (l *Limiter) repaired() uint64 {
+	if c, ok := l.keeper.(*circuit); ok {
+		return c.repaired.Load()
+	}
+	return 0
 }
 
 // LastStoreError returns the latest error from the store (wrapping ErrStore),

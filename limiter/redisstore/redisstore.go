@@ -38,6 +38,10 @@ const (
 // without a reset would otherwise leave bans unpropagated for good).
 const redisKeepalive = 10 * time.Second
 
+// unbanTTL is how long an unban is remembered (unban:K) for the limiters
+// whose subscription missed it.
+const unbanTTL = 7 * 24 * time.Hour
+
 // redisLoadBatch bounds the ban records read in one round trip by LoadBans.
 const redisLoadBatch = 512
 
@@ -83,6 +87,9 @@ type Options struct {
 //	u:H     hash {t tokens, l last refill} of a username budget, H the first
 //	        16 bytes of the name's SHA-256 in hex, expiring once full again
 //	bans    also the pub/sub channel of ban events ("B|…" and "U|…")
+//	unban:K the Since of the ban an unban lifted (Unix ms), kept a week, so
+//	        that a limiter that missed the unban event lifts it on resync
+//	        (limiter.UnbanLog) while a ban merely missing is written back
 //	epoch   a random value set when first missing: a new one means the server
 //	        lost its data (restart without persistence), so that limiters write
 //	        their bans back rather than take the missing ones for unbans
@@ -120,7 +127,10 @@ type Store struct {
 	unlogged   atomic.Int64 // failures not logged since
 }
 
-var _ limiter.SharedBudgets = (*Store)(nil)
+var (
+	_ limiter.SharedBudgets = (*Store)(nil)
+	_ limiter.UnbanLog      = (*Store)(nil)
+)
 
 // New returns a Store for opt. It does not contact the
 // server (a limiter starting while Redis is down works locally and catches
@@ -295,12 +305,14 @@ func (r *Store) SaveBan(b limiter.Ban) error {
 	return nil
 }
 
-// DeleteBan removes the ban of key and publishes the unban.
+// DeleteBan removes the ban of key, remembers the unban for a week
+// (limiter.UnbanLog) and publishes it.
 func (r *Store) DeleteBan(key netip.Prefix) error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	k := key.String()
-	err := redisDeleteBan.Run(ctx, r.client, []string{r.prefix + "ban:" + k, r.index}, k, r.channel, r.id).Err()
+	err := redisDeleteBan.Run(ctx, r.client, []string{r.prefix + "ban:" + k, r.index, r.prefix + "unban:" + k},
+		k, r.channel, r.id, unbanTTL.Milliseconds()).Err()
 	if err != nil {
 		return r.failed("delete ban", key, err)
 	}
@@ -341,6 +353,52 @@ func (r *Store) LoadBans(now time.Time) ([]limiter.Ban, error) {
 	}
 	slices.SortFunc(out, compareBans)
 	return out, nil
+}
+
+// Unbanned returns the remembered unbans of keys (see limiter.UnbanLog),
+// in round trips of at most redisLoadBatch keys, each bounded by the
+// timeout.
+func (r *Store) Unbanned(ctx context.Context, keys []netip.Prefix) (map[netip.Prefix]time.Time, error) {
+	out := make(map[netip.Prefix]time.Time)
+	for batch := range slices.Chunk(keys, redisLoadBatch) {
+		names := make([]string, len(batch))
+		for i, k := range batch {
+			names[i] = r.prefix + "unban:" + k.String()
+		}
+		cctx, cancel := context.WithTimeout(ctx, r.timeout)
+		vals, err := r.client.MGet(cctx, names...).Result()
+		cancel()
+		if err != nil {
+			return nil, r.failed("read unbans", netip.Prefix{}, err)
+		}
+		for i, v := range vals {
+			if s, ok := v.(string); ok {
+				if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+					out[batch[i]] = time.UnixMilli(ms)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// EvictionPolicy returns the server's maxmemory-policy (CONFIG GET). Any
+// other than "noeviction" may drop ban records under memory pressure; the
+// limiters write back a ban they find missing, but an instance that
+// starts meanwhile does not know it. An error: the server would not say
+// (CONFIG disabled, as on some managed services).
+func (r *Store) EvictionPolicy(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	m, err := r.client.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		return "", fmt.Errorf("redisstore: config get maxmemory-policy: %w", err)
+	}
+	p, ok := m["maxmemory-policy"]
+	if !ok {
+		return "", errors.New("redisstore: config get maxmemory-policy: no answer")
+	}
+	return p, nil
 }
 
 // parseBanRecord reads the hash of the ban of key (empty: gone meanwhile).

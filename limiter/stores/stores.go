@@ -4,10 +4,12 @@
 package stores
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/ftpguard/ftpguard/internal/conf"
@@ -69,8 +71,9 @@ func (c Config) Validate(p *conf.Problems) {
 // A corrupt state file (filestore.ErrCorrupt) stops the start, as bans must
 // not be forgotten silently, unless OnCorrupt is "reset": then it is moved
 // aside (filestore.Reset), logged, and a new one is made. A Redis store is
-// not contacted here: a limiter starting while Redis is down decides
-// locally until it is back.
+// asked only its maxmemory-policy here (a warning unless noeviction; at
+// most the store's timeout): a limiter starting while Redis is down
+// decides locally until it is back.
 func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 	if log == nil {
 		log = slog.Default()
@@ -99,8 +102,24 @@ func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 		if err != nil {
 			return nil, err // not a nil *redisstore.Store in a non-nil Store
 		}
+		warnEviction(st, log)
 		return st, nil
 	default:
 		return limiter.NewMemoryStore(), nil
+	}
+}
+
+// warnEviction logs a warning when the Redis server may evict keys (its
+// maxmemory-policy is not noeviction): an evicted ban record is a ban lost
+// until a limiter that knows it writes it back. Redis unreachable: nothing
+// is logged here (the limiter says so).
+func warnEviction(st *redisstore.Store, log *slog.Logger) {
+	p, err := st.EvictionPolicy(context.Background())
+	switch {
+	case err != nil && strings.Contains(err.Error(), "ERR"):
+		log.Warn("redis: cannot read maxmemory-policy; make sure it is noeviction", "err", err)
+	case err == nil && p != "noeviction":
+		log.Warn("redis: maxmemory-policy is not noeviction: bans may be evicted under memory pressure; set maxmemory-policy noeviction",
+			"maxmemory_policy", p)
 	}
 }
