@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,20 +39,22 @@ type circuit struct {
 	open    atomic.Bool // decisions are local
 	subUp   atomic.Bool // the subscription to other limiters' bans is up
 	resync  chan struct{}
-	queueMu sync.Mutex            // guards queue, and closing the circuit
-	queue   map[bkey]netip.Prefix // ban changes to write once the store is back
+	queueMu sync.Mutex             // guards queue, and closing the circuit
+	queue   map[bkey]netip.Prefix  // ban changes to write once the store is back
+	owed    map[bkey]*owedFailures // failures settled locally, to charge once the store is back; under queueMu
 	// repaired counts the bans a resync found missing from the store
 	// (without an unban) and wrote back.
 	repaired atomic.Uint64
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // newCircuit returns the circuit of l on sb, open if down (until the first
 // reconcile), and starts its goroutines.
 func newCircuit(l *Limiter, sb SharedBudgets, down bool) *circuit {
 	c := &circuit{l: l, sb: sb, shared: sharedKeeper{l, sb}, local: localKeeper{l},
-		resync: make(chan struct{}, 1), queue: make(map[bkey]netip.Prefix)}
+		resync: make(chan struct{}, 1), queue: make(map[bkey]netip.Prefix),
+		owed: make(map[bkey]*owedFailures)}
 	c.open.Store(down)
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
@@ -101,6 +102,7 @@ func (c *circuit) attempt(now time.Time, s *settings, addr netip.Addr, d Decisio
 func (c *circuit) fail(now time.Time, s *settings, addr netip.Addr, d Decision, b *bucket, cover *banRec, o Outcome) (Decision, error) {
 	l := c.l
 	if c.open.Load() {
+		c.owe(s, d.Key, now)
 		return c.local.fail(now, s, addr, d, b, cover, o)
 	}
 	got, err := c.shared.fail(now, s, addr, d, b, cover, o)
@@ -109,6 +111,7 @@ func (c *circuit) fail(now time.Time, s *settings, addr netip.Addr, d Decision, 
 	}
 	c.failed(err)
 	l.mu.Lock()
+	c.owe(s, d.Key, now)
 	cover, _ = l.bans.find(now, addr)
 	k := keyOf(d.Key)
 	b = l.budgets.get(k)
@@ -257,6 +260,9 @@ func (c *circuit) reconcile(ctx context.Context, full bool) {
 	case n == 0:
 		err = c.sb.Ping(ctx)
 	}
+	if err == nil {
+		err = c.chargeOwed(ctx)
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			c.failed(err)
@@ -264,7 +270,7 @@ func (c *circuit) reconcile(ctx context.Context, full bool) {
 		return
 	}
 	c.queueMu.Lock()
-	if len(c.queue) == 0 && c.subUp.Load() {
+	if len(c.queue) == 0 && len(c.owed) == 0 && c.subUp.Load() {
 		c.open.Store(false)
 	}
 	c.queueMu.Unlock()
@@ -326,106 +332,6 @@ func (c *circuit) flushOne(k bkey, p netip.Prefix) (*Ban, error) {
 		return &ban, nil
 	}
 	return nil, nil
-}
-
-// resyncBans loads the store's bans into the table after a subscription
-// gap: bans made or escalated elsewhere meanwhile are applied. Records that
-// were in the store and no longer are, unless they changed since the load
-// began, are dropped only if the store remembers an explicit unban of
-// them (UnbanLog: unbanned elsewhere during the gap); otherwise the store
-// lost them and they are queued to be written back (repair). Records not yet
-// written (queued, or a save under way) stay, and keys unbanned during the
-// load are not banned again from it.
-func (c *circuit) resyncBans() error {
-	l := c.l
-	l.storeMu.Lock() // no save lands (and marks its record synced) during the load
-	defer l.storeMu.Unlock()
-	l.mu.Lock()
-	seq0, now := l.seq, l.clock
-	l.unbanned = make(map[bkey]bool)
-	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		l.unbanned = nil
-		l.mu.Unlock()
-	}()
-	bans, err := l.store.LoadBans(now)
-	if err != nil {
-		return fmt.Errorf("%w: load bans: %w", ErrStore, err)
-	}
-	seen := make(map[bkey]bool, len(bans))
-	// changes are reported to the hook once the lock is released.
-	var changes []BanChange
-	for chunk := range slices.Chunk(bans, resyncBatch) { // Check waits one chunk at most
-		l.mu.Lock()
-		s := l.cfg.Load()
-		for _, b := range chunk {
-			p, err := normPrefix(b.Key)
-			if err != nil || b.Until.IsZero() {
-				continue
-			}
-			b.Key = p
-			if k := keyOf(p); !l.unbanned[k] {
-				seen[k] = true
-				if l.installLocked(s, b) && b.Active(l.clock) {
-					changes = append(changes, BanChange{Ban: b, Remote: true})
-				}
-			}
-		}
-		l.mu.Unlock()
-		l.notify(changes...)
-		changes = changes[:0]
-	}
-	// Records the store should hold and does not: lost (Redis restarted
-	// from an older snapshot, a lagging replica promoted, a key evicted) or
-	// unbanned elsewhere. Missing never means lifted: only an unban the
-	// store remembers (UnbanLog) lifts; the rest are written back.
-	type missing struct {
-		key bkey
-		ban Ban
-		seq uint64
-	}
-	var lost []missing
-	l.mu.Lock()
-	for k, r := range l.bans.recs {
-		if r.synced && r.seq <= seq0 && !seen[k] {
-			lost = append(lost, missing{k, r.ban, r.seq})
-		}
-	}
-	l.mu.Unlock()
-	var unbanned map[netip.Prefix]time.Time
-	if ul, ok := c.sb.(UnbanLog); ok && len(lost) > 0 {
-		keys := make([]netip.Prefix, len(lost))
-		for i, m := range lost {
-			keys[i] = m.ban.Key
-		}
-		if unbanned, err = ul.Unbanned(context.Background(), keys); err != nil {
-			return fmt.Errorf("%w: read unbans: %w", ErrStore, err)
-		}
-	}
-	l.mu.Lock()
-	c.queueMu.Lock()
-	for _, m := range lost {
-		r := l.bans.recs[m.key]
-		if r == nil || r.seq != m.seq || l.unbanned[m.key] {
-			continue // changed meanwhile
-		}
-		if at, ok := unbanned[m.ban.Key]; ok && at.UnixMilli() >= m.ban.Since.UnixMilli() {
-			if r.active && r.ban.Active(l.clock) {
-				changes = append(changes, BanChange{Ban: r.ban, Lifted: true, Remote: true})
-			}
-			l.bans.remove(r)
-			continue
-		}
-		r.synced = false // repair: write it back
-		c.enqueueLocked(r.ban.Key)
-		c.repaired.Add(1)
-	}
-	c.queueMu.Unlock()
-	l.syncLocked()
-	l.mu.Unlock()
-	l.notify(changes...)
-	return nil
 }
 
 // queueIfDown queues the ban change of p when the shared store is down,

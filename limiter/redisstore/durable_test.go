@@ -116,3 +116,52 @@ func TestRedisEvictionPolicy(t *testing.T) {
 		t.Fatalf("EvictionPolicy = %q, %v; want allkeys-lru", p, err)
 	}
 }
+
+// TestRedisOutageFailuresCharged: two limiters on one Redis; Redis stops;
+// each settles failures of one key locally (3 each, under a shared budget
+// of 4); Redis starts again: the failures are charged to the shared
+// budget, which they spend: the key is banned on both. Before, they were
+// forgotten, and one outage gave the key about twice its budget.
+func TestRedisOutageFailuresCharged(t *testing.T) {
+	noLeaks(t)
+	srv := startRedis(t)
+	cfg := limiter.Config{Failures: 4, Window: time.Hour, BanTime: time.Hour}
+	a := newRedisLimiter(t, srv, cfg, Options{})
+	b := newRedisLimiter(t, srv, cfg, Options{})
+	addr := netip.MustParseAddr("203.0.113.70")
+	other := netip.MustParseAddr("203.0.113.71")
+	srv.stop()
+	for _, l := range []*limiter.Limiter{a, b} {
+		for i := 0; i < 3; i++ {
+			now := time.Now()
+			d := l.Attempt(now, addr)
+			if !d.Allowed {
+				t.Fatalf("guess %d refused during the outage: %+v", i, d)
+			}
+			if d := l.Failure(now, addr); !d.Allowed {
+				t.Fatalf("failure %d banned locally: %+v", i, d)
+			}
+		}
+		// Legitimate users first: one failure of another key is charged
+		// as one, and leaves it its budget.
+		if d := l.Attempt(time.Now(), other); d.Allowed {
+			l.Success(time.Now(), other)
+		}
+	}
+	if !a.Stats().SharedDown || !b.Stats().SharedDown {
+		t.Fatal("the limiters did not notice the outage")
+	}
+	srv.start()
+	for _, l := range []*limiter.Limiter{a, b} {
+		waitFor(t, 10*time.Second, "reconciled", func() bool { s := l.Stats(); return !s.SharedDown && s.Unsynced == 0 })
+	}
+	for name, l := range map[string]*limiter.Limiter{"a": a, "b": b} {
+		waitFor(t, 5*time.Second, "the ban on "+name, func() bool { return !l.Check(time.Now(), addr).Allowed })
+		if !l.Check(time.Now(), other).Allowed {
+			t.Fatalf("%s refuses the other key", name)
+		}
+	}
+	if d := a.Attempt(time.Now(), other); !d.Allowed || d.Remaining != 3 {
+		t.Fatalf("other key after the outage: %+v, want allowed with 3 left", d)
+	}
+}
