@@ -9,6 +9,7 @@ import (
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/firewall"
 	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/limiter/stores"
 	"github.com/ftpguard/ftpguard/proxy"
 )
 
@@ -114,7 +115,11 @@ func (d *daemon) reload() error {
 	if st.Proxy.Listen != old.Proxy.Listen {
 		d.log.Warn("reload: listen changed; it takes effect on restart", "listen", st.Proxy.Listen)
 	}
-	if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
+	if st.File.Store.Kind == "redis" && stores.AttemptTTLFor(st.Proxy.LoginTimeout) > stores.AttemptTTLFor(old.Proxy.LoginTimeout) {
+		d.log.Warn("reload: login_timeout raised; the Redis attempt TTL derived from it takes effect on restart",
+			"login_timeout", st.Proxy.LoginTimeout, "attempt_ttl_in_force", stores.AttemptTTLFor(old.Proxy.LoginTimeout))
+	}
+		if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
 		d.log.Warn("reload: admin.listen changed; it takes effect on restart", "admin", st.File.Admin.Listen)
 	}
 	d.srv.SetConfig(st.Proxy.Config)

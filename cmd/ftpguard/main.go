@@ -121,7 +121,9 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	events := new(admin.EventRing)
 	log := slog.New(admin.NewLogHandler(newLogger(stderr, st.File.Log.Format, level).Handler(), events))
 
-	store, err := stores.Open(st.File.Store, log)
+	sc := st.File.Store
+	sc.AttemptTTL = stores.AttemptTTLFor(st.Proxy.LoginTimeout) // a guess in flight keeps its place
+	store, err := stores.Open(sc, log)
 	if err != nil {
 		return err
 	}

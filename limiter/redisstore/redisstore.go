@@ -541,6 +541,9 @@ func (r *Store) checkEpoch(ctx context.Context) (bool, error) {
 	return fresh, nil
 }
 
+// AttemptTTL returns Options.AttemptTTL in force.
+func (r *Store) AttemptTTL() time.Duration { return r.attemptTTL }
+
 // Ping reports whether the server answers within the timeout.
 func (r *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)

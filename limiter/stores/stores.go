@@ -36,6 +36,23 @@ type Config struct {
 	// FailClosed is limiter.Config.FailClosed: pass it to
 	// limiter.LimitsConfig.Settings.
 	FailClosed bool `toml:"fail_closed"`
+	// AttemptTTL is redisstore.Options.AttemptTTL, not a key of the file:
+	// the caller sets it from [sessions] login_timeout with AttemptTTLFor
+	// (zero: redisstore.DefaultAttemptTTL).
+	AttemptTTL time.Duration `toml:"-"`
+}
+
+// attemptTTLMargin is what AttemptTTLFor adds to login_timeout.
+const attemptTTLMargin = time.Minute
+
+// AttemptTTLFor is how long an attempt in flight holds its place in a
+// shared budget (redisstore.Options.AttemptTTL) for a login_timeout: no
+// PASS outlives its session's login_timeout (the session is then closed
+// and the attempt settled), so login_timeout plus a minute, and at least
+// redisstore.DefaultAttemptTTL. A place that expired while its guess was
+// still in flight would let a key overrun its budget.
+func AttemptTTLFor(loginTimeout time.Duration) time.Duration {
+	return max(redisstore.DefaultAttemptTTL, loginTimeout+attemptTTLMargin)
 }
 
 // Default returns the [store] settings used for every key a file leaves
@@ -98,7 +115,8 @@ func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 		log.Info("state file", "path", fs.Path())
 		return fs, nil
 	case "redis":
-		st, err := redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log})
+		st, err := redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout,
+			AttemptTTL: c.AttemptTTL, Logger: log})
 		if err != nil {
 			return nil, err // not a nil *redisstore.Store in a non-nil Store
 		}
