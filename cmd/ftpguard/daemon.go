@@ -119,7 +119,7 @@ func (d *daemon) reload() error {
 		d.log.Warn("reload: login_timeout raised; the Redis attempt TTL derived from it takes effect on restart",
 			"login_timeout", st.Proxy.LoginTimeout, "attempt_ttl_in_force", stores.AttemptTTLFor(old.Proxy.LoginTimeout))
 	}
-		if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
+	if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
 		d.log.Warn("reload: admin.listen changed; it takes effect on restart", "admin", st.File.Admin.Listen)
 	}
 	d.srv.SetConfig(st.Proxy.Config)

@@ -123,6 +123,10 @@ func run(path string, st *Settings, stderr io.Writer) error {
 
 	sc := st.File.Store
 	sc.AttemptTTL = stores.AttemptTTLFor(st.Proxy.LoginTimeout) // a guess in flight keeps its place
+	sc.MaxBans = st.Limiter.MaxTracked                          // the file keeps no more bans than the limiter
+	if sc.MaxBans == 0 {
+		sc.MaxBans = limiter.DefaultMaxTracked
+	}
 	store, err := stores.Open(sc, log)
 	if err != nil {
 		return err

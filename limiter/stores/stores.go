@@ -40,6 +40,9 @@ type Config struct {
 	// the caller sets it from [sessions] login_timeout with AttemptTTLFor
 	// (zero: redisstore.DefaultAttemptTTL).
 	AttemptTTL time.Duration `toml:"-"`
+	// MaxBans is filestore.Options.MaxBans, not a key of the file: the
+	// caller sets it to the limiter's max_tracked (0: no bound).
+	MaxBans int `toml:"-"`
 }
 
 // attemptTTLMargin is what AttemptTTLFor adds to login_timeout.
@@ -97,14 +100,17 @@ func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 	}
 	switch c.Kind {
 	case "file":
-		fs, err := filestore.Open(c.Path, filestore.Options{})
+		// Records past their forget time are dropped before anything loads
+		// them, the excess over MaxBans too; a mostly free file is compacted.
+		opt := filestore.Options{MaxBans: c.MaxBans, PruneBefore: time.Now()}
+		fs, err := filestore.Open(c.Path, opt)
 		if errors.Is(err, filestore.ErrCorrupt) && c.OnCorrupt == "reset" {
 			moved, merr := filestore.Reset(c.Path)
 			if merr != nil {
 				return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
 			}
 			log.Error("state file corrupt; moved aside, starting with no bans", "err", err, "moved_to", moved)
-			fs, err = filestore.Open(c.Path, filestore.Options{})
+			fs, err = filestore.Open(c.Path, opt)
 		}
 		if errors.Is(err, filestore.ErrCorrupt) {
 			return nil, fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the file, or set [store] on_corrupt = \"reset\"", err)
