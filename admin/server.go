@@ -139,7 +139,7 @@ func (a *Server) Shutdown(ctx context.Context) error {
 //	GET    /status           the same, as JSON
 //	GET    /healthz          backend and store reachable, bans saved? 200 (ok, degraded) or 503 (never needs the token)
 //	GET    /metrics          Prometheus metrics
-//	GET    /bans             bans in force (JSON list)
+//	GET    /bans             bans in force (JSON list); ?limit=N&after=C: one page, next cursor in X-Next-After
 //	POST   /bans             ban an IP or CIDR (JSON or form: ip, duration, reason)
 //	DELETE /bans/{ip-or-cidr} lift a ban
 //	POST   /reload           re-read the config (as SIGHUP)
@@ -272,9 +272,39 @@ func toBanJSON(b limiter.Ban, now time.Time) banJSON {
 		Count: b.Count, SecondsLeft: max(left, 0)}
 }
 
+// NextAfterHeader carries, in a page of GET /bans?limit=N&after=C, the
+// cursor of the next page (absent on the last page).
+const NextAfterHeader = "X-Next-After"
+
+// maxBansPage bounds the limit of a page of GET /bans.
+const maxBansPage = 10000
+
 func (a *Server) handleBansList(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	bans := a.lim.Bans(now)
+	q := r.URL.Query()
+	var bans []limiter.Ban
+	if q.Has("limit") || q.Has("after") {
+		// A page: bounded work, whatever the number of bans.
+		limit, err := strconv.Atoi(q.Get("limit"))
+		if err != nil || limit < 1 || limit > maxBansPage {
+			writeError(w, http.StatusBadRequest, "limit: want 1 to %d, got %q", maxBansPage, q.Get("limit"))
+			return
+		}
+		after := 0
+		if v := q.Get("after"); v != "" {
+			if after, err = strconv.Atoi(v); err != nil || after < 0 {
+				writeError(w, http.StatusBadRequest, "after: want the %s of the previous page, got %q", NextAfterHeader, v)
+				return
+			}
+		}
+		var next int
+		bans, next = a.lim.BansPage(now, after, limit)
+		if next != 0 {
+			w.Header().Set(NextAfterHeader, strconv.Itoa(next))
+		}
+	} else {
+		bans = a.lim.Bans(now)
+	}
 	out := make([]banJSON, 0, len(bans))
 	for _, b := range bans {
 		out = append(out, toBanJSON(b, now))

@@ -76,12 +76,11 @@ func (a *Server) status(r *http.Request) Status {
 	for _, reason := range sortedReasons(s.Counters.Rejects) {
 		s.Rejects = append(s.Rejects, reasonCount{reason, s.Counters.Rejects[reason]})
 	}
-	bans := a.lim.Bans(now)
-	s.Counters.BansActive = len(bans)
-	if len(bans) > statusBansMax {
-		s.MoreBans = len(bans) - statusBansMax
-		bans = bans[:statusBansMax]
-	}
+	// One bounded page (the bans due first come early in it), not the
+	// whole table: the page reloads every 5 s.
+	bans, _ := a.lim.BansPage(now, 0, statusBansMax)
+	s.Counters.BansActive = max(a.lim.Stats().Banned, len(bans))
+	s.MoreBans = s.Counters.BansActive - len(bans)
 	for _, b := range bans {
 		s.Bans = append(s.Bans, banView{toBanJSON(b, now), humanDuration(b.Until.Sub(now))})
 	}
