@@ -127,6 +127,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	if sc.MaxBans == 0 {
 		sc.MaxBans = limiter.DefaultMaxTracked
 	}
+	sc.PruneBefore = time.Now() // records forgotten by now are dropped before loading
 	store, err := stores.Open(sc, log)
 	if err != nil {
 		return err

@@ -43,6 +43,10 @@ type Config struct {
 	// MaxBans is filestore.Options.MaxBans, not a key of the file: the
 	// caller sets it to the limiter's max_tracked (0: no bound).
 	MaxBans int `toml:"-"`
+	// PruneBefore is filestore.Options.PruneBefore, not a key of the
+	// file: the caller passes the current time (the zero time: nothing is
+	// pruned at open). Open never reads the clock itself.
+	PruneBefore time.Time `toml:"-"`
 }
 
 // attemptTTLMargin is what AttemptTTLFor adds to login_timeout.
@@ -102,7 +106,7 @@ func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 	case "file":
 		// Records past their forget time are dropped before anything loads
 		// them, the excess over MaxBans too; a mostly free file is compacted.
-		opt := filestore.Options{MaxBans: c.MaxBans, PruneBefore: time.Now()}
+		opt := filestore.Options{MaxBans: c.MaxBans, PruneBefore: c.PruneBefore}
 		fs, err := filestore.Open(c.Path, opt)
 		if errors.Is(err, filestore.ErrCorrupt) && c.OnCorrupt == "reset" {
 			moved, merr := filestore.Reset(c.Path)
