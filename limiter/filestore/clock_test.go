@@ -71,7 +71,7 @@ func TestClockStepStoredBans(t *testing.T) {
 			}
 			// B was made at the stepped time: forward, it lasts the step
 			// longer; back, the step shorter (over if the step exceeds it).
-			wantB := t0.Add(30*time.Minute).Before(t0.Add(tc.step + time.Hour))
+			wantB := t0.Add(30 * time.Minute).Before(t0.Add(tc.step + time.Hour))
 			if got := !l2.Check(t0.Add(30*time.Minute), b.Addr()).Allowed; got != wantB {
 				t.Fatalf("B banned after the restart: %v, want %v", got, wantB)
 			}
