@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -60,6 +61,39 @@ type adminClient struct {
 	base  string // URL prefix
 	token string
 	http  *http.Client
+	// header is the latest answer's header (for NextAfterHeader).
+	header http.Header
+}
+
+// listPage is how many bans the client asks for per page of GET /bans.
+const listPage = 1000
+
+// maxListPages bounds the pages listBans reads (ten million bans).
+const maxListPages = 10000
+
+// listBans pages through GET /bans?limit=&after= and returns every ban,
+// sorted by Until, each key once.
+func (c *adminClient) listBans() ([]banJSON, error) {
+	var all []banJSON
+	seen := make(map[string]bool)
+	after := "0"
+	for range maxListPages {
+		var page []banJSON
+		if _, err := c.do("GET", "/bans?limit="+strconv.Itoa(listPage)+"&after="+url.QueryEscape(after), nil, &page); err != nil {
+			return nil, err
+		}
+		for _, b := range page {
+			if !seen[b.Key] {
+				seen[b.Key] = true
+				all = append(all, b)
+			}
+		}
+		if after = c.header.Get(NextAfterHeader); after == "" {
+			break
+		}
+	}
+	slices.SortStableFunc(all, func(a, b banJSON) int { return a.Until.Compare(b.Until) })
+	return all, nil
 }
 
 // newAdminClient makes a client for addr ("host:port", "http://host:port",
@@ -112,6 +146,7 @@ func (c *adminClient) do(method, path string, body any, out any, okCodes ...int)
 	if err != nil {
 		return 0, failf(exitFail, "no ftpguard admin endpoint at %s: %v", c.addr, rootCause(err))
 	}
+	c.header = resp.Header
 	defer drainBody(resp.Body)
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
@@ -288,8 +323,8 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 		}
 		switch name {
 		case "bans list":
-			var bans []banJSON
-			if _, err := c.do("GET", "/bans", nil, &bans); err != nil {
+			bans, err := c.listBans()
+			if err != nil {
 				return err
 			}
 			if *asJSON {
@@ -425,6 +460,9 @@ func writeStatus(w io.Writer, s Status) {
 	fmt.Fprintf(tw, "backend\t%s %s\n", b.Address, okb(b.OK, fmt.Sprintf("reachable (%.1f ms)", b.DialMS), "UNREACHABLE: "+b.Error))
 	st := s.Health.Store
 	fmt.Fprintf(tw, "store\t%s %s\n", st.Kind, okb(st.OK, "ok", "UNREACHABLE (deciding locally)"))
+	for _, r := range s.Health.Reasons {
+		fmt.Fprintf(tw, "not ok\t%s\n", cleanCell(r))
+	}
 	fmt.Fprintf(tw, "sessions\t%d active, %d since start\n", c.SessionsActive, c.SessionsTotal)
 	fmt.Fprintf(tw, "logins\t%d ok, %d failed\n", c.LoginsOK, c.LoginsFailed)
 	fmt.Fprintf(tw, "bans\t%d in force, %d made since start\n", c.BansActive, c.BansTotal)

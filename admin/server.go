@@ -150,9 +150,9 @@ func (a *Server) Shutdown(ctx context.Context) error {
 //
 //	GET    /                 status page (HTML)
 //	GET    /status           the same, as JSON
-//	GET    /healthz          backend and store reachable? 200 or 503 (never needs the token)
+//	GET    /healthz          backend and store reachable, bans saved? 200 (ok, degraded) or 503 (never needs the token)
 //	GET    /metrics          Prometheus metrics
-//	GET    /bans             bans in force (JSON list)
+//	GET    /bans             bans in force (JSON list); ?limit=N&after=C: one page, next cursor in X-Next-After
 //	POST   /bans             ban an IP or CIDR (JSON or form: ip, duration, reason)
 //	DELETE /bans/{ip-or-cidr} lift a ban
 //	GET    /users            throttled usernames (JSON list)
@@ -317,9 +317,42 @@ func (a *Server) bans(now time.Time) []limiter.Ban {
 	return bans
 }
 
+// NextAfterHeader carries, in a page of GET /bans?limit=N&after=C, the
+// cursor of the next page (absent on the last page).
+const NextAfterHeader = "X-Next-After"
+
+// maxBansPage bounds the limit of a page of GET /bans.
+const maxBansPage = 10000
+
 func (a *Server) handleBansList(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	bans := a.bans(now)
+	q := r.URL.Query()
+	var bans []limiter.Ban
+	if q.Has("limit") || q.Has("after") {
+		// A page: bounded work, whatever the number of bans.
+		limit, err := strconv.Atoi(q.Get("limit"))
+		if err != nil || limit < 1 || limit > maxBansPage {
+			writeError(w, http.StatusBadRequest, "limit: want 1 to %d, got %q", maxBansPage, q.Get("limit"))
+			return
+		}
+		after := 0
+		if v := q.Get("after"); v != "" {
+			if after, err = strconv.Atoi(v); err != nil || after < 0 {
+				writeError(w, http.StatusBadRequest, "after: want the %s of the previous page, got %q", NextAfterHeader, v)
+				return
+			}
+		}
+		var next int
+		bans, next = a.lim.BansPage(now, after, limit)
+		if after == 0 { // no-auth penalties (a table of their own) come with the first page
+			bans = append(bans, a.lim.Penalties(now)...)
+		}
+		if next != 0 {
+			w.Header().Set(NextAfterHeader, strconv.Itoa(next))
+		}
+	} else {
+		bans = a.bans(now) // no-auth penalties included
+	}
 	out := make([]banJSON, 0, len(bans))
 	for _, b := range bans {
 		out = append(out, toBanJSON(b, now))
@@ -514,7 +547,11 @@ func (a *Server) handleReload(w http.ResponseWriter, r *http.Request) {
 
 // Health is the answer of /healthz.
 type Health struct {
-	Status  string        `json:"status"` // "ok" or "unhealthy"
+	// Status is "ok"; "degraded" (still serving, but something is not as
+	// it should be: bans in force that are not yet in the store; HTTP 200);
+	// or "unhealthy" (backend or shared store unreachable; HTTP 503).
+	Status  string        `json:"status"`
+	Reasons []string      `json:"reasons,omitempty"` // why not "ok", one line each
 	Backend backendHealth `json:"backend"`
 	Store   storeHealth   `json:"store"`
 }
@@ -533,6 +570,10 @@ type storeHealth struct {
 	SharedDown bool   `json:"shared_down"`
 	Errors     uint64 `json:"errors"`
 	LastError  string `json:"last_error,omitempty"`
+	// Unsaved: ban changes the store failed to write (a full disk), being
+	// retried; Unsynced: ban changes queued while the shared store is down.
+	Unsaved  int `json:"unsaved"`
+	Unsynced int `json:"unsynced"`
 }
 
 // checkHealth dials the backend (within dial_timeout, at most limit; at
@@ -545,12 +586,29 @@ func (a *Server) checkHealth(ctx context.Context, limit time.Duration) Health {
 	h := Health{Status: "ok"}
 	h.Backend = a.backendHealth(ctx, info, limit) // health.go: ≤ 1 dial a second, within max_conns
 	ls := a.lim.Stats()
-	h.Store = storeHealth{Kind: info.Store, OK: !ls.SharedDown, SharedDown: ls.SharedDown, Errors: ls.StoreErrors}
+	h.Store = storeHealth{Kind: info.Store, OK: !ls.SharedDown, SharedDown: ls.SharedDown, Errors: ls.StoreErrors,
+		Unsaved: ls.Unsaved, Unsynced: ls.Unsynced}
 	if err := a.lim.LastStoreError(); err != nil {
 		h.Store.LastError = err.Error()
 	}
-	if !h.Backend.OK || !h.Store.OK {
+	if !h.Backend.OK {
+		h.Reasons = append(h.Reasons, "backend unreachable: "+h.Backend.Error)
+	}
+	if ls.SharedDown {
+		h.Reasons = append(h.Reasons, "shared store unreachable: deciding locally")
+	}
+	if ls.Unsaved > 0 {
+		h.Reasons = append(h.Reasons, fmt.Sprintf("%d ban change(s) in force but not saved (retrying): %s", ls.Unsaved,
+			h.Store.LastError))
+	}
+	if ls.Unsynced > 0 {
+		h.Reasons = append(h.Reasons, fmt.Sprintf("%d ban change(s) queued for the shared store", ls.Unsynced))
+	}
+	switch {
+	case !h.Backend.OK || !h.Store.OK:
 		h.Status = "unhealthy"
+	case len(h.Reasons) > 0:
+		h.Status = "degraded"
 	}
 	return h
 }
@@ -558,7 +616,7 @@ func (a *Server) checkHealth(ctx context.Context, limit time.Duration) Health {
 func (a *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	h := a.checkHealth(r.Context(), time.Minute)
 	code := http.StatusOK
-	if h.Status != "ok" {
+	if h.Status == "unhealthy" { // degraded still serves
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, h)

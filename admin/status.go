@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/ftpguard/ftpguard/limiter"
 )
 
 //go:embed status.html
@@ -92,12 +95,18 @@ func (a *Server) status(r *http.Request) Status {
 	for _, reason := range sortedReasons(s.Counters.Rejects) {
 		s.Rejects = append(s.Rejects, reasonCount{reason, s.Counters.Rejects[reason]})
 	}
-	bans := a.bans(now) // no-auth penalties included
-	s.Counters.BansActive = len(bans)
-	if len(bans) > statusBansMax {
-		s.MoreBans = len(bans) - statusBansMax
-		bans = bans[:statusBansMax]
+	// One bounded page of the bans (the bans due first come early in it),
+	// not the whole table: the page reloads every 5 s. No-auth penalties
+	// are included.
+	bans, _ := a.lim.BansPage(now, 0, statusBansMax)
+	pen := a.lim.Penalties(now)
+	s.Counters.BansActive = max(a.lim.Stats().Banned, len(bans)) + len(pen)
+	if len(pen) > 0 {
+		bans = append(bans, pen...)
+		slices.SortStableFunc(bans, func(x, y limiter.Ban) int { return x.Until.Compare(y.Until) })
+		bans = bans[:min(len(bans), statusBansMax)]
 	}
+	s.MoreBans = s.Counters.BansActive - len(bans)
 	for _, b := range bans {
 		s.Bans = append(s.Bans, banView{toBanJSON(b, now), humanDuration(b.Until.Sub(now))})
 	}

@@ -211,6 +211,8 @@ type guardOpts struct {
 	// DialTimeout is [backend] dial_timeout ("2s" when ""); it also
 	// bounds the wait for the daemon's greeting.
 	DialTimeout string
+	// DrainTimeout is [sessions] drain_timeout ("5s" when "").
+	DrainTimeout string
 }
 
 // guard is an ftpguard process run by a test.
@@ -250,6 +252,7 @@ func startGuard(t testing.TB, backend string, o guardOpts) *guard {
 	def(&o.Mode, "enforce")
 	def(&o.Listen, "127.0.0.1:0")
 	def(&o.DialTimeout, "2s")
+	def(&o.DrainTimeout, "5s")
 	dir := o.Dir
 	if dir == "" {
 		dir = t.TempDir()
@@ -290,14 +293,14 @@ failure_delay = "0s"
 [sessions]
 max_conns_per_ip = %d
 login_timeout = %q
-drain_timeout = "5s"
+drain_timeout = %q
 %s
 
 [log]
 level = %q
 format = "json"
 %s
-`, o.Listen, o.Mode, o.Admin, o.AdminExtra, backend, o.DialTimeout, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.Sessions, o.LogLevel, o.Extra)
+`, o.Listen, o.Mode, o.Admin, o.AdminExtra, backend, o.DialTimeout, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.DrainTimeout, o.Sessions, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

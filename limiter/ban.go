@@ -47,6 +47,9 @@ type banRec struct {
 	idx    int       // position in the heap
 	seq    uint64    // version, so that store writes made out of order are not lost
 	synced bool      // this version is known to be in the store (saved or loaded)
+	// toldUnsaved: the hook was told this version is Unsaved; it is told
+	// again (Saved) once written.
+	toldUnsaved bool
 }
 
 // banHeap orders records by due; container/heap drives it.

@@ -71,21 +71,88 @@ func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
 	return lifted, err
 }
 
-// Bans returns the bans in force at now, sorted by Until.
+// bansChunk bounds the records Bans copies under one hold of the read
+// lock.
+const bansChunk = 1024
+
+// Bans returns the bans in force at now, sorted by Until. It reads the
+// table a chunk at a time (BansPage) under the read lock only, so the
+// connect gate (Check) and the decisions never wait for more than one
+// chunk however many bans there are. A ban made, lifted or changed while
+// Bans runs may be missing from the result or be there in its earlier
+// state; each key appears once.
 func (l *Limiter) Bans(now time.Time) []Ban {
-	l.mu.Lock()
-	l.tickLocked(now)
-	l.bans.sweep(now, -1)
-	l.syncLocked()
-	out := make([]Ban, 0, l.bans.active)
-	for _, r := range l.bans.recs {
-		if r.active {
+	l.advance(now)
+	var out []Ban
+	seen := make(map[bkey]bool)
+	for cursor := 0; ; {
+		page, next := l.BansPage(now, cursor, bansChunk)
+		for _, b := range page {
+			if k := keyOf(b.Key); !seen[k] {
+				seen[k] = true
+				out = append(out, b)
+			}
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	slices.SortFunc(out, compareBans)
+	return out
+}
+
+// advance moves the limiter's clock to now and expires the bans over,
+// bansChunk records per hold of the lock.
+func (l *Limiter) advance(now time.Time) {
+	l.mu.RLock()
+	idle := !now.After(l.clock) && (len(l.bans.heap) == 0 || now.Before(l.bans.heap[0].due))
+	l.mu.RUnlock()
+	if idle {
+		return
+	}
+	for {
+		l.mu.Lock()
+		if now.After(l.clock) {
+			l.clock = now
+		}
+		l.bans.sweep(now, bansChunk)
+		more := len(l.bans.heap) > 0 && !now.Before(l.bans.heap[0].due)
+		l.syncLocked()
+		l.mu.Unlock()
+		if !more {
+			return
+		}
+	}
+}
+
+// BansPage returns the bans in force at now among at most limit records of
+// the table, from position cursor (0: the first), sorted by Until, and the
+// cursor of the next page (0: this was the last). A page may hold fewer
+// than limit bans, even none, before the last (records of ended bans are
+// kept for escalation and skipped). It holds the read lock only, for
+// O(limit) work. Positions are those of the table's heap (bans due first
+// come early): a ban made, lifted or changed between two pages may be
+// missed or repeated. limit < 1 means 1.
+func (l *Limiter) BansPage(now time.Time, cursor, limit int) ([]Ban, int) {
+	limit = max(limit, 1)
+	cursor = max(cursor, 0)
+	l.mu.RLock()
+	h := l.bans.heap
+	end := min(len(h), cursor+limit)
+	var out []Ban
+	for i := cursor; i < end; i++ {
+		if r := h[i]; r.active && r.ban.Active(now) {
 			out = append(out, r.ban)
 		}
 	}
-	l.mu.Unlock()
+	next := 0
+	if end < len(h) {
+		next = end
+	}
+	l.mu.RUnlock()
 	slices.SortFunc(out, compareBans)
-	return out
+	return out, next
 }
 
 // makeRoomLocked drops the ban record due first if the table is full. It
@@ -151,19 +218,24 @@ func (l *Limiter) saveBan(ban Ban, seq uint64) error {
 		return fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, ErrSharedDown)
 	}
 	if err != nil {
+		l.retryLater(ban.Key)
 		return l.storeFailed(fmt.Errorf("%w: save ban of %v: %w", ErrStore, ban.Key, err))
 	}
 	l.markSynced(keyOf(ban.Key), seq)
 	return nil
 }
 
-// markSynced records that version seq of the ban of k is in the store.
-func (l *Limiter) markSynced(k bkey, seq uint64) {
+// markSynced records that version seq of the ban of k is in the store. It
+// reports whether that ban was announced to the hook as Unsaved (it is to
+// be announced again as Saved).
+func (l *Limiter) markSynced(k bkey, seq uint64) (toldUnsaved bool) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if r := l.bans.recs[k]; r != nil && r.seq == seq {
 		r.synced = true
+		toldUnsaved, r.toldUnsaved = r.toldUnsaved, false
 	}
-	l.mu.Unlock()
+	return toldUnsaved
 }
 
 // deleteBan deletes the ban of p from the store unless p was banned again
@@ -183,9 +255,19 @@ func (l *Limiter) deleteBan(p netip.Prefix, seq uint64) error {
 		return fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, ErrSharedDown)
 	}
 	if err != nil {
+		l.retryLater(p)
 		return l.storeFailed(fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, err))
 	}
 	return nil
+}
+
+// retryLater has the change of p written again later, after a failed
+// write. The circuit of a shared store has queued it already. Called with
+// l.storeMu held.
+func (l *Limiter) retryLater(p netip.Prefix) {
+	if _, ok := l.keeper.(*circuit); !ok {
+		l.retry.add(l, p)
+	}
 }
 
 // storeFailed counts and records err, and returns it.

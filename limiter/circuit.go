@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,17 +39,22 @@ type circuit struct {
 	open    atomic.Bool // decisions are local
 	subUp   atomic.Bool // the subscription to other limiters' bans is up
 	resync  chan struct{}
-	queueMu sync.Mutex            // guards queue, and closing the circuit
-	queue   map[bkey]netip.Prefix // ban changes to write once the store is back
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
+	queueMu sync.Mutex             // guards queue, and closing the circuit
+	queue   map[bkey]netip.Prefix  // ban changes to write once the store is back
+	owed    map[bkey]*owedFailures // failures settled locally, to charge once the store is back; under queueMu
+	// repaired counts the bans a resync found missing from the store
+	// (without an unban) and wrote back.
+	repaired atomic.Uint64
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // newCircuit returns the circuit of l on sb, open if down (until the first
 // reconcile), and starts its goroutines.
 func newCircuit(l *Limiter, sb SharedBudgets, down bool) *circuit {
 	c := &circuit{l: l, sb: sb, shared: sharedKeeper{l, sb}, local: localKeeper{l},
-		resync: make(chan struct{}, 1), queue: make(map[bkey]netip.Prefix)}
+		resync: make(chan struct{}, 1), queue: make(map[bkey]netip.Prefix),
+		owed: make(map[bkey]*owedFailures)}
 	c.open.Store(down)
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
@@ -98,6 +102,7 @@ func (c *circuit) attempt(now time.Time, s *settings, addr netip.Addr, d Decisio
 func (c *circuit) fail(now time.Time, s *settings, addr netip.Addr, d Decision, b *bucket, cover *banRec, o Outcome) (Decision, error) {
 	l := c.l
 	if c.open.Load() {
+		c.owe(s, d.Key, now)
 		return c.local.fail(now, s, addr, d, b, cover, o)
 	}
 	got, err := c.shared.fail(now, s, addr, d, b, cover, o)
@@ -106,6 +111,7 @@ func (c *circuit) fail(now time.Time, s *settings, addr netip.Addr, d Decision, 
 	}
 	c.failed(err)
 	l.mu.Lock()
+	c.owe(s, d.Key, now)
 	cover, _ = l.bans.find(now, addr)
 	k := keyOf(d.Key)
 	b = l.budgets.get(k)
@@ -248,9 +254,14 @@ func (c *circuit) reconcile(ctx context.Context, full bool) {
 	switch {
 	case err != nil:
 	case full:
-		err = c.resyncBans()
+		if err = c.resyncBans(); err == nil {
+			_, err = c.flushQueue() // the bans the store had lost, written back
+		}
 	case n == 0:
 		err = c.sb.Ping(ctx)
+	}
+	if err == nil {
+		err = c.chargeOwed(ctx)
 	}
 	if err != nil {
 		if ctx.Err() == nil {
@@ -259,7 +270,7 @@ func (c *circuit) reconcile(ctx context.Context, full bool) {
 		return
 	}
 	c.queueMu.Lock()
-	if len(c.queue) == 0 && c.subUp.Load() {
+	if len(c.queue) == 0 && len(c.owed) == 0 && c.subUp.Load() {
 		c.open.Store(false)
 	}
 	c.queueMu.Unlock()
@@ -277,16 +288,21 @@ func (c *circuit) flushQueue() (int, error) {
 	c.queueMu.Unlock()
 	n := 0
 	for k, p := range todo {
-		if err := c.flushOne(k, p); err != nil {
+		saved, err := c.flushOne(k, p)
+		if err != nil {
 			return n, err
+		}
+		if saved != nil {
+			c.l.notify(BanChange{Ban: *saved, Saved: true})
 		}
 		n++
 	}
 	return n, nil
 }
 
-// flushOne writes the queued change of k (prefix p) and unqueues it.
-func (c *circuit) flushOne(k bkey, p netip.Prefix) error {
+// flushOne writes the queued change of k (prefix p) and unqueues it. It
+// returns the ban it wrote if that ban was announced as Unsaved.
+func (c *circuit) flushOne(k bkey, p netip.Prefix) (*Ban, error) {
 	l := c.l
 	l.storeMu.Lock() // in order with saveBan and deleteBan
 	defer l.storeMu.Unlock()
@@ -307,76 +323,15 @@ func (c *circuit) flushOne(k bkey, p netip.Prefix) error {
 		err = l.store.DeleteBan(p)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: write queued ban change of %v: %w", ErrStore, p, err)
-	}
-	if r != nil {
-		l.markSynced(k, seq)
+		return nil, fmt.Errorf("%w: write queued ban change of %v: %w", ErrStore, p, err)
 	}
 	c.queueMu.Lock()
 	delete(c.queue, k)
 	c.queueMu.Unlock()
-	return nil
-}
-
-// resyncBans loads the store's bans into the table after a subscription
-// gap: bans made or escalated elsewhere meanwhile are applied, and records
-// that were in the store and no longer are (unbanned elsewhere) are
-// dropped, unless they changed since the load began. Records not yet
-// written (queued, or a save under way) stay, and keys unbanned during the
-// load are not banned again from it.
-func (c *circuit) resyncBans() error {
-	l := c.l
-	l.storeMu.Lock() // no save lands (and marks its record synced) during the load
-	defer l.storeMu.Unlock()
-	l.mu.Lock()
-	seq0, now := l.seq, l.clock
-	l.unbanned = make(map[bkey]bool)
-	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		l.unbanned = nil
-		l.mu.Unlock()
-	}()
-	bans, err := l.store.LoadBans(now)
-	if err != nil {
-		return fmt.Errorf("%w: load bans: %w", ErrStore, err)
+	if r != nil && l.markSynced(k, seq) {
+		return &ban, nil
 	}
-	seen := make(map[bkey]bool, len(bans))
-	// changes are reported to the hook once the lock is released.
-	var changes []BanChange
-	for chunk := range slices.Chunk(bans, resyncBatch) { // Check waits one chunk at most
-		l.mu.Lock()
-		s := l.cfg.Load()
-		for _, b := range chunk {
-			p, err := normPrefix(b.Key)
-			if err != nil || b.Until.IsZero() {
-				continue
-			}
-			b.Key = p
-			if k := keyOf(p); !l.unbanned[k] {
-				seen[k] = true
-				if l.installLocked(s, b) && b.Active(l.clock) {
-					changes = append(changes, BanChange{Ban: b, Remote: true})
-				}
-			}
-		}
-		l.mu.Unlock()
-		l.notify(changes...)
-		changes = changes[:0]
-	}
-	l.mu.Lock()
-	for k, r := range l.bans.recs {
-		if r.synced && r.seq <= seq0 && !seen[k] {
-			if r.active && r.ban.Active(l.clock) {
-				changes = append(changes, BanChange{Ban: r.ban, Lifted: true, Remote: true})
-			}
-			l.bans.remove(r)
-		}
-	}
-	l.syncLocked()
-	l.mu.Unlock()
-	l.notify(changes...)
-	return nil
+	return nil, nil
 }
 
 // queueIfDown queues the ban change of p when the shared store is down,

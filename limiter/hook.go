@@ -11,6 +11,16 @@ type BanChange struct {
 	// Remote: the change was learned from the shared store (made by another
 	// limiter), not made by this one.
 	Remote bool
+	// Unsaved: a ban this limiter made that is in force but not (yet) in
+	// the store: the write failed (a full disk, an I/O error) or is queued
+	// while the shared store is down. It would not survive a restart nor
+	// reach other instances. The limiter writes it again, with backoff,
+	// until it lands, then reports the same Ban once more with Saved.
+	Unsaved bool
+	// Saved: not a new change, but a ban reported earlier with Unsaved that
+	// has now been written to the store. A hook that acts on bans (a
+	// firewall) has nothing more to do for it.
+	Saved bool
 }
 
 // SetBanHook makes fn receive every ban this limiter makes (a spent budget,
@@ -34,10 +44,15 @@ func (l *Limiter) SetBanHook(fn func(BanChange)) {
 	l.hook.Store(&fn)
 }
 
-// notify reports changes to the hook, if any. Never call it with l.mu held.
+// notify reports changes to the hook, if any, marking the bans this
+// limiter made that are not in the store as Unsaved. Never call it with
+// l.mu held.
 func (l *Limiter) notify(changes ...BanChange) {
 	if p := l.hook.Load(); p != nil {
 		for _, c := range changes {
+			if !c.Lifted && !c.Remote && !c.Saved {
+				c.Unsaved = l.unsaved(c.Ban)
+			}
 			(*p)(c)
 		}
 	}

@@ -100,6 +100,13 @@ type Stats struct {
 	Unsynced int
 	// Waiting is the guesses queued for a place of their key (Verdict.Wait).
 	Waiting int
+	// Unsaved is the ban changes that the store failed to write (a full
+	// disk, an I/O error) and that are being retried with backoff: they
+	// are in force here but would not survive a restart.
+	Unsaved int
+	// Repaired counts the bans a resync with the shared store found missing
+	// there without an unban (the store lost them) and wrote back.
+	Repaired uint64
 }
 
 // Limiter keeps budgets and bans per key. It is safe for concurrent use:
@@ -139,6 +146,8 @@ type Limiter struct {
 	storeErrors  atomic.Uint64
 	lastStoreErr atomic.Pointer[error]
 	unbanned     map[bkey]bool // keys unbanned during a resync's load (nil: none under way); under mu
+
+	retry retrier // ban changes the store failed to write, written again later
 
 	// keeper decides budgets: localKeeper, or a circuit on a shared store.
 	keeper    budgetKeeper
@@ -321,7 +330,17 @@ func (l *Limiter) Stats() Stats {
 		StoreErrors: l.storeErrors.Load(),
 		SharedDown:  l.keeper.down(),
 		Unsynced:    l.keeper.unsynced(),
+		Unsaved:     l.retry.len(),
+		Repaired:    l.repaired(),
 	}
+}
+
+// repaired is the circuit's count of bans written back, if any.
+func (l *Limiter) repaired() uint64 {
+	if c, ok := l.keeper.(*circuit); ok {
+		return c.repaired.Load()
+	}
+	return 0
 }
 
 // LastStoreError returns the latest error from the store (wrapping ErrStore),
@@ -352,13 +371,16 @@ func (l *Limiter) CountsUserRejects() bool { return l.cfg.Load().CountUserReject
 
 // Close stops the limiter's background work: with a SharedBudgets store,
 // the subscription to other limiters' bans and the writing of queued ban
-// changes. It waits for them to end. It does not close the store, which
+// changes; with any store, the retries of ban changes it failed to write
+// (one last round is tried). It waits for them to end. It does not close the store, which
 // belongs to the caller (close the store after the limiter). Decisions go
 // on after Close; bans of other limiters no longer arrive. Close is
-// idempotent and always returns nil; without a SharedBudgets store it does
-// nothing.
+// idempotent and always returns nil.
 func (l *Limiter) Close() error {
-	l.closeOnce.Do(l.keeper.close)
+	l.closeOnce.Do(func() {
+		l.keeper.close()
+		l.retry.close()
+	})
 	return nil
 }
 

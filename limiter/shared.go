@@ -55,6 +55,21 @@ type SharedBudgets interface {
 	Ping(ctx context.Context) error
 }
 
+// UnbanLog is implemented by shared stores that remember the explicit
+// unbans (DeleteBan) for a while (redisstore: a week). After a subscription
+// gap the limiter lifts a ban the store no longer holds only if the store
+// remembers its unban; a ban missing without one was lost by the store (a
+// restart from an older snapshot, a promoted replica that lagged, an
+// evicted key) and is written back. Without an UnbanLog, missing bans are
+// always written back.
+type UnbanLog interface {
+	// Unbanned returns, for those of keys that were unbanned, the Since of
+	// the ban that was lifted (or when the unban was made, if the store held
+	// no ban of the key then): the bans of the key made at or before it are
+	// lifted. Keys without a remembered unban are absent.
+	Unbanned(ctx context.Context, keys []netip.Prefix) (map[netip.Prefix]time.Time, error)
+}
+
 // BudgetParams are the limits a shared budget is kept with: those of the
 // calling limiter's Config (defaults applied).
 type BudgetParams struct {

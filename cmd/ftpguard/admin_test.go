@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,6 +55,13 @@ type testDaemon struct {
 // loopback listener of the test) and builds the daemon from it.
 func newTestDaemon(t *testing.T, extra string) *testDaemon {
 	t.Helper()
+	return newTestDaemonStore(t, extra, nil)
+}
+
+// newTestDaemonStore is newTestDaemon with the limiter on store (nil: a
+// memory store).
+func newTestDaemonStore(t *testing.T, extra string, store limiter.Store) *testDaemon {
+	t.Helper()
 	backend, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +87,7 @@ func newTestDaemon(t *testing.T, extra string) *testDaemon {
 	level.Set(slog.LevelDebug)
 	events := new(admin.EventRing)
 	log := slog.New(admin.NewLogHandler(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}), events))
-	lim, err := limiter.New(st.Limiter, nil)
+	lim, err := limiter.New(st.Limiter, store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,6 +307,62 @@ func (td *testDaemon) awaitHealthCache(t *testing.T) {
 		if code, _ := td.call(t, "GET", "/healthz", "", ""); code == 503 {
 			return
 		}
+	}
+}
+
+// fullStore is a memory store whose writes fail with ENOSPC while full is
+// set: an in-process fake, for the admin wiring only (the real full disk
+// is injected in limiter/filestore's TestDiskFullBanStaysAndIsRetried).
+type fullStore struct {
+	*limiter.MemoryStore
+	full atomic.Bool
+}
+
+func (f *fullStore) SaveBan(b limiter.Ban) error {
+	if f.full.Load() {
+		return fmt.Errorf("write: %w", syscall.ENOSPC)
+	}
+	return f.MemoryStore.SaveBan(b)
+}
+
+// TestAdminHealthzUnsaved: a ban the store cannot save shows in /healthz
+// (degraded, with the reason), in /status and in the log (an error, then
+// "ban saved" once the retry lands). Before, /healthz said ok and nothing
+// was logged.
+func TestAdminHealthzUnsaved(t *testing.T) {
+	fs := &fullStore{MemoryStore: limiter.NewMemoryStore()}
+	fs.full.Store(true)
+	td := newTestDaemonStore(t, "", fs)
+	if code, body := td.call(t, "POST", "/bans", "application/json", `{"ip":"203.0.113.7","duration":"2h"}`); code != 201 {
+		t.Fatalf("ban: %d %s", code, body)
+	}
+	code, body := td.call(t, "GET", "/healthz", "", "")
+	var h admin.Health
+	json.Unmarshal([]byte(body), &h)
+	if code != 200 || h.Status != "degraded" || h.Store.Unsaved != 1 || len(h.Reasons) != 1 ||
+		!strings.Contains(h.Reasons[0], "no space left") {
+		t.Fatalf("healthz with an unsaved ban = %d %s", code, body)
+	}
+	if code, body := td.call(t, "GET", "/status", "", ""); code != 200 || !strings.Contains(body, `"degraded"`) {
+		t.Fatalf("status with an unsaved ban = %d %s", code, body)
+	}
+	if !strings.Contains(td.logs.String(), "ban not saved") {
+		t.Errorf("the unsaved ban was not logged as an error:\n%s", td.logs)
+	}
+	fs.full.Store(false)
+	deadline := time.Now().Add(30 * time.Second)
+	for td.lim.Stats().Unsaved != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the ban was never saved")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := td.call(t, "GET", "/healthz", "", ""); code != 200 || !strings.Contains(body, `"status": "ok"`) {
+		t.Fatalf("healthz once saved = %d %s", code, body)
+	}
+	bans, _ := fs.LoadBans(time.Time{})
+	if len(bans) != 1 || !strings.Contains(td.logs.String(), "ban saved") {
+		t.Fatalf("store holds %v; log:\n%s", bans, td.logs)
 	}
 }
 

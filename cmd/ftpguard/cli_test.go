@@ -2,12 +2,18 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ftpguard/ftpguard/admin"
 )
 
 // cli runs a client subcommand and returns its exit code and output.
@@ -85,3 +91,51 @@ func TestClientCommands(t *testing.T) {
 		t.Errorf("status with the backend down = %d\n%s", code, out)
 	}
 }
+
+// TestBansPaging: GET /bans?limit=&after= returns bounded pages with the
+// next cursor in X-Next-After, and `ftpguard bans list` pages through them
+// all. Before, /bans copied the whole table at once (under the limiter's
+// write lock) and took no paging parameters.
+func TestBansPaging(t *testing.T) {
+	td := newTestDaemon(t, "")
+	const n = 2500 // more than one page of the CLI's (1000)
+	for i := 0; i < n; i++ {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}), 32)
+		if _, err := td.lim.BanKey(time.Now(), p, time.Hour, "scan"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	after, pages := "0", 0
+	for after != "" {
+		resp, err := http.Get(td.url + "/bans?limit=700&after=" + after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page []struct{ Key string }
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || len(page) > 700 {
+			t.Fatalf("page %d: %d, %d bans, %v", pages, resp.StatusCode, len(page), err)
+		}
+		for _, b := range page {
+			seen[b.Key] = true
+		}
+		after = resp.Header.Get(admin.NextAfterHeader)
+		pages++
+	}
+	if len(seen) != n || pages != 4 {
+		t.Fatalf("%d bans in %d pages, want %d in 4", len(seen), pages, n)
+	}
+	for _, q := range []string{"limit=0", "limit=x", "limit=10&after=-1", "limit=100000"} {
+		if code, body := td.call(t, "GET", "/bans?"+q, "", ""); code != 400 {
+			t.Errorf("GET /bans?%s = %d %s, want 400", q, code, body)
+		}
+	}
+	code, out, errs := cli("bans", "list", "-admin", strings.TrimPrefix(td.url, "http://"))
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("%d ban(s) in force", n)) {
+		t.Fatalf("bans list: %d %q %s", code, tail(out), errs)
+	}
+}
+
+func tail(s string) string { return s[max(0, len(s)-200):] }

@@ -11,6 +11,7 @@ import (
 	"github.com/ftpguard/ftpguard/crowdsec"
 	"github.com/ftpguard/ftpguard/firewall"
 	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/limiter/stores"
 	"github.com/ftpguard/ftpguard/proxy"
 )
 
@@ -127,6 +128,10 @@ func (d *daemon) reload() error {
 	if st.Proxy.Listen != old.Proxy.Listen {
 		d.log.Warn("reload: listen changed; it takes effect on restart", "listen", st.Proxy.Listen)
 	}
+	if st.File.Store.Kind == "redis" && stores.AttemptTTLFor(st.Proxy.LoginTimeout) > stores.AttemptTTLFor(old.Proxy.LoginTimeout) {
+		d.log.Warn("reload: login_timeout raised; the Redis attempt TTL derived from it takes effect on restart",
+			"login_timeout", st.Proxy.LoginTimeout, "attempt_ttl_in_force", stores.AttemptTTLFor(old.Proxy.LoginTimeout))
+	}
 	if st.Admin.Network != old.Admin.Network || st.Admin.Address != old.Admin.Address {
 		d.log.Warn("reload: admin.listen changed; it takes effect on restart", "admin", st.File.Admin.Listen)
 	}
@@ -147,9 +152,20 @@ func (d *daemon) reload() error {
 
 // onBanChange is the limiter's ban hook: it logs the bans and unbans
 // learned from the shared store (this instance's own are logged where they
-// are made) and hands every change to the firewall runner, and this
+// are made), logs as an error a ban of this instance's that the store
+// failed to save (it is in force and retried: "ban not saved"), and once
+// it is saved ("ban saved"), and hands every change to the firewall runner
+// (not the "saved" report, which changes nothing in force), and this
 // instance's own bans to the CrowdSec watcher (not in observe mode).
 func (d *daemon) onBanChange(c limiter.BanChange) {
+	switch {
+	case c.Saved:
+		d.log.Info("ban saved", "key", c.Ban.Key.String(), "until", c.Ban.Until.Format(time.RFC3339), "saved", true)
+		return
+	case c.Unsaved:
+		d.log.Error("ban not saved; in force, retrying until saved", "key", c.Ban.Key.String(),
+			"until", c.Ban.Until.Format(time.RFC3339), "saved", false, "err", d.lim.LastStoreError())
+	}
 	if c.Remote {
 		if c.Lifted {
 			d.log.Info("unban", "key", c.Ban.Key.String(), "origin", "shared store")

@@ -43,6 +43,11 @@ var version = ""
 
 const defaultConfigPath = "/etc/ftpguard/ftpguard.toml"
 
+// settleTimeout bounds the wait, after drain_timeout, for the sessions
+// closed by the drain to settle their guesses in flight (a failure, a ban
+// written to the store) before the store is closed.
+const settleTimeout = 10 * time.Second
+
 func main() {
 	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -119,7 +124,14 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	events := new(admin.EventRing)
 	log := slog.New(admin.NewLogHandler(newLogger(stderr, st.File.Log.Format, level).Handler(), events))
 
-	store, err := stores.Open(st.File.Store, log)
+	sc := st.File.Store
+	sc.AttemptTTL = stores.AttemptTTLFor(st.Proxy.LoginTimeout) // a guess in flight keeps its place
+	sc.MaxBans = st.Limiter.MaxTracked                          // the file keeps no more bans than the limiter
+	if sc.MaxBans == 0 {
+		sc.MaxBans = limiter.DefaultMaxTracked
+	}
+	sc.PruneBefore = time.Now() // records forgotten by now are dropped before loading
+	store, err := stores.Open(sc, log)
 	if err != nil {
 		return err
 	}
@@ -210,6 +222,16 @@ func run(path string, st *Settings, stderr io.Writer) error {
 			cancel()
 			if err != nil {
 				log.Warn("drain timeout; closed remaining sessions", "err", err)
+				// The aborted sessions still settle their guesses in flight
+				// (failures, maybe bans to save): the limiter and the store
+				// are closed (deferred) only once they have, within a bound.
+				ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+				err = srv.Shutdown(ctx)
+				cancel()
+				if err != nil {
+					log.Error("sessions still settling after the drain; stopping anyway", "settle_timeout", settleTimeout,
+						"sessions", srv.ActiveSessions())
+				}
 			}
 			log.Info("stopped")
 			return nil

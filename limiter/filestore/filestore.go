@@ -79,6 +79,15 @@ type Options struct {
 	// (default DefaultLockTimeout; a negative value also means the default).
 	// Open then fails with an error that names the file.
 	LockTimeout time.Duration
+	// MaxBans bounds the records kept (limiter.Config.MaxTracked: the
+	// limiter keeps no more): beyond it, each SaveBan drops at most 64 of
+	// the records due to be forgotten first, and Open drops all the excess.
+	// 0: no bound.
+	MaxBans int
+	// PruneBefore: Open forgets the records whose forget time is not after
+	// it (the zero time: none), before anything loads them, and then
+	// compacts the file if free space is most of it (see Compact).
+	PruneBefore time.Time
 }
 
 // Store is a Store kept in a bbolt file (go.etcd.io/bbolt): bans and
@@ -105,6 +114,8 @@ type Options struct {
 // Open. After Close, methods return limiter.ErrStoreClosed.
 type Store struct {
 	path   string
+	max    int          // Options.MaxBans; 0: no bound
+	count  atomic.Int64 // records in the bans bucket
 	db     *bolt.DB
 	mu     sync.RWMutex // held for reading by calls, for writing by Close
 	closed bool
@@ -146,9 +157,13 @@ func Open(path string, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Store{path: path, db: db}
+	f := &Store{path: path, db: db, max: opt.MaxBans}
 	if err := f.validate(); err != nil {
 		db.Close()
+		return nil, err
+	}
+	if err := f.tidy(opt); err != nil {
+		f.Close()
 		return nil, err
 	}
 	if created {
@@ -194,7 +209,12 @@ func (f *Store) validate() error {
 			// Touch every page now, so that damage shows here
 			// rather than in the middle of serving.
 			c := b.Cursor()
+			n := int64(0)
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				n++
+			}
+			if bytes.Equal(name, bucketBans) {
+				f.count.Store(n)
 			}
 		}
 		return nil
@@ -234,17 +254,35 @@ func (f *Store) SaveBan(b limiter.Ban) error {
 	k := encodePrefix(p)
 	v := encodeBan(b)
 	ik := indexKey(forgetAt(b), k)
+	var delta int64
 	err = f.update(func(tx *bolt.Tx) error {
+		delta = 0
 		bans, forget, err := f.buckets(tx)
 		if err != nil {
 			return err
 		}
 		if !b.Since.IsZero() {
-			if err := prune(bans, forget, b.Since, pruneBatch); err != nil {
+			n, err := prune(bans, forget, b.Since, pruneBatch)
+			if err != nil {
 				return err
 			}
+			delta -= int64(n)
 		}
-		if old := bans.Get(k); old != nil {
+		old := bans.Get(k)
+		if old == nil {
+			delta++
+			if f.max > 0 {
+				over := int(f.count.Load()+delta) - f.max
+				if over > 0 {
+					n, err := trim(bans, forget, min(over, pruneBatch))
+					if err != nil {
+						return err
+					}
+					delta -= int64(n)
+				}
+			}
+		}
+		if old != nil {
 			// An old record that does not decode leaves its index
 			// entry dangling; prune drops it when it comes due.
 			if ob, err := decodeBan(p, old); err == nil {
@@ -261,6 +299,7 @@ func (f *Store) SaveBan(b limiter.Ban) error {
 	if err != nil {
 		return fmt.Errorf("filestore: save ban of %v in %s: %w", p, f.path, err)
 	}
+	f.count.Add(delta)
 	return nil
 }
 
@@ -272,7 +311,9 @@ func (f *Store) DeleteBan(key netip.Prefix) error {
 		return err
 	}
 	k := encodePrefix(p)
+	deleted := false
 	err = f.update(func(tx *bolt.Tx) error {
+		deleted = false
 		bans, forget, err := f.buckets(tx)
 		if err != nil {
 			return err
@@ -286,10 +327,14 @@ func (f *Store) DeleteBan(key netip.Prefix) error {
 				return err
 			}
 		}
+		deleted = true
 		return bans.Delete(k)
 	})
 	if err != nil {
 		return fmt.Errorf("filestore: delete ban of %v in %s: %w", p, f.path, err)
+	}
+	if deleted {
+		f.count.Add(-1)
 	}
 	return nil
 }
@@ -345,7 +390,9 @@ func (f *Store) LoadBans(now time.Time) ([]limiter.Ban, error) {
 // forgetStale deletes the records of stale that are still stale at now (a
 // SaveBan may have replaced some since they were read).
 func (f *Store) forgetStale(now time.Time, stale []limiter.Ban) error {
+	var n int64
 	err := f.update(func(tx *bolt.Tx) error {
+		n = 0
 		bans, forget, err := f.buckets(tx)
 		if err != nil {
 			return err
@@ -362,12 +409,14 @@ func (f *Store) forgetStale(now time.Time, stale []limiter.Ban) error {
 			if err := bans.Delete(k); err != nil {
 				return err
 			}
+			n++
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("filestore: prune bans in %s: %w", f.path, err)
 	}
+	f.count.Add(-n)
 	return nil
 }
 
@@ -448,8 +497,9 @@ func (f *Store) decode(k, v []byte) (limiter.Ban, error) {
 }
 
 // prune forgets at most n records whose forget time is not after now,
-// those due first, walking the forget index from its start.
-func prune(bans, forget *bolt.Bucket, now time.Time, n int) error {
+// those due first, walking the forget index from its start. It returns
+// how many records it deleted.
+func prune(bans, forget *bolt.Bucket, now time.Time, n int) (int, error) {
 	bound := indexTime(now)
 	var due [][]byte
 	c := forget.Cursor()
@@ -459,9 +509,26 @@ func prune(bans, forget *bolt.Bucket, now time.Time, n int) error {
 		}
 		due = append(due, bytes.Clone(k)) // k is not valid after a Delete
 	}
+	return dropIndexed(bans, forget, due)
+}
+
+// trim forgets the n records due to be forgotten first, whatever their
+// time (the store is over its bound). It returns how many it deleted.
+func trim(bans, forget *bolt.Bucket, n int) (int, error) {
+	var due [][]byte
+	c := forget.Cursor()
+	for k, _ := c.First(); k != nil && len(due) < n; k, _ = c.Next() {
+		due = append(due, bytes.Clone(k))
+	}
+	return dropIndexed(bans, forget, due)
+}
+
+// dropIndexed deletes the forget-index entries due and their records.
+func dropIndexed(bans, forget *bolt.Bucket, due [][]byte) (int, error) {
+	deleted := 0
 	for _, ik := range due {
 		if err := forget.Delete(ik); err != nil {
-			return err
+			return deleted, err
 		}
 		if len(ik) < 8 {
 			continue
@@ -477,8 +544,9 @@ func prune(bans, forget *bolt.Bucket, now time.Time, n int) error {
 			continue
 		}
 		if err := bans.Delete(k); err != nil {
-			return err
+			return deleted, err
 		}
+		deleted++
 	}
-	return nil
+	return deleted, nil
 }

@@ -38,6 +38,10 @@ const (
 // without a reset would otherwise leave bans unpropagated for good).
 const redisKeepalive = 10 * time.Second
 
+// unbanTTL is how long an unban is remembered (unban:K) for the limiters
+// whose subscription missed it.
+const unbanTTL = 7 * 24 * time.Hour
+
 // redisLoadBatch bounds the ban records read in one round trip by LoadBans.
 const redisLoadBatch = 512
 
@@ -96,6 +100,9 @@ type Options struct {
 //	u:H     hash {t tokens, l last refill} of a username budget, H the first
 //	        16 bytes of the name's SHA-256 in hex, expiring once full again
 //	bans    also the pub/sub channel of ban events ("B|…" and "U|…")
+//	unban:K the Since of the ban an unban lifted (Unix ms), kept a week, so
+//	        that a limiter that missed the unban event lifts it on resync
+//	        (limiter.UnbanLog) while a ban merely missing is written back
 //	epoch   a random value set when first missing: a new one means the server
 //	        lost its data (restart without persistence), so that limiters write
 //	        their bans back rather than take the missing ones for unbans
@@ -133,7 +140,10 @@ type Store struct {
 	unlogged   atomic.Int64 // failures not logged since
 }
 
-var _ limiter.SharedBudgets = (*Store)(nil)
+var (
+	_ limiter.SharedBudgets = (*Store)(nil)
+	_ limiter.UnbanLog      = (*Store)(nil)
+)
 
 // New returns a Store for opt. It does not contact the
 // server (a limiter starting while Redis is down works locally and catches
@@ -325,12 +335,14 @@ func (r *Store) SaveBan(b limiter.Ban) error {
 	return nil
 }
 
-// DeleteBan removes the ban of key and publishes the unban.
+// DeleteBan removes the ban of key, remembers the unban for a week
+// (limiter.UnbanLog) and publishes it.
 func (r *Store) DeleteBan(key netip.Prefix) error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	k := key.String()
-	err := redisDeleteBan.Run(ctx, r.client, []string{r.prefix + "ban:" + k, r.index}, k, r.channel, r.id).Err()
+	err := redisDeleteBan.Run(ctx, r.client, []string{r.prefix + "ban:" + k, r.index, r.prefix + "unban:" + k},
+		k, r.channel, r.id, unbanTTL.Milliseconds()).Err()
 	if err != nil {
 		return r.failed("delete ban", key, err)
 	}
@@ -512,6 +524,9 @@ func (r *Store) checkEpoch(ctx context.Context) (bool, error) {
 	r.epoch = e
 	return fresh, nil
 }
+
+// AttemptTTL returns Options.AttemptTTL in force.
+func (r *Store) AttemptTTL() time.Duration { return r.attemptTTL }
 
 // Ping reports whether the server answers within the timeout.
 func (r *Store) Ping(ctx context.Context) error {

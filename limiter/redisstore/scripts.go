@@ -136,8 +136,17 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 `)
 
-// redisDeleteBan: KEYS ban:K, index; ARGV K, channel, instance.
+// redisDeleteBan: KEYS ban:K, index, unban:K; ARGV K, channel, instance,
+// tombstone TTL (ms). The tombstone unban:K holds the Since of the ban
+// deleted (the server's time if there was none): limiters that missed the
+// unban event lift the bans of K made up to then, and only those.
 var redisDeleteBan = redis.NewScript(`
+local s = redis.call('HGET', KEYS[1], 's')
+if not s then
+  local t = redis.call('TIME')
+  s = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+redis.call('SET', KEYS[3], s, 'PX', ARGV[4])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], table.concat({'U', ARGV[3], ARGV[1]}, '|'))

@@ -4,6 +4,7 @@
 package stores
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +46,30 @@ type Config struct {
 	// PasswordFile holds the Redis password (one line), in place of one in
 	// URL.
 	PasswordFile string `toml:"password_file"`
+	// AttemptTTL is redisstore.Options.AttemptTTL, not a key of the file:
+	// the caller sets it from [sessions] login_timeout with AttemptTTLFor
+	// (zero: redisstore.DefaultAttemptTTL).
+	AttemptTTL time.Duration `toml:"-"`
+	// MaxBans is filestore.Options.MaxBans, not a key of the file: the
+	// caller sets it to the limiter's max_tracked (0: no bound).
+	MaxBans int `toml:"-"`
+	// PruneBefore is filestore.Options.PruneBefore, not a key of the
+	// file: the caller passes the current time (the zero time: nothing is
+	// pruned at open). Open never reads the clock itself.
+	PruneBefore time.Time `toml:"-"`
+}
+
+// attemptTTLMargin is what AttemptTTLFor adds to login_timeout.
+const attemptTTLMargin = time.Minute
+
+// AttemptTTLFor is how long an attempt in flight holds its place in a
+// shared budget (redisstore.Options.AttemptTTL) for a login_timeout: no
+// PASS outlives its session's login_timeout (the session is then closed
+// and the attempt settled), so login_timeout plus a minute, and at least
+// redisstore.DefaultAttemptTTL. A place that expired while its guess was
+// still in flight would let a key overrun its budget.
+func AttemptTTLFor(loginTimeout time.Duration) time.Duration {
+	return max(redisstore.DefaultAttemptTTL, loginTimeout+attemptTTLMargin)
 }
 
 // Default returns the [store] settings used for every key a file leaves
@@ -97,22 +122,26 @@ func (c Config) Validate(p *conf.Problems) {
 // A corrupt state file (filestore.ErrCorrupt) stops the start, as bans must
 // not be forgotten silently, unless OnCorrupt is "reset": then it is moved
 // aside (filestore.Reset), logged, and a new one is made. A Redis store is
-// not contacted here: a limiter starting while Redis is down decides
-// locally until it is back.
+// asked only its maxmemory-policy here (a warning unless noeviction; at
+// most the store's timeout): a limiter starting while Redis is down
+// decides locally until it is back.
 func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	switch c.Kind {
 	case "file":
-		fs, err := filestore.Open(c.Path, filestore.Options{})
+		// Records past their forget time are dropped before anything loads
+		// them, the excess over MaxBans too; a mostly free file is compacted.
+		opt := filestore.Options{MaxBans: c.MaxBans, PruneBefore: c.PruneBefore}
+		fs, err := filestore.Open(c.Path, opt)
 		if errors.Is(err, filestore.ErrCorrupt) && c.OnCorrupt == "reset" {
 			moved, merr := filestore.Reset(c.Path)
 			if merr != nil {
 				return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
 			}
 			log.Error("state file corrupt; moved aside, starting with no bans", "err", err, "moved_to", moved)
-			fs, err = filestore.Open(c.Path, filestore.Options{})
+			fs, err = filestore.Open(c.Path, opt)
 		}
 		if errors.Is(err, filestore.ErrCorrupt) {
 			return nil, fmt.Errorf("%w\nftpguard refuses to start rather than forget bans: repair or move the file, or set [store] on_corrupt = \"reset\"", err)
@@ -131,10 +160,11 @@ func Open(c Config, log *slog.Logger) (limiter.Store, error) {
 			}
 		}
 		st, err := redisstore.New(redisstore.Options{URL: c.URL, Prefix: c.Prefix, Timeout: c.Timeout, Logger: log,
-			SentinelAddrs: c.SentinelAddrs, SentinelMaster: c.SentinelMaster, Password: pw})
+			AttemptTTL: c.AttemptTTL, SentinelAddrs: c.SentinelAddrs, SentinelMaster: c.SentinelMaster, Password: pw})
 		if err != nil {
 			return nil, err // not a nil *redisstore.Store in a non-nil Store
 		}
+		warnEviction(st, log)
 		return st, nil
 	default:
 		return limiter.NewMemoryStore(), nil
@@ -160,4 +190,19 @@ func readPassword(path string) (string, error) {
 		return "", fmt.Errorf("must hold one non-empty line of at most %d bytes, in %s", maxPasswordFile, path)
 	}
 	return v, nil
+}
+
+// warnEviction logs a warning when the Redis server may evict keys (its
+// maxmemory-policy is not noeviction): an evicted ban record is a ban lost
+// until a limiter that knows it writes it back. Redis unreachable: nothing
+// is logged here (the limiter says so).
+func warnEviction(st *redisstore.Store, log *slog.Logger) {
+	p, err := st.EvictionPolicy(context.Background())
+	switch {
+	case err != nil && strings.Contains(err.Error(), "ERR"):
+		log.Warn("redis: cannot read maxmemory-policy; make sure it is noeviction", "err", err)
+	case err == nil && p != "noeviction":
+		log.Warn("redis: maxmemory-policy is not noeviction: bans may be evicted under memory pressure; set maxmemory-policy noeviction",
+			"maxmemory_policy", p)
+	}
 }

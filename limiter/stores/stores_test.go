@@ -142,3 +142,31 @@ func TestOpenCorrupt(t *testing.T) {
 		t.Fatalf("the corrupt file was not kept as it was: %v", err)
 	}
 }
+
+// TestAttemptTTL: the time a guess in flight holds its place in a shared
+// budget follows login_timeout (a PASS lives at most that long), never
+// below the default. Before, it was 2 minutes whatever login_timeout said:
+// with login_timeout = "10m" the place of a slow guess expired while it
+// was still in flight.
+func TestAttemptTTL(t *testing.T) {
+	for _, tc := range []struct{ login, want time.Duration }{
+		{30 * time.Second, redisstore.DefaultAttemptTTL},
+		{time.Minute, redisstore.DefaultAttemptTTL},
+		{90 * time.Second, 150 * time.Second},
+		{10 * time.Minute, 11 * time.Minute},
+	} {
+		if got := AttemptTTLFor(tc.login); got != tc.want {
+			t.Errorf("AttemptTTLFor(%v) = %v, want %v", tc.login, got, tc.want)
+		}
+	}
+	c := Default()
+	c.Kind, c.URL, c.AttemptTTL = "redis", "redis://127.0.0.1:1/0", AttemptTTLFor(10*time.Minute)
+	st, err := Open(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if got := st.(*redisstore.Store).AttemptTTL(); got != 11*time.Minute {
+		t.Fatalf("the store's AttemptTTL = %v, want 11m", got)
+	}
+}
