@@ -5,6 +5,7 @@ package integration
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftpguard/ftpguard/ftpproto"
 )
@@ -16,7 +17,9 @@ import (
 // port; after data_timeout the held ports are given back.
 func TestPassivePortsPerKey(t *testing.T) {
 	d := startVsftpd(t)
-	g := startGuard(t, d.Addr, guardOpts{Sessions: `data_timeout = "1s"`})
+	// data_timeout long enough for five logins on a loaded machine: the
+	// four ports must still be held when the fifth session asks.
+	g := startGuard(t, d.Addr, guardOpts{Sessions: `data_timeout = "8s"`})
 	login := func(src string) *raw {
 		r := dialRaw(t, src, g.Addr)
 		r.expect(220)
@@ -54,7 +57,7 @@ func TestPassivePortsPerKey(t *testing.T) {
 	dc.Close()
 
 	// After data_timeout the four idle ports are released.
-	waitFor(t, "the held ports released after data_timeout", func() bool {
+	waitForLong(t, 30*time.Second, "the held ports released after data_timeout", func() bool {
 		over.send("PASV")
 		code, _ := over.reply()
 		return code == 227
