@@ -275,6 +275,7 @@ type banJSON struct {
 	Count       int       `json:"count"`
 	SecondsLeft int64     `json:"seconds_left"`
 	Warning     string    `json:"warning,omitempty"`
+	Covers      string    `json:"covers,omitempty"` // POST /bans: how many addresses the key covers ("65,536 addresses")
 }
 
 func toBanJSON(b limiter.Ban, now time.Time) banJSON {
@@ -298,6 +299,8 @@ type banRequest struct {
 	IP       string `json:"ip"`       // an address or a CIDR
 	Duration string `json:"duration"` // "" = the escalated ban time
 	Reason   string `json:"reason"`   // "" = "admin"
+	// Force makes a ban wider than [admin] max_ban_prefix_ipv4/_ipv6.
+	Force bool `json:"force"`
 }
 
 // maxAdminBody bounds the body of an admin request.
@@ -322,10 +325,15 @@ func (a *Server) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "body: %v", err)
 			return
 		}
-		req = banRequest{IP: r.Form.Get("ip"), Duration: r.Form.Get("duration"), Reason: r.Form.Get("reason")}
+		force, _ := strconv.ParseBool(r.Form.Get("force"))
+		req = banRequest{IP: r.Form.Get("ip"), Duration: r.Form.Get("duration"), Reason: r.Form.Get("reason"), Force: force}
 	}
 	key, err := a.parseTarget(req.IP)
 	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if err := a.checkBanWidth(key, req.Force); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
@@ -350,6 +358,7 @@ func (a *Server) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := toBanJSON(ban, now)
+	out.Covers = Covers(key)
 	if err != nil { // ErrStore: in force, not saved
 		out.Warning = fmt.Sprintf("the ban is in force but was not saved: %v", err)
 		a.log.Error("admin ban not saved", "key", key.String(), "err", err)
