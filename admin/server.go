@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -194,6 +195,10 @@ func (a *Server) guard(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		if why := crossOrigin(r); why != "" {
+			writeError(w, http.StatusForbidden, "admin: cross-origin request refused (%s): open the admin pages directly, or use ftpguard status|bans|top", why)
+			return
+		}
 		token := a.st.Load().Token
 		if token == "" {
 			if !hostIsAddress(r.Host) {
@@ -212,6 +217,50 @@ func (a *Server) guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// crossOrigin says why r comes from another site's page in a browser, or
+// "" when it does not: a same-origin request, a user's own navigation
+// (Sec-Fetch-Site: none), or a client that is no browser (no Sec-Fetch-Site,
+// no Origin: the CLI, curl, Prometheus). Every admin route but /healthz
+// refuses such requests, GETs too, whatever the token: pprof, /status, /
+// and /metrics cost CPU, and a page the operator has open must not be able
+// to make the browser spend it (a basic-auth password the browser cached
+// would go along). A top-level navigation to the status page (a link from
+// a dashboard) is let through: it reads nothing back and runs no profile.
+func crossOrigin(r *http.Request) string {
+	site := r.Header.Get("Sec-Fetch-Site")
+	switch site {
+	case "", "same-origin", "none":
+	default:
+		if r.URL.Path == "/" && r.Method == http.MethodGet && r.Header.Get("Sec-Fetch-Mode") == "navigate" &&
+			r.Header.Get("Sec-Fetch-Dest") == "document" {
+			return ""
+		}
+		return "Sec-Fetch-Site: " + logSafe(site)
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" || site == "same-origin" {
+		return ""
+	}
+	u, err := url.Parse(origin)
+	if err != nil || !strings.EqualFold(u.Host, r.Host) {
+		return "Origin: " + logSafe(origin)
+	}
+	return ""
+}
+
+// logSafe bounds a client-chosen string before it is echoed.
+func logSafe(v string) string {
+	if len(v) > 64 {
+		v = v[:64] + "…"
+	}
+	return strings.Map(func(c rune) rune {
+		if c < 0x20 || c == 0x7f {
+			return '?'
+		}
+		return c
+	}, v)
 }
 
 // tokenOK reports whether r carries token, as a bearer token or as the
