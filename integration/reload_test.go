@@ -131,7 +131,8 @@ func lastIndex(g *guard, t *testing.T, msg string) int {
 // transfer finishes, and each session's next RETR is TLS (the client's
 // PROT P data handshake succeeds) — never clear text; the implicit port is
 // closed; a new session is offered no TLS; nothing panics. Before, the port
-// stayed open and its first ClientHello took the process down.
+// stayed open and its first ClientHello took the process down. A reload
+// back to implicit TLS opens the port again (before: only a restart did).
 func TestReloadImplicitTLSOff(t *testing.T) {
 	d := startVsftpd(t)
 	g := adminGuard(t, d.Addr, guardOpts{Extra: testCert(t, "implicit")})
@@ -221,6 +222,31 @@ func TestReloadImplicitTLSOff(t *testing.T) {
 	}
 	implicit.Quit()
 	explicit.Quit()
+
+	// And back: a reload to implicit TLS opens its port again.
+	g.rewrite(t, `mode = "off"`, `mode = "implicit"`)
+	g.sighup(t, 2)
+	var again string
+	waitFor(t, "the implicit listener reopened", func() bool {
+		n := 0
+		for _, e := range g.Events(t) {
+			if a, ok := e["implicit_tls"].(string); ok && e["msg"] == "listening" {
+				if n++; n == 2 {
+					again = a
+				}
+			}
+		}
+		return again != ""
+	})
+	c, err := ftpClient(t, "127.0.0.74", again, ftp.DialWithTLS(tlsConf()))
+	if err != nil {
+		t.Fatalf("implicit TLS turned back on by reload: %v", err)
+	}
+	if err := c.Login(testUser, testPass); err != nil {
+		t.Fatal(err)
+	}
+	retr(c, "implicit session after turning implicit TLS back on")
+	c.Quit()
 }
 
 // TestReloadSessions: [sessions] login_timeout and max_conns reloaded by
