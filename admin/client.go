@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/ftpguard/ftpguard/internal/conf"
 )
 
 // Exit codes of the client subcommands (bans, users, status, reload).
@@ -33,7 +35,8 @@ const (
 // ClientUsage is the help of the client subcommands.
 const ClientUsage = `usage:
   ftpguard bans list                    list the bans in force
-  ftpguard bans add IP|CIDR [DURATION]  ban (DURATION like 90m, 12h, 7d; default: the escalated ban time)
+  ftpguard bans add IP|CIDR [DURATION]  ban (DURATION like 90m, 12h, 7d; default: the escalated ban time);
+                                        wider than [admin] max_ban_prefix_ipv4/_ipv6 (/16, /32) needs -force
   ftpguard bans del IP|CIDR             lift a ban
   ftpguard users list                   list the usernames whose logins from new addresses are paused
   ftpguard users reset NAME             lift a username's throttle (any spelling of it)
@@ -267,6 +270,7 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 	timeout := fset.Duration("timeout", 10*time.Second, "give up on the endpoint after this long")
 	asJSON := fset.Bool("json", false, "print the endpoint's JSON answer as it is")
 	reason := fset.String("reason", "", "bans add: the reason recorded with the ban (default \"admin\")")
+	force := fset.Bool("force", false, "bans add: ban a prefix wider than [admin] max_ban_prefix_ipv4/_ipv6")
 
 	// Flags may come anywhere: parse, take one positional argument, repeat.
 	var pos []string
@@ -332,7 +336,11 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 			}
 			writeBansTable(stdout, bans)
 		case "bans add":
-			req := banRequest{IP: pos[0], Reason: *reason}
+			req := banRequest{IP: pos[0], Reason: *reason, Force: *force}
+			if p, err := conf.ParsePrefix(pos[0]); err == nil && strings.Contains(pos[0], "/") && !*asJSON {
+				// What the prefix covers, before it is applied.
+				fmt.Fprintf(stdout, "%v covers %s\n", p, Covers(p))
+			}
 			if len(pos) == 2 {
 				req.Duration = pos[1]
 				if _, err := parseBanDuration(req.Duration); err != nil {
@@ -345,6 +353,9 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 			}
 			if *asJSON {
 				return printJSON(stdout, b)
+			}
+			if !strings.Contains(pos[0], "/") && b.Covers != "" && b.Covers != "1 address" {
+				fmt.Fprintf(stdout, "%s covers %s\n", b.Key, b.Covers) // a bare address: its key
 			}
 			fmt.Fprintf(stdout, "banned %s for %s (until %s, offence %d)\n", b.Key,
 				humanDuration(time.Duration(b.SecondsLeft)*time.Second), b.Until.Local().Format("2006-01-02 15:04:05 MST"), b.Count)

@@ -25,7 +25,19 @@ type Config struct {
 	// page draws (history.go): one sample per interval for 360 intervals,
 	// one per 6 intervals for 1440 of those. Takes effect on restart.
 	HistoryInterval time.Duration `toml:"history_interval"`
+	// MaxBanPrefixIPv4 and MaxBanPrefixIPv6 are the widest ban an admin
+	// may make without forcing it (bans add --force, "force": true): no
+	// shorter prefix than these. A typo such as 0.0.0.0/0 would otherwise
+	// lock the world out. Defaults 16 and 32.
+	MaxBanPrefixIPv4 int `toml:"max_ban_prefix_ipv4"`
+	MaxBanPrefixIPv6 int `toml:"max_ban_prefix_ipv6"`
 }
+
+// Defaults of [admin] max_ban_prefix_ipv4 and max_ban_prefix_ipv6.
+const (
+	DefaultMaxBanPrefixIPv4 = 16
+	DefaultMaxBanPrefixIPv6 = 32
+)
 
 // DefaultHistoryInterval is [admin] history_interval's default: the last
 // hour at 10s, the last day at a minute.
@@ -34,7 +46,8 @@ const DefaultHistoryInterval = 10 * time.Second
 // DefaultConfig returns the [admin] settings of a file that leaves the
 // table out: a listener on 127.0.0.1:9121, no token, no pprof.
 func DefaultConfig() Config {
-	return Config{Listen: "127.0.0.1:9121", HistoryInterval: DefaultHistoryInterval}
+	return Config{Listen: "127.0.0.1:9121", HistoryInterval: DefaultHistoryInterval,
+		MaxBanPrefixIPv4: DefaultMaxBanPrefixIPv4, MaxBanPrefixIPv6: DefaultMaxBanPrefixIPv6}
 }
 
 // Settings are the validated [admin] settings.
@@ -43,6 +56,23 @@ type Settings struct {
 	Token            string // the token read from TokenFile; "" = none
 	Pprof            bool
 	HistoryInterval  time.Duration // of the status page's history
+	// MaxBanPrefix is the shortest prefix an admin ban may have without
+	// force, for IPv4 and IPv6; 0 (a Settings{} literal) means the default.
+	MaxBanPrefix4, MaxBanPrefix6 int
+}
+
+// banLimit returns the shortest prefix a ban of p may have without force.
+func (s *Settings) banLimit(is4 bool) int {
+	if is4 {
+		if s.MaxBanPrefix4 == 0 {
+			return DefaultMaxBanPrefixIPv4
+		}
+		return s.MaxBanPrefix4
+	}
+	if s.MaxBanPrefix6 == 0 {
+		return DefaultMaxBanPrefixIPv6
+	}
+	return s.MaxBanPrefix6
 }
 
 // minTokenLen is the shortest admin token accepted: a short one can be
@@ -56,7 +86,14 @@ func (c Config) Settings(p *conf.Problems) Settings {
 	if err != nil {
 		p.Add("admin.listen", "%v", err)
 	}
-	s := Settings{Network: network, Address: address, Pprof: c.Pprof, HistoryInterval: c.HistoryInterval}
+	s := Settings{Network: network, Address: address, Pprof: c.Pprof, HistoryInterval: c.HistoryInterval,
+		MaxBanPrefix4: c.MaxBanPrefixIPv4, MaxBanPrefix6: c.MaxBanPrefixIPv6}
+	if c.MaxBanPrefixIPv4 != 0 { // 0: a Config{} literal, the default
+		p.Between("admin.max_ban_prefix_ipv4", c.MaxBanPrefixIPv4, 1, 32)
+	}
+	if c.MaxBanPrefixIPv6 != 0 {
+		p.Between("admin.max_ban_prefix_ipv6", c.MaxBanPrefixIPv6, 1, 128)
+	}
 	if s.HistoryInterval == 0 { // a Config{} literal
 		s.HistoryInterval = DefaultHistoryInterval
 	} else if c.HistoryInterval < time.Second || c.HistoryInterval > time.Hour {

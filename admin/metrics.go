@@ -38,7 +38,8 @@ var rejectReasons = []string{
 	"plaintext after AUTH TLS",
 	"replies not read",
 	"reply out of step",
-	"observe", // observe mode: a refusal that was only logged
+	"implicit TLS off", // a connection on the implicit listener while a reload closes it
+	"observe",          // observe mode: a refusal that was only logged
 	"other",
 }
 
@@ -69,6 +70,7 @@ type Metrics struct {
 	rejects        []atomic.Uint64 // by rejectIndex
 	reloadsOK      atomic.Uint64
 	reloadsFailed  atomic.Uint64
+	panics         atomic.Uint64
 	dial           prometheus.Histogram
 
 	lim     *limiter.Limiter
@@ -161,6 +163,10 @@ func (m *Metrics) BackendDial(d time.Duration, err error) {
 	}
 }
 
+// Panic counts a panic recovered in a connection's goroutine (the
+// connection ended, the process went on).
+func (m *Metrics) Panic() { m.panics.Add(1) }
+
 // Reloaded counts a reload (SIGHUP or POST /reload); err nil: accepted.
 func (m *Metrics) Reloaded(err error) {
 	if err != nil {
@@ -192,6 +198,7 @@ var (
 	descUserNames      = desc("ftpguard_user_names_refused_total", "Password attempts refused because the address tried too many usernames.")
 	descUserTracked    = desc("ftpguard_tracked_usernames", "Usernames with budget state in memory.")
 	descReloads        = desc("ftpguard_config_reloads_total", "Config reloads (SIGHUP or POST /reload), by result (ok, failed: the old config stays).", "result")
+	descPanics         = desc("ftpguard_panics_total", "Panics recovered in a connection's goroutines (that connection was closed, the process went on): a bug, please report it with the logged stack.")
 	descObserve        = desc("ftpguard_observe_mode", "1 in observe mode (nothing is refused), 0 in enforce mode.")
 	descBuildInfo      = desc("ftpguard_build_info", "Always 1; the version label says which ftpguard runs.", "version")
 	descStart          = desc("ftpguard_start_time_seconds", "Unix time the daemon started.")
@@ -201,7 +208,7 @@ var (
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionsActive, descSessionsTotal, descLogins, descBansActive,
 		descBansTotal, descRejects, descBytes, descStoreErrors, descStoreDown, descDialErrors, descTracked,
-		descRemembered, descEvicted, descUserThrottled, descUserNames, descUserTracked, descReloads, descObserve, descBuildInfo, descStart} {
+		descRemembered, descEvicted, descUserThrottled, descUserNames, descUserTracked, descReloads, descPanics, descObserve, descBuildInfo, descStart} {
 		ch <- d
 	}
 }
@@ -233,6 +240,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(descDialErrors, m.dialErrors.Load())
 	counter(descReloads, m.reloadsOK.Load(), "ok")
 	counter(descReloads, m.reloadsFailed.Load(), "failed")
+	counter(descPanics, m.panics.Load())
 	if m.lim != nil {
 		st := m.lim.Stats()
 		gauge(descBansActive, float64(st.Banned))

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -200,6 +201,10 @@ func (a *Server) guard(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		if why := crossOrigin(r); why != "" {
+			writeError(w, http.StatusForbidden, "admin: cross-origin request refused (%s): open the admin pages directly, or use ftpguard status|bans|top", why)
+			return
+		}
 		token := a.st.Load().Token
 		if token == "" {
 			if !hostIsAddress(r.Host) {
@@ -218,6 +223,50 @@ func (a *Server) guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// crossOrigin says why r comes from another site's page in a browser, or
+// "" when it does not: a same-origin request, a user's own navigation
+// (Sec-Fetch-Site: none), or a client that is no browser (no Sec-Fetch-Site,
+// no Origin: the CLI, curl, Prometheus). Every admin route but /healthz
+// refuses such requests, GETs too, whatever the token: pprof, /status, /
+// and /metrics cost CPU, and a page the operator has open must not be able
+// to make the browser spend it (a basic-auth password the browser cached
+// would go along). A top-level navigation to the status page (a link from
+// a dashboard) is let through: it reads nothing back and runs no profile.
+func crossOrigin(r *http.Request) string {
+	site := r.Header.Get("Sec-Fetch-Site")
+	switch site {
+	case "", "same-origin", "none":
+	default:
+		if r.URL.Path == "/" && r.Method == http.MethodGet && r.Header.Get("Sec-Fetch-Mode") == "navigate" &&
+			r.Header.Get("Sec-Fetch-Dest") == "document" {
+			return ""
+		}
+		return "Sec-Fetch-Site: " + logSafe(site)
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" || site == "same-origin" {
+		return ""
+	}
+	u, err := url.Parse(origin)
+	if err != nil || !strings.EqualFold(u.Host, r.Host) {
+		return "Origin: " + logSafe(origin)
+	}
+	return ""
+}
+
+// logSafe bounds a client-chosen string before it is echoed.
+func logSafe(v string) string {
+	if len(v) > 64 {
+		v = v[:64] + "…"
+	}
+	return strings.Map(func(c rune) rune {
+		if c < 0x20 || c == 0x7f {
+			return '?'
+		}
+		return c
+	}, v)
 }
 
 // tokenOK reports whether r carries token, as a bearer token or as the
@@ -284,6 +333,7 @@ type banJSON struct {
 	Count       int       `json:"count"`
 	SecondsLeft int64     `json:"seconds_left"`
 	Warning     string    `json:"warning,omitempty"`
+	Covers      string    `json:"covers,omitempty"` // POST /bans: how many addresses the key covers ("65,536 addresses")
 }
 
 func toBanJSON(b limiter.Ban, now time.Time) banJSON {
@@ -370,6 +420,8 @@ type banRequest struct {
 	IP       string `json:"ip"`       // an address or a CIDR
 	Duration string `json:"duration"` // "" = the escalated ban time
 	Reason   string `json:"reason"`   // "" = "admin"
+	// Force makes a ban wider than [admin] max_ban_prefix_ipv4/_ipv6.
+	Force bool `json:"force"`
 }
 
 // maxAdminBody bounds the body of an admin request.
@@ -394,10 +446,15 @@ func (a *Server) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "body: %v", err)
 			return
 		}
-		req = banRequest{IP: r.Form.Get("ip"), Duration: r.Form.Get("duration"), Reason: r.Form.Get("reason")}
+		force, _ := strconv.ParseBool(r.Form.Get("force"))
+		req = banRequest{IP: r.Form.Get("ip"), Duration: r.Form.Get("duration"), Reason: r.Form.Get("reason"), Force: force}
 	}
 	key, err := a.parseTarget(req.IP)
 	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if err := a.checkBanWidth(key, req.Force); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
@@ -422,6 +479,7 @@ func (a *Server) handleBanAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := toBanJSON(ban, now)
+	out.Covers = Covers(key)
 	if err != nil { // ErrStore: in force, not saved
 		out.Warning = fmt.Sprintf("the ban is in force but was not saved: %v", err)
 		a.log.Error("admin ban not saved", "key", key.String(), "err", err)

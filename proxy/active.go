@@ -69,7 +69,7 @@ func (s *session) activeMode(cmd ftpproto.Command) bool {
 	go func() {
 		defer s.data.Done()
 		defer end()
-		s.acceptActive(ln, target, end)
+		s.guard("active data leg", func() { s.acceptActive(ln, target, end) }, nil)
 	}()
 	return s.forward(fwd, fwd.Verb, nil)
 }

@@ -80,7 +80,7 @@ func (s *session) openPassive(verb string, r ftpproto.Reply) ftpproto.Reply {
 	s.data.Add(1)
 	go func() {
 		defer s.data.Done()
-		s.acceptData(ln, target)
+		s.guard("passive data leg", func() { s.acceptData(ln, target) }, nil)
 	}()
 	return out
 }
@@ -258,8 +258,14 @@ func (s *session) relayData(client, backend net.Conn, downloaded func()) {
 	errc := make(chan error, 2)
 	obs := s.srv.obs
 	w := &idleWatch{timeout: s.srv.config().DataTimeout}
-	go w.copyHalf(0, backend, client, errc, func(n int64) { obs.Bytes(true, n) }, nil)         // upload
-	go w.copyHalf(1, client, backend, errc, func(n int64) { obs.Bytes(false, n) }, downloaded) // download
+	callTestHook("data", "")
+	half := func(i int, dst, src net.Conn, upload bool, done func()) {
+		s.guard("data relay", func() {
+			w.copyHalf(i, dst, src, errc, func(n int64) { obs.Bytes(upload, n) }, done)
+		}, func() { errc <- errPanicked })
+	}
+	go half(0, backend, client, true, nil)         // upload
+	go half(1, client, backend, false, downloaded) // download
 	for range 2 {
 		if err := <-errc; err != nil {
 			if errors.Is(err, errDataIdle) {
@@ -275,6 +281,9 @@ func (s *session) relayData(client, backend net.Conn, downloaded func()) {
 // relayChunk is what one way of a relay copies between two looks at its
 // idle state; io.CopyN keeps the kernel splice between two TCP sockets.
 const relayChunk = 32 << 10
+
+// errPanicked ends a relay half that panicked (recover.go).
+var errPanicked = errors.New("proxy: data relay panicked")
 
 // errDataIdle ends a relay in which no byte moved for the idle timeout.
 var errDataIdle = errors.New("proxy: data connection idle")

@@ -14,6 +14,7 @@ type Observer interface {
 	Ban()                                   // a session of this proxy caused a ban
 	Bytes(upload bool, n int64)             // data-connection bytes relayed, client→daemon when upload
 	BackendDial(d time.Duration, err error) // one dial of the backend's control port
+	Panic()                                 // a panic was recovered in a connection's goroutine (that connection ended)
 }
 
 type nopObserver struct{}
@@ -25,3 +26,4 @@ func (nopObserver) Login(bool)                       {}
 func (nopObserver) Ban()                             {}
 func (nopObserver) Bytes(bool, int64)                {}
 func (nopObserver) BackendDial(time.Duration, error) {}
+func (nopObserver) Panic()                           {}

@@ -361,6 +361,16 @@ func (s *Server) ActiveSessions() int {
 // handle runs one client connection from the gate to the end.
 func (s *Server) handle(c net.Conn, implicit bool) {
 	id := s.nextID.Add(1)
+	var ss *session
+	defer func() { // recover.go: a panic ends this connection only
+		if v := recover(); v != nil {
+			s.recovered(s.log.With("session", id), "session", v)
+			if ss != nil {
+				ss.abort()
+			}
+			c.Close()
+		}
+	}()
 	e, err := endpointsOf(c)
 	if err != nil {
 		s.reject(s.log, "PROXY header", "session", id, "err", err)
@@ -418,6 +428,11 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	client := c
 	var stls *tls.Config // implicit: this session's TLS (tls.go: sessionTLS)
 	if implicit {
+		if cfg.TLS == nil { // a reload turned implicit TLS off: its listener is being closed
+			s.reject(log, "implicit TLS off")
+			c.Close()
+			return
+		}
 		stls = sessionTLS(cfg.TLS)
 		tc := tls.Server(c, stls)
 		hctx, hcancel := context.WithTimeout(slot.ctx, cfg.LoginTimeout)
@@ -471,7 +486,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		bc, greeting = tc, &g
 	}
 
-	ss := newSession(s, c, client, bc, e, log)
+	ss = newSession(s, c, client, bc, e, log)
 	ss.btls = btls
 	ss.tlsCfg = stls
 	if greeting != nil {
@@ -498,14 +513,16 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	ss.slot = slot
 	s.caps.attach(slot, ss)
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.sessions, ss)
+		s.caps.leavePre(slot)
+		s.mu.Unlock()
+		s.noAuthEnd(ss)
+	}()
 	s.obs.SessionStart()
 	defer s.obs.SessionEnd()
 	ss.run()
-	s.mu.Lock()
-	delete(s.sessions, ss)
-	s.caps.leavePre(slot)
-	s.mu.Unlock()
-	s.noAuthEnd(ss)
 }
 
 // refuse writes one reply and closes c. The write is bounded so a client

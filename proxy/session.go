@@ -130,13 +130,13 @@ func (s *session) run() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.relayReplies()
+		s.guard("relayReplies", s.relayReplies, nil)
 		s.mu.Lock()
 		s.replyDone = true
 		s.wakeLocked()
 		s.mu.Unlock()
 	}()
-	s.relayCommands()
+	s.guard("relayCommands", s.relayCommands, nil)
 	<-done
 	s.abort()
 	s.data.Wait()
@@ -292,6 +292,7 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		return false
 	}
 	s.log.Debug("command", "cmd", cmd.String())
+	callTestHook("command", cmd.Verb)
 	if !knownShape(cmd.Verb) {
 		// Not forwarded: a daemon may answer such a verb with nothing
 		// (pure-ftpd), and every later reply would answer the command

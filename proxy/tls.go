@@ -118,6 +118,10 @@ func (s *session) tlsCommand(cmd ftpproto.Command) bool {
 // control connection's TLS session.
 var errNoReuse = errors.New("proxy: the data connection did not resume the control connection's TLS session")
 
+// errNoTLS refuses a PROT P data connection of a session without TLS of
+// its own (never reached: PROT P needs AUTH TLS first).
+var errNoTLS = errors.New("proxy: PROT P without the session's TLS")
+
 // secureData wraps a client data connection in TLS when PROT P is in
 // force. It must resume the control connection's TLS session (as vsftpd's
 // require_ssl_reuse): the session's own ticket keys (sessionTLS) make any
@@ -125,14 +129,19 @@ var errNoReuse = errors.New("proxy: the data connection did not resume the contr
 // port gets a full handshake and errNoReuse. Config.DataNoReuse
 // ([tls] require_data_reuse = false) accepts a full handshake, for old
 // clients.
+//
+// The TLS config is the session's own snapshot (s.tlsCfg, taken at AUTH
+// TLS or the implicit handshake), not the server's current one: a session
+// told "200 PROT now Private" keeps TLS on its data connections until it
+// ends, even after a reload to [tls] mode = "off" (docs/operating.md).
 func (s *session) secureData(c net.Conn) (net.Conn, error) {
 	cfg := s.srv.config()
-	if !s.protP.Load() || cfg.TLS == nil {
+	if !s.protP.Load() {
 		return c, nil
 	}
 	conf := s.tlsCfg
 	if conf == nil { // not reached: PROT P needs the control connection's TLS
-		conf = sessionTLS(cfg.TLS)
+		return nil, errNoTLS
 	}
 	tc, err := s.handshake(c, conf, cfg.DataTimeout)
 	if err != nil {

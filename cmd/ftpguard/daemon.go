@@ -34,6 +34,15 @@ type daemon struct {
 	adm    *admin.Server
 
 	reloadMu sync.Mutex // one reload at a time (SIGHUP and POST /reload)
+	ports    *listeners // guarded by reloadMu; nil until run serves (then reloads open and close listeners)
+}
+
+// setListeners hands the daemon the listeners that reloads keep in step
+// with the config.
+func (d *daemon) setListeners(l *listeners) {
+	d.reloadMu.Lock()
+	d.ports = l
+	d.reloadMu.Unlock()
 }
 
 // newDaemon wires the parts of a daemon with the settings st around lim:
@@ -104,15 +113,22 @@ func (d *daemon) info() admin.Info {
 // for later decisions, without dropping a session: limits, allowlist,
 // timeouts, mode, log level, firewall commands, the admin token, pprof and
 // the TLS key pair (held by the proxy server, put in use only here, once
-// the whole file is accepted). listen, admin.listen, tls.implicit_listen,
-// [store], [crowdsec], firewall.kind and its nftables keys, log.format and
-// proxy_protocol.header_timeout take effect on restart (a change is
-// logged). An invalid file changes nothing: the error says why, and is
-// logged. SIGHUP and POST /reload both come here.
+// the whole file is accepted). The listeners follow the file too: a new
+// listen or tls.implicit_listen address, or implicit TLS turned on or off,
+// opens the new listener first (one that cannot be opened rejects the
+// reload) and closes the old one once the new config is in force; open
+// sessions go on (docs/operating.md, "Reload"). admin.listen, [store], [crowdsec], firewall.kind and its nftables keys,
+// log.format and proxy_protocol.header_timeout take effect on restart. An
+// invalid file changes nothing: the error says why, and is logged. SIGHUP
+// and POST /reload both come here.
 func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	st, err := LoadConfig(d.path)
+	var plan *portPlan
+	if err == nil && d.ports != nil {
+		plan, err = d.ports.prepare(st)
+	}
 	if err == nil {
 		err = d.lim.Reload(st.Limiter)
 	}
@@ -121,13 +137,13 @@ func (d *daemon) reload() error {
 	}
 	d.m.Reloaded(err)
 	if err != nil {
+		if plan != nil {
+			d.ports.abandon(plan)
+		}
 		d.log.Error("reload rejected; keeping the old config", "err", err)
 		return err
 	}
 	old := d.settings()
-	if st.Proxy.Listen != old.Proxy.Listen {
-		d.log.Warn("reload: listen changed; it takes effect on restart", "listen", st.Proxy.Listen)
-	}
 	if st.File.Store.Kind == "redis" && stores.AttemptTTLFor(st.Proxy.LoginTimeout) > stores.AttemptTTLFor(old.Proxy.LoginTimeout) {
 		d.log.Warn("reload: login_timeout raised; the Redis attempt TTL derived from it takes effect on restart",
 			"login_timeout", st.Proxy.LoginTimeout, "attempt_ttl_in_force", stores.AttemptTTLFor(old.Proxy.LoginTimeout))
@@ -142,6 +158,9 @@ func (d *daemon) reload() error {
 		d.log.Warn("reload: firewall.kind or the nftables keys changed; they take effect on restart", "kind", f.Kind)
 	}
 	d.srv.SetConfig(st.Proxy.Config)
+	if plan != nil {
+		d.ports.commit(plan) // after SetConfig: an implicit listener needs the new TLS config
+	}
 	d.level.Set(st.LogLevel)
 	d.fw.SetConfig(st.Firewall)
 	d.adm.SetSettings(st.Admin)

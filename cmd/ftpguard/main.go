@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -181,27 +180,19 @@ func run(path string, st *Settings, stderr io.Writer) error {
 		log.Info("admin listening", "admin", aln.Addr().String(), "token", st.Admin.Token != "", "pprof", st.Admin.Pprof)
 	}
 
-	ln, err := net.Listen("tcp", st.Proxy.Listen)
-	if err != nil {
-		return err
-	}
-	log.Info("listening", "listen", ln.Addr().String(), "backend", st.Proxy.Backend, "version", versionString(),
-		"tls", st.File.TLS.Mode)
-
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ln) }()
-	if st.Proxy.ImplicitListen != "" {
-		iln, err := net.Listen("tcp", st.Proxy.ImplicitListen)
-		if err != nil {
-			srv.Close()
-			return err
-		}
-		log.Info("listening", "implicit_tls", iln.Addr().String())
-		go func() { errc <- srv.ServeImplicitTLS(iln) }()
+	errc := make(chan error, 1)
+	ports := &listeners{srv: srv, log: log, errc: errc}
+	plan, err := ports.prepare(st)
+	if err != nil {
+		srv.Close()
+		return err
 	}
+	ports.commit(plan)
+	d.setListeners(ports) // reloads follow the config with them from now on
+	log.Info("serving", "backend", st.Proxy.Backend, "version", versionString(), "tls", st.File.TLS.Mode)
 
 	for {
 		select {
