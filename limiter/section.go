@@ -108,6 +108,8 @@ type UserLimitsConfig struct {
 	// 0 (the default): [limits] ipv4_prefix / ipv6_prefix.
 	KnownGoodIPv4Prefix int `toml:"known_good_ipv4_prefix"`
 	KnownGoodIPv6Prefix int `toml:"known_good_ipv6_prefix"`
+	// TrapUsernames: see UserConfig.TrapUsernames (default none).
+	TrapUsernames []string `toml:"trap_usernames"`
 }
 
 // DefaultUserLimits returns the [user_limits] settings used for every key a
@@ -115,7 +117,7 @@ type UserLimitsConfig struct {
 // hour), while the zero UserConfig turns them off.
 func DefaultUserLimits() UserLimitsConfig {
 	return UserLimitsConfig{Failures: 20, Window: DefaultUserWindow, KnownGoodTTL: DefaultKnownGoodTTL,
-		MaxNamesPerKey: 10, MaxTracked: DefaultUserMaxTracked}
+		MaxNamesPerKey: 10, MaxTracked: DefaultUserMaxTracked, TrapUsernames: []string{}}
 }
 
 // Settings validates c, adding each bad key to p once (as
@@ -132,7 +134,8 @@ func (c UserLimitsConfig) Settings(p *conf.Problems) UserConfig {
 	p.Between("user_limits.known_good_ipv6_prefix", c.KnownGoodIPv6Prefix, 0, 128)
 	cfg := UserConfig{Failures: c.Failures, Window: c.Window, KnownGoodTTL: c.KnownGoodTTL,
 		MaxNamesPerKey: c.MaxNamesPerKey, MaxTracked: c.MaxTracked,
-		KnownGoodIPv4Prefix: c.KnownGoodIPv4Prefix, KnownGoodIPv6Prefix: c.KnownGoodIPv6Prefix}
+		KnownGoodIPv4Prefix: c.KnownGoodIPv4Prefix, KnownGoodIPv6Prefix: c.KnownGoodIPv6Prefix,
+		TrapUsernames: c.TrapUsernames}
 	addRest(p, n, "user_limits.", cfg.Validate())
 	return cfg
 }

@@ -26,8 +26,9 @@ func TestSectionDefaults(t *testing.T) {
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("Config = %+v\nwant     %+v", cfg, want)
 	}
-	uwant := UserConfig{Failures: 20, Window: time.Hour, KnownGoodTTL: 720 * time.Hour, MaxNamesPerKey: 10, MaxTracked: 100_000}
-	if ucfg != uwant {
+	uwant := UserConfig{Failures: 20, Window: time.Hour, KnownGoodTTL: 720 * time.Hour, MaxNamesPerKey: 10, MaxTracked: 100_000,
+		TrapUsernames: []string{}}
+	if !reflect.DeepEqual(ucfg, uwant) {
 		t.Errorf("UserConfig = %+v, want %+v", ucfg, uwant)
 	}
 	l := DefaultLimits()
@@ -92,6 +93,10 @@ func TestSectionProblems(t *testing.T) {
 			[]string{"user_limits.max_tracked: must be ≥ 1, got 0"}},
 		{"known-good prefixes", func(_ *LimitsConfig, u *UserLimitsConfig) { u.KnownGoodIPv4Prefix, u.KnownGoodIPv6Prefix = 33, -1 },
 			[]string{"user_limits.known_good_ipv4_prefix: must be 0–32, got 33", "user_limits.known_good_ipv6_prefix: must be 0–128, got -1"}},
+		{"trap name empty", func(_ *LimitsConfig, u *UserLimitsConfig) { u.TrapUsernames = []string{"root", ""} },
+			[]string{`user_limits.trap_usernames: entry 2 ("") is empty`}},
+		{"trap name control", func(_ *LimitsConfig, u *UserLimitsConfig) { u.TrapUsernames = []string{"a\x01"} },
+			[]string{`user_limits.trap_usernames: entry 1 ("a\x01") has control characters`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -57,6 +57,8 @@ func TestConfigErrors(t *testing.T) {
 		want       []string // substrings of the error, after "PATH"
 	}{
 		{"unknown key", "[limits]\nfailure = 3\n", []string{":2 limits.failure: unknown key"}},
+		{"trap name", "[user_limits]\ntrap_usernames = [\"root\", \" admin\"]\n",
+			[]string{`:2 user_limits.trap_usernames: entry 2 (" admin") has leading or trailing spaces`}},
 		{"unknown table", "[bogus]\nx = 1\n", []string{":1 bogus: unknown key", ":2 bogus.x: unknown key"}},
 		{"wrong type", "[limits]\nfailures = \"five\"\n", []string{":2 limits.failures:"}},
 		{"bad duration", "[limits]\nwindow = \"ten minutes\"\n", []string{":2 limits.window:"}},
