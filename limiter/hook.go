@@ -34,11 +34,13 @@ func (l *Limiter) SetBanHook(fn func(BanChange)) {
 	l.hook.Store(&fn)
 }
 
-// notify reports changes to the hook, if any. Never call it with l.mu held.
+// notify reports changes to the hook, if any, then lets the bans widen
+// (widen.go). Never call it with l.mu held.
 func (l *Limiter) notify(changes ...BanChange) {
 	if p := l.hook.Load(); p != nil {
 		for _, c := range changes {
 			(*p)(c)
 		}
 	}
+	l.widen(changes)
 }

@@ -145,6 +145,7 @@ type Limiter struct {
 	closeOnce sync.Once
 
 	hook atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
+	wide widener                         // keys banned per wider prefix (widen.go)
 
 	// The guesses waiting for a place, per key (wait.go). wmu is taken
 	// after mu when both are held, never before.

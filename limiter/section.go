@@ -32,6 +32,9 @@ type LimitsConfig struct {
 	FailureDelay     time.Duration `toml:"failure_delay"`
 	MaxFailureDelay  time.Duration `toml:"max_failure_delay"`
 	MaxLoginWaiters  int           `toml:"max_login_waiters"`
+	WidenIPv6Prefix  int           `toml:"widen_ipv6_prefix"`
+	WidenIPv4Prefix  int           `toml:"widen_ipv4_prefix"`
+	WidenAfter       int           `toml:"widen_after"`
 }
 
 // DefaultLimits returns the [limits] settings used for every key a file
@@ -45,6 +48,7 @@ func DefaultLimits() LimitsConfig {
 		CountUserRejects: true,
 		FailureDelay:     time.Second, MaxFailureDelay: 16 * time.Second,
 		MaxLoginWaiters: DefaultMaxLoginWaiters,
+		WidenIPv6Prefix: 48, WidenAfter: DefaultWidenAfter,
 	}
 }
 
@@ -91,6 +95,12 @@ func (c LimitsConfig) Settings(p *conf.Problems, failClosed bool) Config {
 		MaxFailureDelay:  c.MaxFailureDelay,
 		CountUserRejects: c.CountUserRejects,
 		MaxLoginWaiters:  c.MaxLoginWaiters,
+		WidenIPv6Prefix:  c.WidenIPv6Prefix,
+		WidenIPv4Prefix:  c.WidenIPv4Prefix,
+		WidenAfter:       c.WidenAfter,
+	}
+	if c.WidenAfter == 0 {
+		p.Add("limits.widen_after", "must be in 2..%d, got 0", maxWidenAfter)
 	}
 	addRest(p, n, "limits.", cfg.Validate())
 	return cfg

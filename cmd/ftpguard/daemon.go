@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,9 +128,14 @@ func (d *daemon) reload() error {
 }
 
 // onBanChange is the limiter's ban hook: it logs the bans and unbans
-// learned from the shared store (this instance's own are logged where they
-// are made) and hands every change to the firewall runner.
+// learned from the shared store and the bans widened to a network (this
+// instance's other bans are logged where they are made) and hands every
+// change to the firewall runner.
 func (d *daemon) onBanChange(c limiter.BanChange) {
+	if !c.Remote && !c.Lifted && strings.HasPrefix(c.Ban.Reason, limiter.ReasonWidened) {
+		d.log.Warn("ban", "key", c.Ban.Key.String(), "until", c.Ban.Until.Format(time.RFC3339),
+			"count", c.Ban.Count, "reason", c.Ban.Reason, "origin", "widened")
+	}
 	if c.Remote {
 		if c.Lifted {
 			d.log.Info("unban", "key", c.Ban.Key.String(), "origin", "shared store")
