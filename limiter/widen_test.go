@@ -33,8 +33,8 @@ func TestWiden(t *testing.T) {
 	steps := []step{
 		{at: 0, addr: "2001:db8:1:1::1"},
 		{at: time.Minute, addr: "2001:db8:1:2::1"},
-		{at: 2 * time.Minute, addr: "2001:db8:1:2::2"}, // the same /64 key again: not distinct (and banned already)
-		{at: 3 * time.Minute, admin: "2001:db8:1:3::/64"},              // an admin's ban does not count
+		{at: 2 * time.Minute, addr: "2001:db8:1:2::2"},    // the same /64 key again: not distinct (and banned already)
+		{at: 3 * time.Minute, admin: "2001:db8:1:3::/64"}, // an admin's ban does not count
 		{at: 4 * time.Minute, addr: "2001:db8:1:4::1", widens: "2001:db8:1::/48"},
 		{at: 5 * time.Minute, lift: "2001:db8:1::/48"},
 		// Too far apart: the first is out of the window when the third comes.
