@@ -35,6 +35,11 @@ type LimitsConfig struct {
 	WidenIPv6Prefix  int           `toml:"widen_ipv6_prefix"`
 	WidenIPv4Prefix  int           `toml:"widen_ipv4_prefix"`
 	WidenAfter       int           `toml:"widen_after"`
+	// EndSessionsOnBan is which open sessions a new ban of their address
+	// ends: "pre-login" (the default), "all" (logged-in ones after their
+	// current reply), "all-now" or "off". The limiter only validates it;
+	// the proxy ends the sessions (proxy.Server.EndSessions).
+	EndSessionsOnBan string `toml:"end_sessions_on_ban"`
 }
 
 // DefaultLimits returns the [limits] settings used for every key a file
@@ -49,6 +54,7 @@ func DefaultLimits() LimitsConfig {
 		FailureDelay:     time.Second, MaxFailureDelay: 16 * time.Second,
 		MaxLoginWaiters: DefaultMaxLoginWaiters,
 		WidenIPv6Prefix: 48, WidenAfter: DefaultWidenAfter,
+		EndSessionsOnBan: "pre-login",
 	}
 }
 
@@ -99,6 +105,7 @@ func (c LimitsConfig) Settings(p *conf.Problems, failClosed bool) Config {
 		WidenIPv4Prefix:  c.WidenIPv4Prefix,
 		WidenAfter:       c.WidenAfter,
 	}
+	p.OneOf("limits.end_sessions_on_ban", c.EndSessionsOnBan, "pre-login", "all", "all-now", "off")
 	if c.WidenAfter == 0 {
 		p.Add("limits.widen_after", "must be in 2..%d, got 0", maxWidenAfter)
 	}

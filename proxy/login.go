@@ -167,7 +167,9 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 // if so, whether the session goes on.
 func (s *session) trapGuess(now time.Time, user string) (refused, goOn bool) {
 	key := s.srv.lim.Key(s.peer.Addr())
+	s.banning.Store(true) // the ban must not end this session before its 530 (sessions_ban.go)
 	ban, err := s.srv.lim.BanKey(now, key, 0, limiter.ReasonTrap)
+	s.banning.Store(false)
 	allowlisted := errors.Is(err, limiter.ErrAllowlisted)
 	switch {
 	case allowlisted:
@@ -352,6 +354,8 @@ func (s *session) awaitAlone() bool {
 // reply). Called without the session's lock.
 func (s *session) settleLogin(verb string, t *ticket, r ftpproto.Reply) (hold time.Duration, banned bool) {
 	now := time.Now()
+	s.banning.Store(true) // a ban this settles ends the session here, not by EndSessions
+	defer s.banning.Store(false)
 	if verb == "USER" {
 		s.mu.Lock()
 		s.acctAsked = r.Code == 332

@@ -146,6 +146,7 @@ type Server struct {
 	conns     int
 	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
 	ports     portHolds     // passive listeners held per key (passive.go)
+	live      banRegistry   // live sessions by peer, for EndSessions (sessions_ban.go)
 
 	// ctx is cancelled by Close, so dials in flight give up at once.
 	ctx    context.Context
@@ -495,6 +496,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	s.mu.Unlock()
 	s.obs.SessionStart()
 	defer s.obs.SessionEnd()
+	defer s.live.track(ss)()
 	ss.run()
 	s.mu.Lock()
 	delete(s.sessions, ss)

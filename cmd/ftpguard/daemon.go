@@ -129,12 +129,16 @@ func (d *daemon) reload() error {
 
 // onBanChange is the limiter's ban hook: it logs the bans and unbans
 // learned from the shared store and the bans widened to a network (this
-// instance's other bans are logged where they are made) and hands every
+// instance's other bans are logged where they are made), ends the open
+// sessions a new ban covers ([limits] end_sessions_on_ban) and hands every
 // change to the firewall runner.
 func (d *daemon) onBanChange(c limiter.BanChange) {
 	if !c.Remote && !c.Lifted && strings.HasPrefix(c.Ban.Reason, limiter.ReasonWidened) {
 		d.log.Warn("ban", "key", c.Ban.Key.String(), "until", c.Ban.Until.Format(time.RFC3339),
 			"count", c.Ban.Count, "reason", c.Ban.Reason, "origin", "widened")
+	}
+	if mode := d.settings().File.Limits.EndSessionsOnBan; !c.Lifted && mode != "off" {
+		d.srv.EndSessions(c.Ban.Key, c.Ban.Reason, mode != "pre-login", mode == "all-now")
 	}
 	if c.Remote {
 		if c.Lifted {
