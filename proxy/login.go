@@ -126,7 +126,7 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 			return goOn
 		}
 	}
-	a, v := s.srv.lim.Begin(now, s.peer.Addr(), named, s.srv.users)
+	a, v := s.srv.limiterFor(s.peer.Addr()).Begin(now, s.peer.Addr(), named, s.srv.users)
 	if v.Busy {
 		a, v = s.awaitPlace(a, v)
 		now = time.Now()

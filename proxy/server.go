@@ -147,6 +147,7 @@ type Server struct {
 	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
 	ports     portHolds     // passive listeners held per key (passive.go)
 	live      banRegistry   // live sessions by peer, for EndSessions (sessions_ban.go)
+	hooks     policyHooks   // gate and budget hooks (gate_hook.go)
 
 	// ctx is cancelled by Close, so dials in flight give up at once.
 	ctx    context.Context
@@ -406,6 +407,9 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 			refuse(c, fmt.Sprintf("421 Service not available: %s is banned for repeated login failures.", peer.Addr()))
 			return
 		}
+	}
+	if s.gated(c, log, peer.Addr(), d.Allowlisted) { // gate_hook.go: country/ASN rules
+		return
 	}
 	reason, would := s.acquire(peer.Addr())
 	if would != "" {

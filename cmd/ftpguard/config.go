@@ -6,6 +6,7 @@ import (
 
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/firewall"
+	"github.com/ftpguard/ftpguard/geo"
 	"github.com/ftpguard/ftpguard/internal/conf"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/limiter/stores"
@@ -26,6 +27,7 @@ type Config struct {
 	Mode     string          `toml:"mode"`
 	Admin    admin.Config    `toml:"admin"`
 	Firewall firewall.Config `toml:"firewall"`
+	Geo      geo.Config      `toml:"geo"`
 }
 
 // LogConfig is the [log] table.
@@ -45,6 +47,7 @@ func DefaultConfig() Config {
 		Mode:       "enforce",
 		Admin:      admin.DefaultConfig(),
 		Firewall:   firewall.DefaultConfig(),
+		Geo:        geo.DefaultConfig(),
 	}
 }
 
@@ -58,6 +61,7 @@ type Settings struct {
 	LogLevel slog.Level
 	Admin    admin.Settings
 	Firewall firewall.Settings
+	Geo      geo.Settings
 }
 
 // LoadConfig reads, decodes and validates the file at path. Every problem
@@ -73,7 +77,8 @@ func LoadConfig(path string) (*Settings, error) {
 	if err := file.Decode(&cfg, &p); err != nil {
 		return nil, err
 	}
-	for _, f := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile} {
+	for _, f := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile,
+		&cfg.Geo.CountryDatabase, &cfg.Geo.ASNDatabase} {
 		if *f != "" && !filepath.IsAbs(*f) {
 			*f = filepath.Join(filepath.Dir(path), *f)
 		}
@@ -92,6 +97,7 @@ func (c Config) settings(p *conf.Problems) *Settings {
 	s.Proxy = c.Section.Settings(p)
 	s.Admin = c.Admin.Settings(p)
 	s.Firewall = c.Firewall.Settings(p)
+	s.Geo = c.Geo.Settings(p)
 	p.OneOf("mode", c.Mode, "enforce", "observe")
 	s.Proxy.Observe = c.Mode == "observe"
 

@@ -57,6 +57,8 @@ func TestConfigErrors(t *testing.T) {
 		want       []string // substrings of the error, after "PATH"
 	}{
 		{"unknown key", "[limits]\nfailure = 3\n", []string{":2 limits.failure: unknown key"}},
+		{"geo rule", "[geo]\ncountry_database = \"/x.mmdb\"\n[[geo.rule]]\naction = \"deny\"\ncountries = [\"de\"]\n",
+			[]string{`:3 geo.rule: rule 1: country "de" is not an ISO 3166-1 alpha-2 code in capitals`}},
 		{"trap name", "[user_limits]\ntrap_usernames = [\"root\", \" admin\"]\n",
 			[]string{`:2 user_limits.trap_usernames: entry 2 (" admin") has leading or trailing spaces`}},
 		{"unknown table", "[bogus]\nx = 1\n", []string{":1 bogus: unknown key", ":2 bogus.x: unknown key"}},

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/firewall"
+	"github.com/ftpguard/ftpguard/geo"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/proxy"
 )
@@ -28,6 +29,7 @@ type daemon struct {
 	events *admin.EventRing
 	m      *admin.Metrics
 	fw     *firewall.Runner
+	geo    *geo.Geo
 	adm    *admin.Server
 
 	reloadMu sync.Mutex // one reload at a time (SIGHUP and POST /reload)
@@ -60,6 +62,15 @@ func newDaemon(path string, st *Settings, lim *limiter.Limiter, log *slog.Logger
 	}
 	srv.SetObserver(d.m)
 	lim.SetBanHook(d.onBanChange)
+	if d.geo, err = geo.Open(st.Geo, st.Limiter); err != nil {
+		return nil, err
+	}
+	d.geo.SetBanHook(d.onBanChange)
+	srv.SetGate(d.geo.Gate)
+	srv.SetLimiterFor(d.geo.LimiterFor)
+	if err := d.m.Register(d.geo); err != nil {
+		return nil, err
+	}
 	d.adm = admin.New(st.Admin, admin.Options{Limiter: lim, Users: users, Metrics: d.m, Events: events, Log: log,
 		Version: versionString(), Start: time.Now(), Reload: d.reload, Info: d.info})
 	return d, nil
@@ -85,7 +96,16 @@ func (d *daemon) info() admin.Info {
 	p := st.Proxy
 	return admin.Info{Config: d.path, Mode: d.mode(), Listen: p.Listen, Backend: p.Backend, DialTimeout: p.DialTimeout,
 		Store: st.File.Store.Kind, Limits: st.Limiter, Users: st.Users, MaxConns: p.MaxConns,
-		MaxConnsPerIP: p.MaxConnsPerIP, LoginTimeout: p.LoginTimeout, IdleTimeout: p.IdleTimeout}
+		MaxConnsPerIP: p.MaxConnsPerIP, LoginTimeout: p.LoginTimeout, IdleTimeout: p.IdleTimeout,
+		GeoRefusals: d.geoRefusals(st)}
+}
+
+// geoRefusals is the [geo] refusals per country, nil without rules.
+func (d *daemon) geoRefusals(st *Settings) map[string]uint64 {
+	if !st.Geo.Enabled() {
+		return nil
+	}
+	return d.geo.Refusals()
 }
 
 // reload re-reads the config file and hands each part its new settings,
@@ -100,6 +120,9 @@ func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	st, err := LoadConfig(d.path)
+	if err == nil {
+		err = d.geo.Reload(st.Geo, st.Limiter) // the databases re-read; on error the old ones stay
+	}
 	if err == nil {
 		err = d.lim.Reload(st.Limiter)
 	}

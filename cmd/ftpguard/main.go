@@ -145,6 +145,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 		return err
 	}
 	srv := d.srv
+	defer d.geo.Close()
 	fwCtx, stopFirewall := context.WithCancel(context.Background())
 	fwDone := make(chan struct{})
 	go func() { defer close(fwDone); d.fw.Run(fwCtx, lim.Bans(time.Now())) }()
