@@ -144,3 +144,14 @@ func TestCommands(t *testing.T) {
 		t.Fatalf("unknown command: %d", code)
 	}
 }
+
+// TestCheckGeoDatabase: ftpguard check opens the [geo] databases, and
+// names the one that is missing.
+func TestCheckGeoDatabase(t *testing.T) {
+	p := writeConfig(t, "[geo]\ncountry_database = \"/nonexistent/GeoLite2-Country.mmdb\"\n[[geo.rule]]\naction = \"deny\"\ncountries = [\"XA\"]\n")
+	var out, errb bytes.Buffer
+	if code := runMain([]string{"check", "-config", p}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "geo: country_database /nonexistent/GeoLite2-Country.mmdb") {
+		t.Fatalf("check with a missing database: %d %q", code, errb.String())
+	}
+}

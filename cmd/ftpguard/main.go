@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/ftpguard/ftpguard/admin"
+	"github.com/ftpguard/ftpguard/geo"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/limiter/filestore"
 	"github.com/ftpguard/ftpguard/limiter/stores"
@@ -70,6 +71,12 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		if cmd == "check" {
+			g, err := geo.Open(st.Geo, st.Limiter) // the databases must open too
+			if err != nil {
+				fmt.Fprintf(stderr, "ftpguard: invalid config:\n%s: %v\n", *path, err)
+				return 1
+			}
+			g.Close()
 			adm := st.File.Admin.Listen
 			if adm == "" {
 				adm = "off"
