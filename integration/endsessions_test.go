@@ -19,7 +19,8 @@ import (
 // the daemon), while its logged-in session goes on (end_sessions_on_ban
 // "pre-login", the default). After a reload to "all", a ban of 127.0.0.82
 // also ends its logged-in session, after the reply it awaits. Sessions of
-// other addresses are untouched.
+// other addresses, and allowlisted ones inside a banned network, are
+// untouched.
 func TestBanEndsSessions(t *testing.T) {
 	d := startVsftpd(t)
 	g := adminGuard(t, d.Addr, guardOpts{Failures: 5})
@@ -56,7 +57,7 @@ func TestBanEndsSessions(t *testing.T) {
 
 	conf, _ := os.ReadFile(g.Config)
 	os.WriteFile(g.Config, bytes.Replace(conf, []byte("failure_delay = \"0s\""),
-		[]byte("failure_delay = \"0s\"\nend_sessions_on_ban = \"all\""), 1), 0o600)
+		[]byte("failure_delay = \"0s\"\nend_sessions_on_ban = \"all\"\nallow = [\"127.0.0.85/32\"]"), 1), 0o600)
 	g.cmd.Process.Signal(syscall.SIGHUP)
 	waitFor(t, "reloaded", func() bool { return g.Count(t, "reloaded") == 1 })
 	in2 := login("127.0.0.82")
@@ -69,9 +70,14 @@ func TestBanEndsSessions(t *testing.T) {
 	if code, _ := in2.reply(); code != 0 {
 		t.Fatalf("logged-in session after its 421: reply %d, want the end", code)
 	}
-	// Legitimate users first: another address's session is untouched.
+	// Legitimate users first: another address's session is untouched, and
+	// so is an allowlisted one inside a banned network.
 	other.send("NOOP")
 	other.expect(200)
+	kept := login("127.0.0.85")
+	ban("127.0.0.84/30")
+	kept.send("NOOP")
+	kept.expect(200)
 	if n := d.FailedLogins(t); n != 0 {
 		t.Fatalf("vsftpd saw %d failed logins, want 0", n)
 	}

@@ -122,15 +122,15 @@ func (w *widener) record(s *settings, wider, key netip.Prefix, now time.Time) []
 // evict drops the prefixes whose latest ban is older than Window, or one
 // prefix if none is (bounded: a map iteration of at most maxWideTracked).
 func (w *widener) evict(s *settings, now time.Time) {
-	var any bkey
+	var victim bkey
 	for k, list := range w.nets {
-		any = k
+		victim = k
 		if now.Sub(list[len(list)-1].at) >= s.Window {
 			delete(w.nets, k)
 		}
 	}
 	if len(w.nets) >= maxWideTracked {
-		delete(w.nets, any)
+		delete(w.nets, victim)
 	}
 }
 

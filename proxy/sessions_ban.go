@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ftpguard/ftpguard/ftpproto"
 	"github.com/ftpguard/ftpguard/limiter"
@@ -56,7 +57,8 @@ func (r *banRegistry) covered(prefix netip.Prefix) []*session {
 // logged in — at once, or after the reply to a login command in flight —
 // and, with all, the logged-in ones too: after their current reply (a
 // transfer's included), or with now at once (a transfer in progress is
-// cut). A session whose own guess made the ban ends by itself. In observe
+// cut). A session whose own guess made the ban ends by itself; an
+// allowlisted peer's sessions are never ended. In observe
 // mode no session is ended (the log says which would be). It does not
 // block: the sessions are ended by goroutines of their own. Safe for
 // concurrent use, e.g. from the limiter's ban hook.
@@ -69,6 +71,9 @@ func (s *Server) EndSessions(prefix netip.Prefix, reason string, all, now bool) 
 	for _, ss := range s.live.covered(prefix) {
 		if ss.banning.Load() || ss.closing.Load() || ss.loggedIn.Load() && !all {
 			continue
+		}
+		if s.lim.Check(time.Now(), ss.peer.Addr()).Allowlisted {
+			continue // a ban of a network holding an allowlisted address never ends its sessions
 		}
 		if s.config().Observe {
 			ss.log.Warn("observe: would reject", "reason", "banned", "ban", prefix.String())
