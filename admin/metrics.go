@@ -21,6 +21,8 @@ var rejectReasons = []string{
 	"too many logins waiting",
 	"username throttled", // a PASS for a username whose budget is spent, from a new address: 530, no cost
 	"too many usernames from key",
+	"trap username", // a PASS for a trap username: never forwarded, the key banned
+	"geo",           // a [geo] rule refused the connection at the gate
 	"max_conns",
 	"max_conns_per_ip",
 	"shed",           // a pre-login session closed to make room at max_conns

@@ -69,6 +69,9 @@ type Info struct {
 	// [sessions]
 	MaxConns, MaxConnsPerIP   int
 	LoginTimeout, IdleTimeout time.Duration
+	// GeoRefusals are the connections [geo] rules refused, per country
+	// label (the countries the rules name, and "other"); nil: no rules.
+	GeoRefusals map[string]uint64
 }
 
 // Server is the admin API of a running ftpguard. Make it with New; safe

@@ -142,7 +142,7 @@ func settingsView(info Info) []setting {
 	if l.FailureDelay > 0 {
 		tarpit = fmt.Sprintf("%s, doubling per failure, up to %s", shortDuration(l.FailureDelay), shortDuration(max(l.MaxFailureDelay, l.FailureDelay)))
 	}
-	return []setting{
+	out := []setting{
 		{"limits", "budget", fmt.Sprintf("%d failures per key, refilled over %s", l.Failures, shortDuration(l.Window))},
 		{"limits", "bans", fmt.Sprintf("%s, × %g per repeat offence, up to %s", shortDuration(l.BanTime), l.BanFactor, shortDuration(l.MaxBanTime))},
 		{"limits", "keys", fmt.Sprintf("IPv4 /%d, IPv6 /%d; at most %d tracked", l.IPv4Prefix, l.IPv6Prefix, l.MaxTracked)},
@@ -154,6 +154,14 @@ func settingsView(info Info) []setting {
 		{"sessions", "timeouts", fmt.Sprintf("login %s, idle %s", shortDuration(info.LoginTimeout), shortDuration(info.IdleTimeout))},
 		{"store", "kind", info.Store},
 	}
+	if len(info.GeoRefusals) > 0 {
+		var parts []string
+		for _, c := range sortedReasons(info.GeoRefusals) {
+			parts = append(parts, fmt.Sprintf("%s %d", c, info.GeoRefusals[c]))
+		}
+		out = append(out, setting{"geo", "refusals by country", strings.Join(parts, ", ")})
+	}
+	return out
 }
 
 func (a *Server) handleStatusPage(w http.ResponseWriter, r *http.Request) {

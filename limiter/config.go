@@ -88,6 +88,19 @@ type Config struct {
 	// it a Busy guess is not queued, and the caller refuses it
 	// (max_login_waiters; default 32).
 	MaxLoginWaiters int
+	// WidenIPv6Prefix and WidenIPv4Prefix are the networks that bans widen
+	// to: once WidenAfter distinct keys inside one such prefix have been
+	// banned for their own offences (a spent budget, a trap username)
+	// within Window, the prefix itself is banned, escalated on its own
+	// count, Reason "widened: …" — never over an allowlisted network
+	// (widen_ipv6_prefix, widen_ipv4_prefix; 0 — the zero Config — is off;
+	// the config file's defaults are 48 and 0). Each must be shorter than
+	// the family's key prefix.
+	WidenIPv6Prefix int
+	WidenIPv4Prefix int
+	// WidenAfter is how many distinct banned keys make a ban widen
+	// (widen_after; default 3, range 2..1000).
+	WidenAfter int
 }
 
 // ConfigError is the error Validate returns for one bad setting; Validate
@@ -153,6 +166,16 @@ func (c Config) Validate() error {
 	}
 	if c.MaxLoginWaiters < 0 {
 		bad("max_login_waiters", "must be ≥ 1")
+	}
+	d := c.withDefaults()
+	if c.WidenIPv6Prefix < 0 || c.WidenIPv6Prefix > 0 && c.WidenIPv6Prefix >= d.IPv6Prefix {
+		bad("widen_ipv6_prefix", "must be 0 (off) or shorter than ipv6_prefix (%d)", d.IPv6Prefix)
+	}
+	if c.WidenIPv4Prefix < 0 || c.WidenIPv4Prefix > 0 && c.WidenIPv4Prefix >= d.IPv4Prefix {
+		bad("widen_ipv4_prefix", "must be 0 (off) or shorter than ipv4_prefix (%d)", d.IPv4Prefix)
+	}
+	if c.WidenAfter != 0 && (c.WidenAfter < 2 || c.WidenAfter > maxWidenAfter) {
+		bad("widen_after", "must be in 2..%d", maxWidenAfter)
 	}
 	return errors.Join(errs...)
 }

@@ -45,8 +45,8 @@ func (l *Limiter) SetBanHook(fn func(BanChange)) {
 }
 
 // notify reports changes to the hook, if any, marking the bans this
-// limiter made that are not in the store as Unsaved. Never call it with
-// l.mu held.
+// limiter made that are not in the store as Unsaved, then lets the bans
+// widen (widen.go). Never call it with l.mu held.
 func (l *Limiter) notify(changes ...BanChange) {
 	if p := l.hook.Load(); p != nil {
 		for _, c := range changes {
@@ -56,4 +56,5 @@ func (l *Limiter) notify(changes ...BanChange) {
 			(*p)(c)
 		}
 	}
+	l.widen(changes)
 }

@@ -155,6 +155,7 @@ type Limiter struct {
 
 	hook     atomic.Pointer[func(BanChange)] // SetBanHook; nil: none
 	external atomic.Pointer[External]        // SetExternal; nil: none
+	wide     widener                         // keys banned per wider prefix (widen.go)
 
 	// The guesses waiting for a place, per key (wait.go). wmu is taken
 	// after mu when both are held, never before.

@@ -32,6 +32,14 @@ type LimitsConfig struct {
 	FailureDelay     time.Duration `toml:"failure_delay"`
 	MaxFailureDelay  time.Duration `toml:"max_failure_delay"`
 	MaxLoginWaiters  int           `toml:"max_login_waiters"`
+	WidenIPv6Prefix  int           `toml:"widen_ipv6_prefix"`
+	WidenIPv4Prefix  int           `toml:"widen_ipv4_prefix"`
+	WidenAfter       int           `toml:"widen_after"`
+	// EndSessionsOnBan is which open sessions a new ban of their address
+	// ends: "pre-login" (the default), "all" (logged-in ones after their
+	// current reply), "all-now" or "off". The limiter only validates it;
+	// the proxy ends the sessions (proxy.Server.EndSessions).
+	EndSessionsOnBan string `toml:"end_sessions_on_ban"`
 }
 
 // DefaultLimits returns the [limits] settings used for every key a file
@@ -45,6 +53,8 @@ func DefaultLimits() LimitsConfig {
 		CountUserRejects: true,
 		FailureDelay:     time.Second, MaxFailureDelay: 16 * time.Second,
 		MaxLoginWaiters: DefaultMaxLoginWaiters,
+		WidenIPv6Prefix: 48, WidenAfter: DefaultWidenAfter,
+		EndSessionsOnBan: "pre-login",
 	}
 }
 
@@ -91,6 +101,13 @@ func (c LimitsConfig) Settings(p *conf.Problems, failClosed bool) Config {
 		MaxFailureDelay:  c.MaxFailureDelay,
 		CountUserRejects: c.CountUserRejects,
 		MaxLoginWaiters:  c.MaxLoginWaiters,
+		WidenIPv6Prefix:  c.WidenIPv6Prefix,
+		WidenIPv4Prefix:  c.WidenIPv4Prefix,
+		WidenAfter:       c.WidenAfter,
+	}
+	p.OneOf("limits.end_sessions_on_ban", c.EndSessionsOnBan, "pre-login", "all", "all-now", "off")
+	if c.WidenAfter == 0 {
+		p.Add("limits.widen_after", "must be in 2..%d, got 0", maxWidenAfter)
 	}
 	addRest(p, n, "limits.", cfg.Validate())
 	return cfg
@@ -108,6 +125,8 @@ type UserLimitsConfig struct {
 	// 0 (the default): [limits] ipv4_prefix / ipv6_prefix.
 	KnownGoodIPv4Prefix int `toml:"known_good_ipv4_prefix"`
 	KnownGoodIPv6Prefix int `toml:"known_good_ipv6_prefix"`
+	// TrapUsernames: see UserConfig.TrapUsernames (default none).
+	TrapUsernames []string `toml:"trap_usernames"`
 }
 
 // DefaultUserLimits returns the [user_limits] settings used for every key a
@@ -115,7 +134,7 @@ type UserLimitsConfig struct {
 // hour), while the zero UserConfig turns them off.
 func DefaultUserLimits() UserLimitsConfig {
 	return UserLimitsConfig{Failures: 20, Window: DefaultUserWindow, KnownGoodTTL: DefaultKnownGoodTTL,
-		MaxNamesPerKey: 10, MaxTracked: DefaultUserMaxTracked}
+		MaxNamesPerKey: 10, MaxTracked: DefaultUserMaxTracked, TrapUsernames: []string{}}
 }
 
 // Settings validates c, adding each bad key to p once (as
@@ -132,7 +151,8 @@ func (c UserLimitsConfig) Settings(p *conf.Problems) UserConfig {
 	p.Between("user_limits.known_good_ipv6_prefix", c.KnownGoodIPv6Prefix, 0, 128)
 	cfg := UserConfig{Failures: c.Failures, Window: c.Window, KnownGoodTTL: c.KnownGoodTTL,
 		MaxNamesPerKey: c.MaxNamesPerKey, MaxTracked: c.MaxTracked,
-		KnownGoodIPv4Prefix: c.KnownGoodIPv4Prefix, KnownGoodIPv6Prefix: c.KnownGoodIPv6Prefix}
+		KnownGoodIPv4Prefix: c.KnownGoodIPv4Prefix, KnownGoodIPv6Prefix: c.KnownGoodIPv6Prefix,
+		TrapUsernames: c.TrapUsernames}
 	addRest(p, n, "user_limits.", cfg.Validate())
 	return cfg
 }

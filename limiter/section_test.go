@@ -22,12 +22,14 @@ func TestSectionDefaults(t *testing.T) {
 	}
 	want := Config{Failures: 5, Window: 10 * time.Minute, BanTime: time.Hour, BanFactor: 2, MaxBanTime: 168 * time.Hour,
 		IPv4Prefix: 32, IPv6Prefix: 64, MaxTracked: 1_000_000, FailClosed: true,
-		FailureDelay: time.Second, MaxFailureDelay: 16 * time.Second, CountUserRejects: true, MaxLoginWaiters: 32}
+		FailureDelay: time.Second, MaxFailureDelay: 16 * time.Second, CountUserRejects: true, MaxLoginWaiters: 32,
+		WidenIPv6Prefix: 48, WidenAfter: 3}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("Config = %+v\nwant     %+v", cfg, want)
 	}
-	uwant := UserConfig{Failures: 20, Window: time.Hour, KnownGoodTTL: 720 * time.Hour, MaxNamesPerKey: 10, MaxTracked: 100_000}
-	if ucfg != uwant {
+	uwant := UserConfig{Failures: 20, Window: time.Hour, KnownGoodTTL: 720 * time.Hour, MaxNamesPerKey: 10, MaxTracked: 100_000,
+		TrapUsernames: []string{}}
+	if !reflect.DeepEqual(ucfg, uwant) {
 		t.Errorf("UserConfig = %+v, want %+v", ucfg, uwant)
 	}
 	l := DefaultLimits()
@@ -92,6 +94,17 @@ func TestSectionProblems(t *testing.T) {
 			[]string{"user_limits.max_tracked: must be ≥ 1, got 0"}},
 		{"known-good prefixes", func(_ *LimitsConfig, u *UserLimitsConfig) { u.KnownGoodIPv4Prefix, u.KnownGoodIPv6Prefix = 33, -1 },
 			[]string{"user_limits.known_good_ipv4_prefix: must be 0–32, got 33", "user_limits.known_good_ipv6_prefix: must be 0–128, got -1"}},
+		{"widen prefixes", func(l *LimitsConfig, _ *UserLimitsConfig) { l.WidenIPv6Prefix, l.WidenIPv4Prefix = 64, 33 },
+			[]string{"limits.widen_ipv6_prefix: must be 0 (off) or shorter than ipv6_prefix (64)",
+				"limits.widen_ipv4_prefix: must be 0 (off) or shorter than ipv4_prefix (32)"}},
+		{"widen after", func(l *LimitsConfig, _ *UserLimitsConfig) { l.WidenAfter = 1 },
+			[]string{"limits.widen_after: must be in 2..1000"}},
+		{"widen after zero", func(l *LimitsConfig, _ *UserLimitsConfig) { l.WidenAfter = 0 },
+			[]string{"limits.widen_after: must be in 2..1000, got 0"}},
+		{"trap name empty", func(_ *LimitsConfig, u *UserLimitsConfig) { u.TrapUsernames = []string{"root", ""} },
+			[]string{`user_limits.trap_usernames: entry 2 ("") is empty`}},
+		{"trap name control", func(_ *LimitsConfig, u *UserLimitsConfig) { u.TrapUsernames = []string{"a\x01"} },
+			[]string{`user_limits.trap_usernames: entry 1 ("a\x01") has control characters`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

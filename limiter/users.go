@@ -398,7 +398,7 @@ func (u *Users) Success(now time.Time, user string, key netip.Prefix) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	s := u.cfg
-	if s.off() || !key.IsValid() {
+	if s.off() && s.traps == nil || !key.IsValid() { // pairs also spare traps (Trap)
 		return
 	}
 	u.tidyLocked(now, s)

@@ -52,6 +52,11 @@ type UserConfig struct {
 	// A prefix longer than the key's acts as the key's.
 	KnownGoodIPv4Prefix int
 	KnownGoodIPv6Prefix int
+	// TrapUsernames are names no legitimate user of this server logs in
+	// with (root, admin, …): a PASS for one of them (canonical form) from
+	// a key that is not known-good for it is never forwarded and bans the
+	// key at once (user_limits.trap_usernames; default none). See Trap.
+	TrapUsernames []string
 	// MaxTracked bounds each of the three tables: usernames with budget
 	// state, known-good pairs and per-key name sets. Beyond it the least
 	// recently used entry is forgotten (user_limits.max_tracked; default
@@ -92,6 +97,15 @@ func (c UserConfig) Validate() error {
 	if c.KnownGoodIPv6Prefix < 0 || c.KnownGoodIPv6Prefix > 128 {
 		bad("known_good_ipv6_prefix", "must be 0–128 (0: [limits] ipv6_prefix)")
 	}
+	if len(c.TrapUsernames) > maxTrapNames {
+		bad("trap_usernames", "must list at most %d names, got %d", maxTrapNames, len(c.TrapUsernames))
+	}
+	for i, n := range c.TrapUsernames {
+		if err := trapNameError(n); err != "" {
+			bad("trap_usernames", "entry %d (%q) %s", i+1, n, err)
+			break
+		}
+	}
 	switch {
 	case c.MaxTracked < 0:
 		bad("max_tracked", "must be ≥ 1")
@@ -105,7 +119,8 @@ func (c UserConfig) Validate() error {
 // immutable once built; Reload swaps in a new one.
 type userSettings struct {
 	UserConfig
-	limit rate.Limit // Failures per Window, in tokens per second
+	limit rate.Limit      // Failures per Window, in tokens per second
+	traps map[string]bool // TrapUsernames, canonical (CanonicalUser); nil: none
 }
 
 func newUserSettings(c UserConfig) *userSettings {
@@ -118,7 +133,8 @@ func newUserSettings(c UserConfig) *userSettings {
 	if c.MaxTracked == 0 {
 		c.MaxTracked = DefaultUserMaxTracked
 	}
-	return &userSettings{UserConfig: c, limit: rate.Limit(float64(c.Failures) / c.Window.Seconds())}
+	return &userSettings{UserConfig: c, limit: rate.Limit(float64(c.Failures) / c.Window.Seconds()),
+		traps: trapSet(c.TrapUsernames)}
 }
 
 func (s *userSettings) off() bool { return s.Failures == 0 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -111,6 +112,8 @@ func (s *session) loginUser(cmd ftpproto.Command) bool {
 //   - A key with no place left is answered 421 and the session ends
 //     (docs/design.md rule 3); so is every guess while the shared store is
 //     down with fail_closed, and one that waited in vain or found the key's queue full.
+//   - A PASS for a trap username from a key that never logged in to it
+//     (trapGuess) is never forwarded and bans the key at once.
 //   - In observe mode both are forwarded all the same, and counted.
 func (s *session) guess(cmd ftpproto.Command, user string) bool {
 	named := user
@@ -118,7 +121,12 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 		named = "" // ACCT: the address's budget alone
 	}
 	now := time.Now()
-	a, v := s.srv.lim.Begin(now, s.peer.Addr(), named, s.srv.users)
+	if named != "" && s.srv.users.Trap(now, named, s.srv.lim.Key(s.peer.Addr())) {
+		if refused, goOn := s.trapGuess(now, named); refused {
+			return goOn
+		}
+	}
+	a, v := s.srv.limiterFor(s.peer.Addr()).Begin(now, s.peer.Addr(), named, s.srv.users)
 	if v.Busy {
 		a, v = s.awaitPlace(a, v)
 		now = time.Now()
@@ -147,6 +155,43 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 	}
 	s.authAlone = true
 	return s.forward(cmd, cmd.Verb, &ticket{user: user, attempt: a})
+}
+
+// trapGuess handles a PASS for a trap username (UserConfig.TrapUsernames)
+// from a key that is not known-good for it: the key is banned at once, an
+// offence like a spent budget (escalated, Reason "trap"; an allowlisted key
+// is not banned), and the guess is never forwarded: the client gets what a
+// wrong password gets, "530 Login incorrect.", then 421 as any session
+// banned mid-way. In observe mode the ban is made but the guess goes on as
+// any other (refused false). It reports whether the guess was refused and,
+// if so, whether the session goes on.
+func (s *session) trapGuess(now time.Time, user string) (refused, goOn bool) {
+	key := s.srv.lim.Key(s.peer.Addr())
+	s.banning.Store(true) // the ban must not end this session before its 530 (sessions_ban.go)
+	ban, err := s.srv.lim.BanKey(now, key, 0, limiter.ReasonTrap)
+	s.banning.Store(false)
+	allowlisted := errors.Is(err, limiter.ErrAllowlisted)
+	switch {
+	case allowlisted:
+		s.log.Warn("trap username from an allowlisted address: not banned", "user", user, "key", key.String())
+	case err != nil && !errors.Is(err, limiter.ErrStore):
+		s.log.Error("trap username: ban failed", "user", user, "key", key.String(), "err", err)
+	default: // a store error leaves the ban in force, not saved: logged by the limiter's counters
+		s.logBan(limiter.Decision{Key: key, Ban: ban}, user)
+	}
+	if !s.srv.enforce(s.log, "trap username", "user", user, "key", key.String()) {
+		return false, true
+	}
+	s.srv.obs.Login(false)
+	s.awaitReplies(2 * time.Second)
+	if !s.replyLocal(ftpproto.NewReply(530, "Login incorrect.")) || s.closing.Load() {
+		return true, false
+	}
+	if allowlisted {
+		return true, true
+	}
+	s.finish(421, "Too many failed logins from your address; closing control connection.")
+	return true, false
 }
 
 // refusedByBudget reports whether a guess the address's budget refused
@@ -309,6 +354,8 @@ func (s *session) awaitAlone() bool {
 // reply). Called without the session's lock.
 func (s *session) settleLogin(verb string, t *ticket, r ftpproto.Reply) (hold time.Duration, banned bool) {
 	now := time.Now()
+	s.banning.Store(true) // a ban this settles ends the session here, not by EndSessions
+	defer s.banning.Store(false)
 	if verb == "USER" {
 		s.mu.Lock()
 		s.acctAsked = r.Code == 332

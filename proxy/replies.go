@@ -128,7 +128,7 @@ func (s *session) reply(r ftpproto.Reply) bool {
 		s.writeLocked(ftpproto.NewReply(421, "Too many failed logins from your address; closing control connection."))
 		return false
 	}
-	return true
+	return s.endAfterReplyLocked() // sessions_ban.go
 }
 
 // rewrite returns the reply the client gets for r, the final reply to a's

@@ -163,6 +163,8 @@ type Server struct {
 	caps      capTable      // connections per key, pre-login sessions (capacity.go)
 	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
 	ports     portHolds     // passive listeners held per key (passive.go)
+	live      banRegistry   // live sessions by peer, for EndSessions (sessions_ban.go)
+	hooks     policyHooks   // gate and budget hooks (gate_hook.go)
 
 	rates connRates // conn_rate per key; its own lock
 
@@ -399,6 +401,9 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 			return
 		}
 	}
+	if s.gated(c, log, peer.Addr(), d.Allowlisted) { // gate_hook.go: country/ASN rules
+		return
+	}
 	if !s.gateKey(c, log, now, peer.Addr(), d) { // capacity.go
 		return
 	}
@@ -522,6 +527,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	}()
 	s.obs.SessionStart()
 	defer s.obs.SessionEnd()
+	defer s.live.track(ss)()
 	ss.run()
 }
 

@@ -57,8 +57,10 @@ type session struct {
 	loggedIn  atomic.Bool
 	transfers atomic.Int32
 	closing   atomic.Bool
-	tlsOn     atomic.Bool // the control connection is TLS
-	btls      *tls.Config // FTPS to the daemon, with this session's cache; nil: plain
+	banning   atomic.Bool            // this session's own guess is banning its key (sessions_ban.go)
+	banEnd    atomic.Pointer[string] // a ban covers the session: end it, with this text, after the reply awaited
+	tlsOn     atomic.Bool            // the control connection is TLS
+	btls      *tls.Config            // FTPS to the daemon, with this session's cache; nil: plain
 	// pregreeted is the daemon's greeting, already read when FTPS to the
 	// daemon was set up; relayed first.
 	pregreeted *ftpproto.Reply
@@ -82,6 +84,7 @@ type session struct {
 	wake      chan struct{} // closed when the queue shrinks; see awaitQueue
 	replyDone bool          // relayReplies has ended
 	acctAsked bool          // the daemon's latest reply to USER or PASS was 332
+	banBy     netip.Prefix  // the ban that marked banEnd (sessions_ban.go)
 	userOK    bool          // the daemon accepted the latest USER (331, 332, 230): user is its name
 
 	// Owned by relayCommands alone.

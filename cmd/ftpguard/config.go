@@ -7,6 +7,7 @@ import (
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/crowdsec"
 	"github.com/ftpguard/ftpguard/firewall"
+	"github.com/ftpguard/ftpguard/geo"
 	"github.com/ftpguard/ftpguard/internal/conf"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/limiter/stores"
@@ -28,6 +29,7 @@ type Config struct {
 	Admin    admin.Config     `toml:"admin"`
 	Firewall firewall.Config  `toml:"firewall"`
 	CrowdSec crowdsec.Section `toml:"crowdsec"`
+	Geo      geo.Config       `toml:"geo"`
 }
 
 // LogConfig is the [log] table.
@@ -48,6 +50,7 @@ func DefaultConfig() Config {
 		Admin:      admin.DefaultConfig(),
 		Firewall:   firewall.DefaultConfig(),
 		CrowdSec:   crowdsec.Defaults(),
+		Geo:        geo.DefaultConfig(),
 	}
 }
 
@@ -62,6 +65,7 @@ type Settings struct {
 	Admin    admin.Settings
 	Firewall firewall.Settings
 	CrowdSec crowdsec.Settings // taken into use at start only
+	Geo      geo.Settings
 }
 
 // LoadConfig reads, decodes and validates the file at path. Every problem
@@ -78,7 +82,8 @@ func LoadConfig(path string) (*Settings, error) {
 		return nil, err
 	}
 	for _, f := range []*string{&cfg.Store.Path, &cfg.TLS.Cert, &cfg.TLS.Key, &cfg.TLS.BackendCA, &cfg.Admin.TokenFile,
-		&cfg.CrowdSec.BouncerKeyFile, &cfg.CrowdSec.PasswordFile, &cfg.Store.PasswordFile} {
+		&cfg.CrowdSec.BouncerKeyFile, &cfg.CrowdSec.PasswordFile, &cfg.Store.PasswordFile,
+		&cfg.Geo.CountryDatabase, &cfg.Geo.ASNDatabase} {
 		if *f != "" && !filepath.IsAbs(*f) {
 			*f = filepath.Join(filepath.Dir(path), *f)
 		}
@@ -102,6 +107,7 @@ func (c Config) settings(p *conf.Problems) *Settings {
 	}
 	s.Firewall = c.Firewall.WithPorts(firewall.ProxyPorts(guarded, c.Passive.Ports)...).Settings(p)
 	s.CrowdSec = c.CrowdSec.Settings(p)
+	s.Geo = c.Geo.Settings(p)
 	p.OneOf("mode", c.Mode, "enforce", "observe")
 	s.Proxy.Observe = c.Mode == "observe"
 

@@ -57,6 +57,10 @@ func TestConfigErrors(t *testing.T) {
 		want       []string // substrings of the error, after "PATH"
 	}{
 		{"unknown key", "[limits]\nfailure = 3\n", []string{":2 limits.failure: unknown key"}},
+		{"geo rule", "[geo]\ncountry_database = \"/x.mmdb\"\n[[geo.rule]]\naction = \"deny\"\ncountries = [\"de\"]\n",
+			[]string{`:3 geo.rule: rule 1: country "de" is not an ISO 3166-1 alpha-2 code in capitals`}},
+		{"trap name", "[user_limits]\ntrap_usernames = [\"root\", \" admin\"]\n",
+			[]string{`:2 user_limits.trap_usernames: entry 2 (" admin") has leading or trailing spaces`}},
 		{"unknown table", "[bogus]\nx = 1\n", []string{":1 bogus: unknown key", ":2 bogus.x: unknown key"}},
 		{"wrong type", "[limits]\nfailures = \"five\"\n", []string{":2 limits.failures:"}},
 		{"bad duration", "[limits]\nwindow = \"ten minutes\"\n", []string{":2 limits.window:"}},
@@ -138,5 +142,16 @@ func TestCommands(t *testing.T) {
 	}
 	if code := runMain([]string{"frobnicate"}, &out, &errb); code != 2 {
 		t.Fatalf("unknown command: %d", code)
+	}
+}
+
+// TestCheckGeoDatabase: ftpguard check opens the [geo] databases, and
+// names the one that is missing.
+func TestCheckGeoDatabase(t *testing.T) {
+	p := writeConfig(t, "[geo]\ncountry_database = \"/nonexistent/GeoLite2-Country.mmdb\"\n[[geo.rule]]\naction = \"deny\"\ncountries = [\"XA\"]\n")
+	var out, errb bytes.Buffer
+	if code := runMain([]string{"check", "-config", p}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "geo: country_database /nonexistent/GeoLite2-Country.mmdb") {
+		t.Fatalf("check with a missing database: %d %q", code, errb.String())
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"log/slog"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/crowdsec"
 	"github.com/ftpguard/ftpguard/firewall"
+	"github.com/ftpguard/ftpguard/geo"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/limiter/stores"
 	"github.com/ftpguard/ftpguard/proxy"
@@ -31,6 +33,7 @@ type daemon struct {
 	m      *admin.Metrics
 	fw     *firewall.Runner
 	cs     *crowdsec.Link // nil: off
+	geo    *geo.Geo
 	adm    *admin.Server
 
 	reloadMu sync.Mutex // one reload at a time (SIGHUP and POST /reload)
@@ -81,6 +84,15 @@ func newDaemon(path string, st *Settings, lim *limiter.Limiter, log *slog.Logger
 	}
 	lim.SetExternal(d.cs.External())
 	lim.SetBanHook(d.onBanChange)
+	if d.geo, err = geo.Open(st.Geo, st.Limiter); err != nil {
+		return nil, err
+	}
+	d.geo.SetBanHook(d.onBanChange)
+	srv.SetGate(d.geo.Gate)
+	srv.SetLimiterFor(d.geo.LimiterFor)
+	if err := d.m.Register(d.geo); err != nil {
+		return nil, err
+	}
 	d.adm = admin.New(st.Admin, admin.Options{Limiter: lim, Users: users, Metrics: d.m, Events: events, Log: log,
 		Version: versionString(), Start: time.Now(), Reload: d.reload, Info: d.info, CrowdSec: d.cs})
 	return d, nil
@@ -106,7 +118,16 @@ func (d *daemon) info() admin.Info {
 	p := st.Proxy
 	return admin.Info{Config: d.path, Mode: d.mode(), Listen: p.Listen, Backend: p.Backend, DialTimeout: p.DialTimeout,
 		Store: st.File.Store.Kind, Limits: st.Limiter, Users: st.Users, MaxConns: p.MaxConns,
-		MaxConnsPerIP: p.MaxConnsPerIP, LoginTimeout: p.LoginTimeout, IdleTimeout: p.IdleTimeout}
+		MaxConnsPerIP: p.MaxConnsPerIP, LoginTimeout: p.LoginTimeout, IdleTimeout: p.IdleTimeout,
+		GeoRefusals: d.geoRefusals(st)}
+}
+
+// geoRefusals is the [geo] refusals per country, nil without rules.
+func (d *daemon) geoRefusals(st *Settings) map[string]uint64 {
+	if !st.Geo.Enabled() {
+		return nil
+	}
+	return d.geo.Refusals()
 }
 
 // reload re-reads the config file and hands each part its new settings,
@@ -128,6 +149,9 @@ func (d *daemon) reload() error {
 	var plan *portPlan
 	if err == nil && d.ports != nil {
 		plan, err = d.ports.prepare(st)
+	}
+	if err == nil {
+		err = d.geo.Reload(st.Geo, st.Limiter) // the databases re-read; on error the old ones stay
 	}
 	if err == nil {
 		err = d.lim.Reload(st.Limiter)
@@ -175,7 +199,9 @@ func (d *daemon) reload() error {
 // failed to save (it is in force and retried: "ban not saved"), and once
 // it is saved ("ban saved"), and hands every change to the firewall runner
 // (not the "saved" report, which changes nothing in force), and this
-// instance's own bans to the CrowdSec watcher (not in observe mode).
+// instance's own bans to the CrowdSec watcher (not in observe mode); it
+// logs the bans widened to a network and ends the open sessions a new ban
+// covers ([limits] end_sessions_on_ban).
 func (d *daemon) onBanChange(c limiter.BanChange) {
 	switch {
 	case c.Saved:
@@ -184,6 +210,13 @@ func (d *daemon) onBanChange(c limiter.BanChange) {
 	case c.Unsaved:
 		d.log.Error("ban not saved; in force, retrying until saved", "key", c.Ban.Key.String(),
 			"until", c.Ban.Until.Format(time.RFC3339), "saved", false, "err", d.lim.LastStoreError())
+	}
+	if !c.Remote && !c.Lifted && strings.HasPrefix(c.Ban.Reason, limiter.ReasonWidened) {
+		d.log.Warn("ban", "key", c.Ban.Key.String(), "until", c.Ban.Until.Format(time.RFC3339),
+			"count", c.Ban.Count, "reason", c.Ban.Reason, "origin", "widened")
+	}
+	if mode := d.settings().File.Limits.EndSessionsOnBan; !c.Lifted && mode != "off" && !d.observe() {
+		d.srv.EndSessions(c.Ban.Key, c.Ban.Reason, mode != "pre-login", mode == "all-now")
 	}
 	if c.Remote {
 		if c.Lifted {

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/ftpguard/ftpguard/admin"
+	"github.com/ftpguard/ftpguard/geo"
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/limiter/filestore"
 	"github.com/ftpguard/ftpguard/limiter/stores"
@@ -74,6 +75,12 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		if cmd == "check" {
+			g, err := geo.Open(st.Geo, st.Limiter) // the databases must open too
+			if err != nil {
+				fmt.Fprintf(stderr, "ftpguard: invalid config:\n%s: %v\n", *path, err)
+				return 1
+			}
+			g.Close()
 			adm := st.File.Admin.Listen
 			if adm == "" {
 				adm = "off"
@@ -157,6 +164,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	}
 	defer d.cs.Stop()
 	srv := d.srv
+	defer d.geo.Close()
 	fwCtx, stopFirewall := context.WithCancel(context.Background())
 	fwDone := make(chan struct{})
 	go func() { defer close(fwDone); d.fw.Run(fwCtx, lim.Bans(time.Now())) }()
