@@ -251,25 +251,27 @@ func TestReloadImplicitTLSOff(t *testing.T) {
 
 // TestReloadSessions: [sessions] login_timeout and max_conns reloaded by
 // POST /reload with sessions open: no open session is dropped to fit a lower
-// max_conns (the logged-in one goes on transferring), new connections are
-// refused until the count is under it; a shorter login_timeout ends a
-// session not logged in at its next command, and new sessions get it.
+// max_conns (the logged-in ones go on), a shorter login_timeout ends a
+// session not logged in at its next command, and new sessions get it; once
+// the table holds only logged-in sessions at the new max_conns, a newcomer
+// is refused (with pre-login sessions in the table it would shed the oldest
+// of them instead: docs/operating.md, "Capacity").
 func TestReloadSessions(t *testing.T) {
 	d := startVsftpd(t)
 	g := adminGuard(t, d.Addr, guardOpts{Sessions: "max_conns = 3"})
-	in, err := ftpClient(t, "127.0.0.81", g.Addr)
-	if err != nil {
-		t.Fatal(err)
+	login := func(src string) *ftp.ServerConn {
+		c, err := ftpClient(t, src, g.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Login(testUser, testPass); err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	if err := in.Login(testUser, testPass); err != nil {
-		t.Fatal(err)
-	}
+	in, in2 := login("127.0.0.81"), login("127.0.0.83")
 	waiting := dialRaw(t, "127.0.0.82", g.Addr)
 	waiting.expect(220)
-	third := dialRaw(t, "127.0.0.83", g.Addr)
-	third.expect(220)
-	over := dialRaw(t, "127.0.0.84", g.Addr)
-	over.expect(421) // max_conns = 3
 
 	g.rewrite(t, "max_conns = 3", "max_conns = 2", `login_timeout = "30s"`, `login_timeout = "1s"`)
 	if code, body := g.admin(t, "POST", "/reload", adminToken, ""); code != 200 {
@@ -278,10 +280,6 @@ func TestReloadSessions(t *testing.T) {
 	if _, err := in.List(""); err != nil {
 		t.Fatalf("logged-in session after lowering max_conns: %v", err)
 	}
-	over = dialRaw(t, "127.0.0.84", g.Addr)
-	if text := over.expect(421); !strings.Contains(text, "Too many connections") {
-		t.Fatalf("over the reloaded max_conns: %q", text)
-	}
 	// Not logged in: its next command is answered (vsftpd: 530 before
 	// login), then the session ends at the new login_timeout.
 	waiting.send("NOOP")
@@ -289,8 +287,12 @@ func TestReloadSessions(t *testing.T) {
 	if text := waiting.expect(421); !strings.Contains(text, "Login timeout") {
 		t.Fatalf("session not logged in after login_timeout 30s → 1s: %q", text)
 	}
-	third.send("QUIT")
-	third.codes()
+	waitFor(t, "the timed-out session gone", func() bool { return g.metric(t, "ftpguard_sessions_active") == 2 })
+	over := dialRaw(t, "127.0.0.84", g.Addr)
+	if text := over.expect(421); !strings.Contains(text, "Too many connections") {
+		t.Fatalf("over the reloaded max_conns, only logged-in sessions open: %q", text)
+	}
+	in2.Quit()
 	waitFor(t, "room under max_conns = 2", func() bool { return g.metric(t, "ftpguard_sessions_active") < 2 })
 	fresh := dialRaw(t, "127.0.0.85", g.Addr)
 	fresh.expect(220)
