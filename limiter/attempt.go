@@ -67,27 +67,25 @@ func (l *Limiter) Begin(now time.Time, addr netip.Addr, user string, u *Users) (
 }
 
 // begin is Begin for the guess whose place in a queue is w (nil: none).
+//
+// The address's budget is asked first and the username's only for a guess
+// that got a place: a guess waiting for a place of its key (Busy) holds no
+// place in its username's budget meanwhile. Were it the other way round,
+// the guesses of one address waiting in its queue would hold the
+// username's places and make the name look spent to everyone else (a burst
+// of parallel logins from one NAT would see "paused" replies meant for
+// distributed guessing). A guess the username's budget refuses gives its
+// address place back at once: the refusal costs the address nothing here
+// (the caller decides what it costs, with Settle).
 func (l *Limiter) begin(now time.Time, addr netip.Addr, user string, u *Users, w *waiter) (*Attempt, Verdict) {
 	a := &Attempt{l: l, addr: addr, key: l.Key(addr), user: user, w: w}
-	var v Verdict
 	if u != nil && user != "" {
 		a.u = u
-		v.User = u.Attempt(now, user, a.key)
-		a.userHeld = v.User.Held
-		if v.User.Throttled || v.User.TooManyNames {
-			a.releaseUser()
-			a.leaveWait()
-			v.UserRefused = true
-			v.Key = a.key
-			return a, v
-		}
 	}
+	var v Verdict
 	a.wr.w = w
 	v.Decision = l.attempt(now, addr, a.key, &a.wr)
 	a.held = v.Allowed && !v.Allowlisted
-	if !v.Allowed {
-		a.releaseUser()
-	}
 	if v.Busy && a.wr.got != nil {
 		a.w = a.wr.got
 		v.Wait = a.w.ch
@@ -95,6 +93,20 @@ func (l *Limiter) begin(now time.Time, addr netip.Addr, user string, u *Users, w
 		a.leaveWait()
 	}
 	a.wr = waitReq{}
+	if !v.Allowed || a.u == nil {
+		return a, v
+	}
+	v.User = u.Attempt(now, user, a.key)
+	a.userHeld = v.User.Held
+	if v.User.Throttled || v.User.TooManyNames {
+		a.releaseUser()
+		if a.held {
+			l.settle(now, addr, a.key, OutcomeRelease)
+			a.held = false
+		}
+		v.UserRefused = true
+		v.Decision = Decision{Key: a.key} // the address's budget is not what decided
+	}
 	return a, v
 }
 

@@ -66,6 +66,18 @@ func TestAttempt(t *testing.T) {
 			{op: opSettle, id: 2, out: OutcomeFailure, remaining: 0, key: k32}, // the last token: a ban
 			{op: opBegin, id: 3, addr: a1},
 		}},
+		// A guess waiting for a place of its key holds no place in its
+		// username's budget, not even for a moment: the parallel logins of
+		// one address do not make the name look spent to another address.
+		// (Before, each try took a username place and gave it back when the
+		// address was Busy; 30 concurrent tries of one address made the
+		// name look spent: TestWrongPasswordBurstOneAddress got "paused"
+		// 530s under load. This step table is the sequential guard.)
+		{"a waiting guess holds no username place", Config{Failures: 1}, UserConfig{Failures: 2, Window: time.Hour}, []astep{
+			{op: opBegin, id: 1, addr: a1, user: "alice", ok: true, remaining: 0, pending: map[string]int{k32: 1}},
+			{op: opBegin, id: 2, addr: a1, user: "alice", busy: true, pending: map[string]int{k32: 1}},
+			{op: opBegin, id: 3, addr: a2, user: "alice", ok: true, remaining: 0},
+		}},
 		{"refused attempt holds nothing", Config{Failures: 1}, UserConfig{}, []astep{
 			{op: opBegin, id: 1, addr: a1, ok: true, remaining: 0, pending: map[string]int{k32: 1}},
 			{op: opBegin, id: 2, addr: a1, busy: true, pending: map[string]int{k32: 1}},
