@@ -36,13 +36,13 @@ type daemon struct {
 	geo    *geo.Geo
 	adm    *admin.Server
 
-	reloadMu sync.Mutex // one reload at a time (SIGHUP and POST /reload)
-	ports    *listeners // guarded by reloadMu; nil until run serves (then reloads open and close listeners)
+	reloadMu sync.Mutex       // one reload at a time (SIGHUP and POST /reload)
+	ports    *proxy.Listeners // guarded by reloadMu; nil until run serves (then reloads open and close listeners)
 }
 
 // setListeners hands the daemon the listeners that reloads keep in step
 // with the config.
-func (d *daemon) setListeners(l *listeners) {
+func (d *daemon) setListeners(l *proxy.Listeners) {
 	d.reloadMu.Lock()
 	d.ports = l
 	d.reloadMu.Unlock()
@@ -146,9 +146,9 @@ func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	st, err := LoadConfig(d.path)
-	var plan *portPlan
+	var plan *proxy.PortPlan
 	if err == nil && d.ports != nil {
-		plan, err = d.ports.prepare(st)
+		plan, err = d.ports.Prepare(st.Proxy.Listen, st.Proxy.ImplicitListen)
 	}
 	if err == nil {
 		err = d.geo.Reload(st.Geo, st.Limiter) // the databases re-read; on error the old ones stay
@@ -162,7 +162,7 @@ func (d *daemon) reload() error {
 	d.m.Reloaded(err)
 	if err != nil {
 		if plan != nil {
-			d.ports.abandon(plan)
+			d.ports.Abandon(plan)
 		}
 		d.log.Error("reload rejected; keeping the old config", "err", err)
 		return err
@@ -183,7 +183,7 @@ func (d *daemon) reload() error {
 	}
 	d.srv.SetConfig(st.Proxy.Config)
 	if plan != nil {
-		d.ports.commit(plan) // after SetConfig: an implicit listener needs the new TLS config
+		d.ports.Commit(plan) // after SetConfig: an implicit listener needs the new TLS config
 	}
 	d.level.Set(st.LogLevel)
 	d.fw.SetConfig(st.Firewall)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpguard/ftpguard/proxy"
 )
 
 // freeAddr returns a loopback address with a port free a moment ago.
@@ -37,12 +39,12 @@ func TestReloadListeners(t *testing.T) {
 	td := newTestDaemon(t, first)
 	orig, _ := os.ReadFile(td.path)
 	errc := make(chan error, 1)
-	ports := &listeners{srv: td.srv, log: td.log, errc: errc}
-	plan, err := ports.prepare(td.settings())
+	ports := proxy.NewListeners(td.srv, td.log, errc)
+	plan, err := ports.Prepare(td.settings().Proxy.Listen, td.settings().Proxy.ImplicitListen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports.commit(plan)
+	ports.Commit(plan)
 	td.setListeners(ports)
 	t.Cleanup(func() { td.srv.Close() })
 
@@ -73,8 +75,8 @@ func TestReloadListeners(t *testing.T) {
 		_, err = c.Read(make([]byte, 64)) // the backend closes at once: a 421 from the proxy
 		return err
 	}
-	plain := ports.ports[rolePlain].ln.Addr().String()
-	if ports.ports[roleImplicit] != nil {
+	plain, open := ports.Addrs()
+	if open != "" {
 		t.Fatal("implicit listener open with mode = \"explicit\"")
 	}
 

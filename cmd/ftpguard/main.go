@@ -192,13 +192,13 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	errc := make(chan error, 1)
-	ports := &listeners{srv: srv, log: log, errc: errc}
-	plan, err := ports.prepare(st)
+	ports := proxy.NewListeners(srv, log, errc)
+	plan, err := ports.Prepare(st.Proxy.Listen, st.Proxy.ImplicitListen)
 	if err != nil {
 		srv.Close()
 		return err
 	}
-	ports.commit(plan)
+	ports.Commit(plan)
 	d.setListeners(ports) // reloads follow the config with them from now on
 	log.Info("serving", "backend", st.Proxy.Backend, "version", versionString(), "tls", st.File.TLS.Mode)
 
