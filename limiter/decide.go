@@ -27,15 +27,15 @@ func (l *Limiter) Attempt(now time.Time, addr netip.Addr) Decision {
 	return l.attempt(now, addr, netip.Prefix{}, nil)
 }
 
-// attempt is Attempt on key, the key of addr that the attempt is taken on
-// (the invalid Prefix: addr's key under the settings in force). wr (nil:
-// never queue) is the guess's place in the queue of its key: a guess with
-// others of its key queued ahead is Busy without asking the budget, and a
-// Busy guess is queued.
-func (l *Limiter) attempt(now time.Time, addr netip.Addr, key netip.Prefix, wr *waitReq) Decision {
+// enter begins a write call on addr (normalised) and key (the invalid
+// Prefix: addr's key under the settings in force): it takes l.mu and
+// returns the settings in force and the Decision so far. done: the call is
+// decided already — an invalid address (the zero Decision) or an
+// allowlisted one (allowed, not counted) — and l.mu is released.
+func (l *Limiter) enter(now time.Time, addr netip.Addr, key netip.Prefix) (netip.Addr, *settings, Decision, bool) {
 	addr = normAddr(addr)
 	if !addr.IsValid() {
-		return Decision{}
+		return addr, nil, Decision{}, true
 	}
 	l.mu.Lock()
 	s := l.tickLocked(now)
@@ -46,6 +46,19 @@ func (l *Limiter) attempt(now time.Time, addr netip.Addr, key netip.Prefix, wr *
 	if s.allowed(addr) {
 		l.mu.Unlock()
 		d.Allowed, d.Allowlisted, d.Remaining = true, true, s.Failures
+		return addr, s, d, true
+	}
+	return addr, s, d, false
+}
+
+// attempt is Attempt on key, the key of addr that the attempt is taken on
+// (the invalid Prefix: addr's key under the settings in force). wr (nil:
+// never queue) is the guess's place in the queue of its key: a guess with
+// others of its key queued ahead is Busy without asking the budget, and a
+// Busy guess is queued.
+func (l *Limiter) attempt(now time.Time, addr netip.Addr, key netip.Prefix, wr *waitReq) Decision {
+	addr, s, d, done := l.enter(now, addr, key)
+	if done {
 		return d
 	}
 	if r, _ := l.bans.find(now, addr); r != nil {
@@ -164,19 +177,8 @@ func (l *Limiter) Penalize(now time.Time, addr netip.Addr) Decision {
 // key, the key the attempt was taken on (the invalid Prefix: addr's key
 // under the settings in force).
 func (l *Limiter) fail(now time.Time, addr netip.Addr, key netip.Prefix, o Outcome) Decision {
-	addr = normAddr(addr)
-	if !addr.IsValid() {
-		return Decision{}
-	}
-	l.mu.Lock()
-	s := l.tickLocked(now)
-	d := Decision{Key: key}
-	if !key.IsValid() {
-		d.Key = s.key(addr)
-	}
-	if s.allowed(addr) {
-		l.mu.Unlock()
-		d.Allowed, d.Allowlisted, d.Remaining = true, true, s.Failures
+	addr, s, d, done := l.enter(now, addr, key)
+	if done {
 		return d
 	}
 	k := keyOf(d.Key)
