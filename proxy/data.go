@@ -206,7 +206,8 @@ func (s *session) acceptData(ln *heldListener, target netip.AddrPort) {
 // control connection's IP, which vsftpd insists on; the client: from the
 // address it reached) and tracks it. nil: it failed (logged).
 func (s *session) dialData(local netip.Addr, target netip.AddrPort, to string) net.Conn {
-	d := net.Dialer{Timeout: s.srv.config().DialTimeout, LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}
+	d := backendDialer // no keep-alive: the relay's idle watch ends a dead leg
+	d.Timeout, d.LocalAddr = s.srv.config().DialTimeout, &net.TCPAddr{IP: local.AsSlice()}
 	c, err := d.DialContext(s.srv.ctx, "tcp", target.String())
 	if err != nil {
 		s.log.Info("data connection failed", "to", to, "target", target.String(), "err", err)
