@@ -46,6 +46,14 @@ func TestBench(t *testing.T) {
 	d := startVsftpd(t)
 	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100, Extra: testCert(t, "explicit")})
 	hp := startHAProxy(t, d)
+	// FTPGUARD_BENCH_GOMAXPROCS=n: a second ftpguard, run with GOMAXPROCS=n,
+	// is measured beside the first in the login cases.
+	var gmp *guard
+	if n := os.Getenv("FTPGUARD_BENCH_GOMAXPROCS"); n != "" {
+		t.Setenv("GOMAXPROCS", n) // for the child alone: this process has read its own
+		gmp = startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100})
+		os.Unsetenv("GOMAXPROCS")
+	}
 	name := fmt.Sprintf("bench-%d.bin", time.Now().UnixNano())
 	path, _ := randomFile(t, testHome, name, mib<<20)
 	t.Cleanup(func() { os.Remove(path) })
@@ -122,8 +130,8 @@ func TestBench(t *testing.T) {
 		return float64(mib) / time.Since(start).Seconds(), procCPU(pid) - cpu
 	}
 	gpid := g.cmd.Process.Pid
-	var ld, lp, cd, cp, ch, sd, sp, sh, rd, rp, rh, cc, ct []float64
-	var gLoginCPU, hLoginCPU, gSameCPU, hSameCPU, gByteCPU, hByteCPU, cByteCPU, tByteCPU []float64 // ms per login, s per GiB
+	var ld, lp, cd, cp, ch, cm, sd, sp, sh, sm, rd, rp, rh, cc, ct []float64
+	var gLoginCPU, hLoginCPU, gSameCPU, hSameCPU, mLoginCPU, mSameCPU, gByteCPU, hByteCPU, cByteCPU, tByteCPU []float64 // ms per login, s per GiB
 	for i := 0; i < runs; i++ {
 		ld = append(ld, loginRate(t, "127.0.0.20", d.Addr, logins))
 		lp = append(lp, loginRate(t, "127.0.0.20", g.Addr, logins))
@@ -135,6 +143,10 @@ func TestBench(t *testing.T) {
 			r, cpu = concurrentLogins(hp.Addr, hp.pid, workers, manyAddrs)
 			ch, hLoginCPU = append(ch, r), append(hLoginCPU, cpu)
 		}
+		if gmp != nil {
+			r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, workers, manyAddrs)
+			cm, mLoginCPU = append(cm, r), append(mLoginCPU, cpu)
+		}
 		r, _ = concurrentLogins(d.Addr, 0, sameWorkers, oneAddr)
 		sd = append(sd, r)
 		r, cpu = concurrentLogins(g.Addr, gpid, sameWorkers, oneAddr)
@@ -142,6 +154,10 @@ func TestBench(t *testing.T) {
 		if hp != nil {
 			r, cpu = concurrentLogins(hp.Addr, hp.pid, sameWorkers, oneAddr)
 			sh, hSameCPU = append(sh, r), append(hSameCPU, cpu)
+		}
+		if gmp != nil {
+			r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, sameWorkers, oneAddr)
+			sm, mSameCPU = append(sm, r), append(mSameCPU, cpu)
 		}
 		r, _ = retrRate(d.Addr, 0)
 		rd = append(rd, r)
@@ -166,11 +182,11 @@ func TestBench(t *testing.T) {
 	fmt.Printf("ftpguard bench: %d interleaved runs each; medians (min..max); ratios to direct\n", runs)
 	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("logins (%d/run)", logins), stat("direct", ld, "/s", nil), stat("ftpguard", lp, "/s", ld))
 	for _, c := range []struct {
-		name                string
-		d, g, h, gcpu, hcpu []float64
+		name                         string
+		d, g, h, m, gcpu, hcpu, mcpu []float64
 	}{
-		{"logins, 32 addrs", cd, cp, ch, gLoginCPU, hLoginCPU},
-		{"logins, 8 from 1 addr", sd, sp, sh, gSameCPU, hSameCPU},
+		{"logins, 32 addrs", cd, cp, ch, cm, gLoginCPU, hLoginCPU, mLoginCPU},
+		{"logins, 8 from 1 addr", sd, sp, sh, sm, gSameCPU, hSameCPU, mSameCPU},
 	} {
 		line := fmt.Sprintf("%-22s%s%s", c.name, stat("direct", c.d, "/s", nil), stat("ftpguard", c.g, "/s", c.d))
 		if hp != nil {
@@ -182,6 +198,10 @@ func TestBench(t *testing.T) {
 			line += fmt.Sprintf("   haproxy %.3f ms/login (%.3f..%.3f) ratio %.2f", median(c.hcpu), slices.Min(c.hcpu), slices.Max(c.hcpu), median(c.gcpu)/median(c.hcpu))
 		}
 		fmt.Println(line)
+		if gmp != nil {
+			fmt.Printf("%-22s%s, %.3f ms/login (%.3f..%.3f)\n", "  GOMAXPROCS="+os.Getenv("FTPGUARD_BENCH_GOMAXPROCS"),
+				stat("ftpguard", c.m, "/s", c.d), median(c.mcpu), slices.Min(c.mcpu), slices.Max(c.mcpu))
+		}
 	}
 	line := fmt.Sprintf("%-22s%s%s", fmt.Sprintf("RETR %d MiB", mib), stat("direct", rd, " MiB/s", nil), stat("ftpguard", rp, " MiB/s", rd))
 	if hp != nil {
