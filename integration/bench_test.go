@@ -5,7 +5,6 @@ package integration
 import (
 	"bufio"
 	"bytes"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -47,6 +46,14 @@ func TestBench(t *testing.T) {
 	d := startVsftpd(t)
 	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100, Extra: testCert(t, "explicit")})
 	hp := startHAProxy(t, d)
+	// FTPGUARD_BENCH_GOMAXPROCS=n: a second ftpguard, run with GOMAXPROCS=n,
+	// is measured beside the first in the login cases.
+	var gmp *guard
+	if n := os.Getenv("FTPGUARD_BENCH_GOMAXPROCS"); n != "" {
+		t.Setenv("GOMAXPROCS", n) // for the child alone: this process has read its own
+		gmp = startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100})
+		os.Unsetenv("GOMAXPROCS")
+	}
 	name := fmt.Sprintf("bench-%d.bin", time.Now().UnixNano())
 	path, _ := randomFile(t, testHome, name, mib<<20)
 	t.Cleanup(func() { os.Remove(path) })
@@ -76,20 +83,23 @@ func TestBench(t *testing.T) {
 		return float64(n) / (1 << 20) / time.Since(start).Seconds(), procCPU(pid) - cpu
 	}
 
-	// 32 clients at once, each logging in and out in a loop.
-	const workers = 32
+	// Clients at once, each logging in and out in a loop: 32 clients from
+	// 32 addresses (127.0.1.1-32, a limiter key each), and 8 clients from
+	// one address (127.0.0.23: one key, its sessions side by side).
+	const workers, sameWorkers = 32, 8
 	perWorker := max(logins/workers, 1)
 	logins = workers * perWorker // what concurrentLogins makes, and the CPU is divided by
-	concurrentLogins := func(addr string, pid int) (float64, float64) {
+	concurrentLogins := func(addr string, pid, n int, src func(w int) string) (float64, float64) {
 		var wg sync.WaitGroup
+		per := logins / n
 		cpu := procCPU(pid)
 		start := time.Now()
-		for w := 0; w < workers; w++ {
+		for w := 0; w < n; w++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := 0; i < perWorker; i++ {
-					c, err := ftpClient(t, "127.0.0.22", addr)
+				for i := 0; i < per; i++ {
+					c, err := ftpClient(t, src(w), addr)
 					if err != nil {
 						t.Error(err)
 						return
@@ -102,22 +112,52 @@ func TestBench(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		return float64(logins) / time.Since(start).Seconds(), procCPU(pid) - cpu
+		return float64(per*n) / time.Since(start).Seconds(), (procCPU(pid) - cpu) * 1000 / float64(per*n)
 	}
-	ftps := ftp.DialWithExplicitTLS(&tls.Config{InsecureSkipVerify: true})
+	manyAddrs := func(w int) string { return fmt.Sprintf("127.0.1.%d", w+1) }
+	oneAddr := func(int) string { return "127.0.0.23" }
+	// RETR with curl through ftpguard, plain and over FTPS (PROT P, the
+	// data connection resuming the control connection's TLS session, as
+	// require_data_reuse wants): the rate and the relay's CPU seconds.
+	curlRetr := func(addr string, pid int, opts ...string) (float64, float64) {
+		url := fmt.Sprintf("ftp://%s:%s@%s/%s", testUser, testPass, addr, name)
+		args := append([]string{"-s", "-S", "--interface", "127.0.0.24", "-o", "/dev/null", url}, opts...)
+		cpu := procCPU(pid)
+		start := time.Now()
+		if out, err := exec.Command("curl", args...).CombinedOutput(); err != nil {
+			t.Fatalf("curl %v: %v: %s", args, err, out)
+		}
+		return float64(mib) / time.Since(start).Seconds(), procCPU(pid) - cpu
+	}
 	gpid := g.cmd.Process.Pid
-	var ld, lp, cd, cp, ch, rd, rp, rh, rt []float64
-	var gLoginCPU, hLoginCPU, gByteCPU, hByteCPU []float64 // ms per login, s per GiB
+	var ld, lp, cd, cp, ch, cm, sd, sp, sh, sm, rd, rp, rh, cc, ct []float64
+	var gLoginCPU, hLoginCPU, gSameCPU, hSameCPU, mLoginCPU, mSameCPU, gByteCPU, hByteCPU, cByteCPU, tByteCPU []float64 // ms per login, s per GiB
 	for i := 0; i < runs; i++ {
 		ld = append(ld, loginRate(t, "127.0.0.20", d.Addr, logins))
 		lp = append(lp, loginRate(t, "127.0.0.20", g.Addr, logins))
-		r, _ := concurrentLogins(d.Addr, 0)
+		r, _ := concurrentLogins(d.Addr, 0, workers, manyAddrs)
 		cd = append(cd, r)
-		r, cpu := concurrentLogins(g.Addr, gpid)
-		cp, gLoginCPU = append(cp, r), append(gLoginCPU, cpu*1000/float64(logins))
+		r, cpu := concurrentLogins(g.Addr, gpid, workers, manyAddrs)
+		cp, gLoginCPU = append(cp, r), append(gLoginCPU, cpu)
 		if hp != nil {
-			r, cpu = concurrentLogins(hp.Addr, hp.pid)
-			ch, hLoginCPU = append(ch, r), append(hLoginCPU, cpu*1000/float64(logins))
+			r, cpu = concurrentLogins(hp.Addr, hp.pid, workers, manyAddrs)
+			ch, hLoginCPU = append(ch, r), append(hLoginCPU, cpu)
+		}
+		if gmp != nil {
+			r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, workers, manyAddrs)
+			cm, mLoginCPU = append(cm, r), append(mLoginCPU, cpu)
+		}
+		r, _ = concurrentLogins(d.Addr, 0, sameWorkers, oneAddr)
+		sd = append(sd, r)
+		r, cpu = concurrentLogins(g.Addr, gpid, sameWorkers, oneAddr)
+		sp, gSameCPU = append(sp, r), append(gSameCPU, cpu)
+		if hp != nil {
+			r, cpu = concurrentLogins(hp.Addr, hp.pid, sameWorkers, oneAddr)
+			sh, hSameCPU = append(sh, r), append(hSameCPU, cpu)
+		}
+		if gmp != nil {
+			r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, sameWorkers, oneAddr)
+			sm, mSameCPU = append(sm, r), append(mSameCPU, cpu)
 		}
 		r, _ = retrRate(d.Addr, 0)
 		rd = append(rd, r)
@@ -127,8 +167,10 @@ func TestBench(t *testing.T) {
 			r, cpu = retrRate(hp.Addr, hp.pid)
 			rh, hByteCPU = append(rh, r), append(hByteCPU, cpu*1024/float64(mib))
 		}
-		r, _ = retrRate(g.Addr, 0, ftps)
-		rt = append(rt, r)
+		r, cpu = curlRetr(g.Addr, gpid)
+		cc, cByteCPU = append(cc, r), append(cByteCPU, cpu*1024/float64(mib))
+		r, cpu = curlRetr(g.Addr, gpid, "--ssl-reqd", "-k")
+		ct, tByteCPU = append(ct, r), append(tByteCPU, cpu*1024/float64(mib))
 	}
 	stat := func(name string, v []float64, unit string, base []float64) string {
 		s := fmt.Sprintf("  %s %7.1f%s (%.1f..%.1f)", name, median(v), unit, slices.Min(v), slices.Max(v))
@@ -139,20 +181,38 @@ func TestBench(t *testing.T) {
 	}
 	fmt.Printf("ftpguard bench: %d interleaved runs each; medians (min..max); ratios to direct\n", runs)
 	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("logins (%d/run)", logins), stat("direct", ld, "/s", nil), stat("ftpguard", lp, "/s", ld))
-	line := fmt.Sprintf("%-22s%s%s", "logins, 32 at once", stat("direct", cd, "/s", nil), stat("ftpguard", cp, "/s", cd))
-	if hp != nil {
-		line += stat("haproxy", ch, "/s", cd)
+	for _, c := range []struct {
+		name                         string
+		d, g, h, m, gcpu, hcpu, mcpu []float64
+	}{
+		{"logins, 32 addrs", cd, cp, ch, cm, gLoginCPU, hLoginCPU, mLoginCPU},
+		{"logins, 8 from 1 addr", sd, sp, sh, sm, gSameCPU, hSameCPU, mSameCPU},
+	} {
+		line := fmt.Sprintf("%-22s%s%s", c.name, stat("direct", c.d, "/s", nil), stat("ftpguard", c.g, "/s", c.d))
+		if hp != nil {
+			line += stat("haproxy", c.h, "/s", c.d)
+		}
+		fmt.Println(line)
+		line = fmt.Sprintf("%-22s  ftpguard %.3f ms/login (%.3f..%.3f)", "  relay CPU", median(c.gcpu), slices.Min(c.gcpu), slices.Max(c.gcpu))
+		if hp != nil {
+			line += fmt.Sprintf("   haproxy %.3f ms/login (%.3f..%.3f) ratio %.2f", median(c.hcpu), slices.Min(c.hcpu), slices.Max(c.hcpu), median(c.gcpu)/median(c.hcpu))
+		}
+		fmt.Println(line)
+		if gmp != nil {
+			fmt.Printf("%-22s%s, %.3f ms/login (%.3f..%.3f)\n", "  GOMAXPROCS="+os.Getenv("FTPGUARD_BENCH_GOMAXPROCS"),
+				stat("ftpguard", c.m, "/s", c.d), median(c.mcpu), slices.Min(c.mcpu), slices.Max(c.mcpu))
+		}
 	}
-	fmt.Println(line)
-	line = fmt.Sprintf("%-22s%s%s", fmt.Sprintf("RETR %d MiB", mib), stat("direct", rd, " MiB/s", nil), stat("ftpguard", rp, " MiB/s", rd))
+	line := fmt.Sprintf("%-22s%s%s", fmt.Sprintf("RETR %d MiB", mib), stat("direct", rd, " MiB/s", nil), stat("ftpguard", rp, " MiB/s", rd))
 	if hp != nil {
 		line += stat("haproxy", rh, " MiB/s", rd)
 	}
 	fmt.Println(line)
-	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("RETR %d MiB", mib), stat("ftpguard plain", rp, " MiB/s", nil), stat("ftpguard FTPS", rt, " MiB/s", rp)) // PROT P
-	line = fmt.Sprintf("%-22s  ftpguard %.2f ms/login, %.3f s/GiB", "relay CPU", median(gLoginCPU), median(gByteCPU))
+	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("curl RETR %d MiB", mib), stat("ftpguard plain", cc, " MiB/s", nil), stat("ftpguard FTPS", ct, " MiB/s", cc)) // PROT P
+	fmt.Printf("%-22s  ftpguard plain %.3f s/GiB, FTPS %.3f s/GiB\n", "  relay CPU", median(cByteCPU), median(tByteCPU))
+	line = fmt.Sprintf("%-22s  ftpguard %.3f s/GiB", "relay CPU", median(gByteCPU))
 	if hp != nil {
-		line += fmt.Sprintf("   haproxy %.2f ms/login, %.3f s/GiB", median(hLoginCPU), median(hByteCPU))
+		line += fmt.Sprintf("   haproxy %.3f s/GiB", median(hByteCPU))
 	} else {
 		line += "   (haproxy not installed: no reference relay)"
 	}

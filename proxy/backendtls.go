@@ -88,7 +88,7 @@ func (s *session) secureBackendData(c net.Conn) (net.Conn, error) {
 	if s.btls == nil {
 		return c, nil
 	}
-	tc := tls.Client(c, s.btls)
+	tc := tls.Client(&recordBatcher{Conn: c}, s.btls)
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.config().DataTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {

@@ -206,7 +206,8 @@ func (s *session) acceptData(ln *heldListener, target netip.AddrPort) {
 // control connection's IP, which vsftpd insists on; the client: from the
 // address it reached) and tracks it. nil: it failed (logged).
 func (s *session) dialData(local netip.Addr, target netip.AddrPort, to string) net.Conn {
-	d := net.Dialer{Timeout: s.srv.config().DialTimeout, LocalAddr: &net.TCPAddr{IP: local.AsSlice()}}
+	d := backendDialer // no keep-alive: the relay's idle watch ends a dead leg
+	d.Timeout, d.LocalAddr = s.srv.config().DialTimeout, &net.TCPAddr{IP: local.AsSlice()}
 	c, err := d.DialContext(s.srv.ctx, "tcp", target.String())
 	if err != nil {
 		s.log.Info("data connection failed", "to", to, "target", target.String(), "err", err)
@@ -285,6 +286,16 @@ const relayChunk = 32 << 10
 // errPanicked ends a relay half that panicked (recover.go).
 var errPanicked = errors.New("proxy: data relay panicked")
 
+// relayBuf is the buffer of one way of a relay with a TLS leg, which
+// cannot splice: large, so that a TLS leg is written full records (16 KiB)
+// many at a time, in one system call (recordBatcher), and the plain leg is
+// read in as few system calls as its socket allows. io.CopyN would
+// allocate a 32 KiB buffer every relayChunk and write two records a time.
+const relayBuf = 256 << 10
+
+// relayBufs recycles the relayBuf buffers of ended relays.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBuf); return &b }}
+
 // errDataIdle ends a relay in which no byte moved for the idle timeout.
 var errDataIdle = errors.New("proxy: data connection idle")
 
@@ -331,10 +342,16 @@ func (w *idleWatch) end(i int) {
 func (w *idleWatch) copyHalf(i int, dst, src net.Conn, errc chan<- error, count func(int64), done func()) {
 	var total int64
 	var err error
+	copyChunk := func() (int64, error) { return io.CopyN(dst, src, relayChunk) }
+	if !spliceable(dst) || !spliceable(src) {
+		bp := relayBufs.Get().(*[]byte)
+		defer relayBufs.Put(bp)
+		copyChunk = func() (int64, error) { return copyBuffered(dst, src, *bp) }
+	}
 	w.look(i, true)
 	for {
 		src.SetReadDeadline(time.Now().Add(w.timeout))
-		n, e := io.CopyN(dst, src, relayChunk)
+		n, e := copyChunk()
 		total += n
 		if e == nil {
 			w.look(i, true)
@@ -359,6 +376,30 @@ func (w *idleWatch) copyHalf(i int, dst, src net.Conn, errc chan<- error, count 
 		done()
 	}
 	errc <- err
+}
+
+// spliceable reports whether c is a plain TCP socket, which io.CopyN
+// relays with the kernel's splice.
+func spliceable(c net.Conn) bool {
+	_, ok := c.(*net.TCPConn)
+	return ok
+}
+
+// copyBuffered is one step of a relay with a TLS leg: one read of src into
+// buf, all of it written to dst (a TLS leg's records in one system call,
+// see recordBatcher). Its results are io.CopyN's: a nil error when bytes
+// moved, io.EOF at src's end.
+func copyBuffered(dst, src net.Conn, buf []byte) (int64, error) {
+	n, err := src.Read(buf)
+	if n > 0 {
+		if werr := writeBatched(dst, buf[:n]); werr != nil {
+			return 0, werr
+		}
+		if err == io.EOF {
+			return int64(n), nil // the next read reports the end
+		}
+	}
+	return int64(n), err
 }
 
 // closeWrite half-closes c if it can.

@@ -456,7 +456,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	}
 	ctx, cancel := context.WithTimeout(slot.ctx, cfg.DialTimeout)
 	start := time.Now()
-	bc, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.Backend)
+	bc, err := backendDialer.DialContext(ctx, "tcp", cfg.Backend)
 	cancel()
 	if err != nil && s.ctx.Err() == nil && slot.ctx.Err() != nil {
 		s.shedWhileDialing(c, log, peer.Addr(), d.Key)
@@ -530,6 +530,13 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	defer s.live.track(ss)()
 	ss.run()
 }
+
+// backendDialer dials without TCP keep-alive — the daemon's control and
+// data ports, and an active-mode client's data port: four setsockopt calls
+// a connection saved (of the eleven a login made). A session's connection
+// to the daemon ends with the client's, which login_timeout and
+// idle_timeout bound; a data leg ends when idle for data_timeout.
+var backendDialer = net.Dialer{KeepAlive: -1}
 
 // refuse writes one reply and closes c. The write is bounded so a client
 // that does not read cannot hold the goroutine.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -294,7 +295,9 @@ func (s *session) command(cmd ftpproto.Command) bool {
 	if !s.countPreauth() {
 		return false
 	}
-	s.log.Debug("command", "cmd", cmd.String())
+	if s.log.Enabled(context.Background(), slog.LevelDebug) { // cmd.String allocates
+		s.log.Debug("command", "cmd", cmd.String())
+	}
 	callTestHook("command", cmd.Verb)
 	if !knownShape(cmd.Verb) {
 		// Not forwarded: a daemon may answer such a verb with nothing
@@ -478,14 +481,17 @@ func (s *session) awaitReplies(d time.Duration) { s.awaitQueue(0, d) }
 // awaitQueue waits, at most for d, until at most max entries await their
 // turn, and reports whether that is so. Only relayCommands calls it.
 func (s *session) awaitQueue(max int, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+	var t *time.Timer // made when a wait begins: mostly there is none (a login verb after its reply)
 	for {
 		s.mu.Lock()
 		if s.pair.Len() <= max || s.replyDone {
 			ok := s.pair.Len() <= max
 			s.mu.Unlock()
 			return ok
+		}
+		if t == nil {
+			t = time.NewTimer(d)
+			defer t.Stop()
 		}
 		if s.wake == nil {
 			s.wake = make(chan struct{})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ftpguard/ftpguard/ftpproto"
@@ -67,6 +68,9 @@ func sessionTLS(base *tls.Config) *tls.Config {
 		return nil
 	}
 	c := base.Clone()
+	// Full records from the first byte: a data connection is a bulk
+	// transfer, and control replies are one small record anyway.
+	c.DynamicRecordSizingDisabled = true
 	var k [32]byte
 	rand.Read(k[:])
 	c.SetSessionTicketKeys([][32]byte{k})
@@ -143,7 +147,7 @@ func (s *session) secureData(c net.Conn) (net.Conn, error) {
 	if conf == nil { // not reached: PROT P needs the control connection's TLS
 		return nil, errNoTLS
 	}
-	tc, err := s.handshake(c, conf, cfg.DataTimeout)
+	tc, err := s.handshake(&recordBatcher{Conn: c}, conf, cfg.DataTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -176,4 +180,67 @@ func (s *session) rewriteFEAT(r ftpproto.Reply) ftpproto.Reply {
 		lines = append(lines, " AUTH TLS", " PBSZ", " PROT")
 	}
 	return ftpproto.Reply{Code: r.Code, Lines: append(lines, r.Lines[len(r.Lines)-1])}
+}
+
+// recordBatcher is the socket under a TLS data leg. Between begin and
+// flush it gathers what TLS writes — a relayBuf of plaintext is sixteen
+// records of 16 KiB — and flush sends it in one system call rather than
+// one a record. Outside, and for whatever TLS writes by itself (the
+// handshake, alerts, a key update answered by a Read), it writes through.
+// Safe for concurrent use.
+type recordBatcher struct {
+	net.Conn
+	mu  sync.Mutex
+	on  bool
+	buf []byte
+}
+
+func (b *recordBatcher) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.on {
+		b.buf = append(b.buf, p...)
+		return len(p), nil
+	}
+	return b.Conn.Write(p)
+}
+
+func (b *recordBatcher) begin() {
+	b.mu.Lock()
+	b.on = true
+	b.mu.Unlock()
+}
+
+// flush sends what was gathered since begin, and writes through again.
+func (b *recordBatcher) flush() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.on = false
+	if len(b.buf) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(b.buf)
+	if cap(b.buf) > 2*relayBuf {
+		b.buf = nil // not kept: a relay writes at most relayBuf at a time
+	} else {
+		b.buf = b.buf[:0]
+	}
+	return err
+}
+
+// writeBatched writes p to dst: over a TLS leg on a recordBatcher, its
+// records in one system call.
+func writeBatched(dst net.Conn, p []byte) error {
+	if tc, ok := dst.(*tls.Conn); ok {
+		if b, ok := tc.NetConn().(*recordBatcher); ok {
+			b.begin()
+			_, err := tc.Write(p)
+			if ferr := b.flush(); err == nil {
+				err = ferr
+			}
+			return err
+		}
+	}
+	_, err := dst.Write(p)
+	return err
 }

@@ -1,14 +1,17 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"math/big"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,5 +90,58 @@ func TestTLSCommands(t *testing.T) {
 		if strings.HasPrefix(l, "PBSZ") || strings.HasPrefix(l, "PROT") || strings.HasPrefix(l, "AUTH") || l == "CCC" {
 			t.Errorf("%q reached the plain daemon", l)
 		}
+	}
+}
+
+// countingConn counts the writes to its net.Conn.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int32
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestRecordBatcher: a write to a TLS data leg goes to its socket in one
+// write however many records it takes, and arrives byte for byte; what TLS
+// writes by itself (the handshake, close_notify) goes through.
+func TestRecordBatcher(t *testing.T) {
+	srvSide, cliSide := net.Pipe()
+	defer cliSide.Close()
+	cc := &countingConn{Conn: srvSide}
+	conf := testTLSConfig(t)
+	conf.DynamicRecordSizingDisabled = true
+	tc := tls.Server(&recordBatcher{Conn: cc}, conf)
+	defer tc.Close()
+	client := tls.Client(cliSide, &tls.Config{InsecureSkipVerify: true})
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(client)
+		got <- b
+	}()
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	var want []byte
+	for _, n := range []int{1, 16 << 10, 16<<10 + 1, relayBuf} {
+		p := make([]byte, n)
+		rand.Read(p)
+		before := cc.writes.Load()
+		if err := writeBatched(tc, p); err != nil {
+			t.Fatal(err)
+		}
+		if w := cc.writes.Load() - before; w != 1 {
+			t.Errorf("%d bytes: %d writes to the socket; want 1", n, w)
+		}
+		want = append(want, p...)
+	}
+	if err := tc.CloseWrite(); err != nil { // close_notify: written through
+		t.Fatal(err)
+	}
+	srvSide.Close()
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("client read %d bytes; want %d identical bytes", len(b), len(want))
 	}
 }
