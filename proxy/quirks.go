@@ -17,7 +17,7 @@ import (
 // bare LF line ends, and a 1xx before the greeting's 220. Hang-ups without
 // a 421 after a daemon's own limit of failures (vsftpd max_login_fails,
 // proftpd MaxLoginAttempts, pure-ftpd after 6) settle the attempt that was
-// waiting as a failure, like any hang-up. README "Daemon notes" lists them.
+// waiting as a failure, like any hang-up. docs/daemons.md lists them.
 
 // refusedAfterGoodPassword reports whether r, a 4xx/5xx reply to PASS,
 // refuses a login whose password the daemon accepted. proftpd checks
