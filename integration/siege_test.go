@@ -68,6 +68,7 @@ func TestBenchSiege(t *testing.T) {
 	type result struct {
 		lat        []time.Duration
 		failed     int
+		errs       map[string]int // why legitimate logins failed, by error text
 		retr       []float64 // MiB/s
 		cpu        float64   // ftpguard CPU seconds per second
 		rssMax     int       // KiB
@@ -94,6 +95,10 @@ func TestBenchSiege(t *testing.T) {
 					mu.Lock()
 					if err != nil {
 						res.failed++
+						if res.errs == nil {
+							res.errs = map[string]int{}
+						}
+						res.errs[err.Error()]++
 					} else {
 						res.lat = append(res.lat, time.Since(start))
 					}
@@ -226,6 +231,11 @@ func TestBenchSiege(t *testing.T) {
 	fmt.Printf("  legit logins ok      quiet %d  siege %d; failed quiet %d  siege %d\n",
 		sum(quiet, func(r result) int { return len(r.lat) }), sum(siege, func(r result) int { return len(r.lat) }),
 		sum(quiet, func(r result) int { return r.failed }), sum(siege, func(r result) int { return r.failed }))
+	for _, r := range siege {
+		for e, n := range r.errs {
+			fmt.Printf("  legit failure under siege: %d × %s\n", n, e)
+		}
+	}
 	fmt.Printf("  ftpguard CPU cores   quiet %s  siege %s\n", stat(field(quiet, func(r result) float64 { return r.cpu })), stat(field(siege, func(r result) float64 { return r.cpu })))
 	fmt.Printf("  ftpguard RSS MiB     quiet %s  siege %s\n", stat(field(quiet, func(r result) float64 { return float64(r.rssMax) / 1024 })), stat(field(siege, func(r result) float64 { return float64(r.rssMax) / 1024 })))
 	fmt.Printf("  attack: %d guesses sent, %d idle connections opened; the daemon saw %d failed logins\n",
