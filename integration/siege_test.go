@@ -69,10 +69,10 @@ func TestBenchSiege(t *testing.T) {
 		lat        []time.Duration
 		failed     int
 		errs       map[string]int // why legitimate logins failed, by error text
-		retr       []float64 // MiB/s
-		cpu        float64   // ftpguard CPU seconds per second
-		rssMax     int       // KiB
-		guesses    int64     // attack PASS lines sent
+		retr       []float64      // MiB/s
+		cpu        float64        // ftpguard CPU seconds per second
+		rssMax     int            // KiB
+		guesses    int64          // attack PASS lines sent
 		idleOpened int64
 	}
 	run := func(siege bool) result {
