@@ -32,19 +32,11 @@ func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n
 					return
 				default:
 				}
-				c, err := d.Dial("tcp", addr)
+				c, end, err := dialStoppable(stop, &d, addr)
 				if err != nil {
 					time.Sleep(200 * time.Millisecond)
 					continue
 				}
-				done := make(chan struct{})
-				go func() {
-					select {
-					case <-stop:
-					case <-done:
-					}
-					c.Close()
-				}()
 				br := bufio.NewReader(c)
 				greeted := false
 				for { // read replies until the proxy closes (bounded by stop)
@@ -62,7 +54,7 @@ func holdIdleConns(stop <-chan struct{}, wg *sync.WaitGroup, src, addr string, n
 						refused.Add(1)
 					}
 				}
-				close(done)
+				end()
 				if greeted {
 					held.Add(-1)
 				}

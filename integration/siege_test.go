@@ -252,19 +252,11 @@ func guess(stop <-chan struct{}, src, addr string, user func(int) string, sent *
 			return
 		default:
 		}
-		c, err := dialer.Dial("tcp", addr)
+		c, end, err := dialStoppable(stop, &dialer, addr)
 		if err != nil {
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
-		done := make(chan struct{})
-		go func() {
-			select {
-			case <-stop:
-			case <-done:
-			}
-			c.Close()
-		}()
 		r := bufio.NewReader(c)
 		ok := readCode(r) == 220
 		for ok {
@@ -273,7 +265,7 @@ func guess(stop <-chan struct{}, src, addr string, user func(int) string, sent *
 			i++
 			ok = readCode(r) == 331 && readCode(r) == 530
 		}
-		close(done)
+		end()
 		time.Sleep(10 * time.Millisecond) // bounded reconnect rate
 	}
 }
@@ -294,26 +286,18 @@ func holdIdle(stop <-chan struct{}, src, addr string, n int, opened *int64) {
 					return
 				default:
 				}
-				c, err := dialer.Dial("tcp", addr)
+				c, end, err := dialStoppable(stop, &dialer, addr)
 				began := time.Now()
 				if err == nil {
 					atomic.AddInt64(opened, 1)
 					fmt.Fprintf(c, "PROXY TCP6 2001:db8:5::%x ::1 %d 21\r\n", i+1, 40000+i)
-					done := make(chan struct{})
-					go func() {
-						select {
-						case <-stop:
-						case <-done:
-						}
-						c.Close()
-					}()
 					buf := make([]byte, 512)
 					for {
 						if _, err := c.Read(buf); err != nil {
 							break
 						}
 					}
-					close(done)
+					end()
 				}
 				if time.Since(began) < time.Second {
 					time.Sleep(500 * time.Millisecond) // refused at once: bounded reconnect rate
@@ -322,6 +306,26 @@ func holdIdle(stop <-chan struct{}, src, addr string, n int, opened *int64) {
 		}()
 	}
 	wg.Wait()
+}
+
+// dialStoppable dials addr with d; the connection is closed when stop is
+// closed or end is called, whichever comes first (end must be called once
+// the caller is done with it), so a load loop blocked in a read ends with
+// its phase.
+func dialStoppable(stop <-chan struct{}, d *net.Dialer, addr string) (c net.Conn, end func(), err error) {
+	c, err = d.Dial("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-stop:
+		case <-done:
+		}
+		c.Close()
+	}()
+	return c, func() { close(done) }, nil
 }
 
 // readCode reads one whole reply and returns its code (0 on error).
