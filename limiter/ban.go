@@ -44,7 +44,7 @@ type banRec struct {
 	key    bkey
 	active bool      // not yet found expired (the ban may still be past Until)
 	due    time.Time // when the sweep must look at it: Until while active, then Forget
-	idx    int       // position in the heap
+	idx    int       // position in its heap (banTable.live or banTable.ended)
 	seq    uint64    // version, so that store writes made out of order are not lost
 	synced bool      // this version is known to be in the store (saved or loaded)
 	// toldUnsaved: the hook was told this version is Unsaved; it is told
@@ -75,17 +75,21 @@ func (h *banHeap) Pop() any {
 	return r
 }
 
-// banTable holds ban records by key, a min-heap of them by due (so that
-// expiring and forgetting cost O(log n) each and never a scan), and the set
-// of prefix lengths in use per family (so that a lookup tries each length
-// once: usually one, more after BanKey of other lengths or a Reload that
-// changed the key prefixes). Not safe for concurrent use.
+// banTable holds ban records by key, in two min-heaps by due — live, the
+// records marked active, by Until; ended, the ended bans kept for
+// escalation, by Forget — so that expiring, forgetting and evicting cost
+// O(log n) each and never a scan, and so that a full table gives up an
+// ended record before a ban in force (docs/operating.md, "The ban table is
+// full"). It also keeps the set of prefix lengths in use per family (so
+// that a lookup tries each length once: usually one, more after BanKey of
+// other lengths or a Reload that changed the key prefixes). Not safe for
+// concurrent use.
 type banTable struct {
-	recs   map[bkey]*banRec
-	heap   banHeap
-	active int
-	nbits  [2][129]int32 // records per family (0: IPv4, 1: IPv6) and prefix length
-	bits   [2][]uint8    // prefix lengths with nbits > 0, per family
+	recs  map[bkey]*banRec
+	live  banHeap       // active records, by Until
+	ended banHeap       // ended records, by Forget
+	nbits [2][129]int32 // records per family (0: IPv4, 1: IPv6) and prefix length
+	bits  [2][]uint8    // prefix lengths with nbits > 0, per family
 }
 
 func newBanTable() banTable {
@@ -101,13 +105,21 @@ func family(is4 bool) int {
 
 func (t *banTable) len() int { return len(t.recs) }
 
+// nactive is the number of records marked active.
+func (t *banTable) nactive() int { return len(t.live) }
+
+// heapOf returns the heap r belongs in.
+func (t *banTable) heapOf(r *banRec) *banHeap {
+	if r.active {
+		return &t.live
+	}
+	return &t.ended
+}
+
 // insert adds r, which must hold a valid ban of a key not present.
 func (t *banTable) insert(r *banRec) {
 	t.recs[r.key] = r
-	heap.Push(&t.heap, r)
-	if r.active {
-		t.active++
-	}
+	heap.Push(t.heapOf(r), r)
 	f, b := family(r.key.is4), r.key.bits
 	if t.nbits[f][b]++; t.nbits[f][b] == 1 {
 		t.bits[f] = append(t.bits[f], b)
@@ -117,10 +129,7 @@ func (t *banTable) insert(r *banRec) {
 // remove drops r.
 func (t *banTable) remove(r *banRec) {
 	delete(t.recs, r.key)
-	heap.Remove(&t.heap, r.idx)
-	if r.active {
-		t.active--
-	}
+	heap.Remove(t.heapOf(r), r.idx)
 	f, b := family(r.key.is4), r.key.bits
 	if t.nbits[f][b]--; t.nbits[f][b] == 0 {
 		list := t.bits[f]
@@ -136,22 +145,26 @@ func (t *banTable) remove(r *banRec) {
 
 // activate makes r's ban (already in r.ban) the key's active one.
 func (t *banTable) activate(r *banRec) {
-	if !r.active {
-		r.active = true
-		t.active++
-	}
 	r.due = r.ban.Until
-	heap.Fix(&t.heap, r.idx)
+	if r.active {
+		heap.Fix(&t.live, r.idx)
+		return
+	}
+	heap.Remove(&t.ended, r.idx)
+	r.active = true
+	heap.Push(&t.live, r)
 }
 
 // expire marks r's ban as over; r stays until its Forget time.
 func (t *banTable) expire(r *banRec) {
-	if r.active {
-		r.active = false
-		t.active--
-	}
 	r.due = r.ban.forget()
-	heap.Fix(&t.heap, r.idx)
+	if !r.active {
+		heap.Fix(&t.ended, r.idx)
+		return
+	}
+	heap.Remove(&t.live, r.idx)
+	r.active = false
+	heap.Push(&t.ended, r)
 }
 
 // find returns the ban in force at now that covers the normalised address a
@@ -191,20 +204,34 @@ func (t *banTable) expireCovering(now time.Time, a netip.Addr) {
 // the sweep costs O(log n) per ban, amortised, and n bounds the latency of
 // one call.
 func (t *banTable) sweep(now time.Time, n int) {
-	for ; n != 0 && len(t.heap) > 0 && !now.Before(t.heap[0].due); n-- {
-		r := t.heap[0]
-		if r.active {
-			t.expire(r)
-		} else {
-			t.remove(r)
+	for ; n != 0; n-- {
+		switch {
+		case len(t.live) > 0 && !now.Before(t.live[0].due):
+			t.expire(t.live[0])
+		case len(t.ended) > 0 && !now.Before(t.ended[0].due):
+			t.remove(t.ended[0])
+		default:
+			return
 		}
 	}
 }
 
-// soonest returns the record due first (the one to evict when full), or nil.
-func (t *banTable) soonest() *banRec {
-	if len(t.heap) == 0 {
-		return nil
+// idle reports whether sweep at now would find nothing to do.
+func (t *banTable) idle(now time.Time) bool {
+	return (len(t.live) == 0 || now.Before(t.live[0].due)) &&
+		(len(t.ended) == 0 || now.Before(t.ended[0].due))
+}
+
+// victim returns the record to evict when the table is full, or nil if it
+// is empty: the ended record to be forgotten first, and only when none is
+// left the active one ending first. An ended record only lets the next ban
+// of its key escalate; evicting a ban in force lifts it.
+func (t *banTable) victim() *banRec {
+	if len(t.ended) > 0 {
+		return t.ended[0]
 	}
-	return t.heap[0]
+	if len(t.live) > 0 {
+		return t.live[0]
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ package limiter
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"time"
@@ -18,7 +19,7 @@ import (
 // key. An error wrapping ErrStore comes with a valid Ban: the ban is in force
 // but was not saved.
 func (l *Limiter) BanKey(now time.Time, key netip.Prefix, d time.Duration, reason string) (Ban, error) {
-	p, err := normPrefix(key)
+	p, err := NormPrefix(key)
 	if err != nil {
 		return Ban{}, err
 	}
@@ -45,13 +46,13 @@ func (l *Limiter) BanKey(now time.Time, key netip.Prefix, d time.Duration, reaso
 // a ban was in force as of the latest time the limiter was given. An error
 // wrapping ErrStore means the store still has the ban.
 func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
-	p, err := normPrefix(key)
+	p, err := NormPrefix(key)
 	if err != nil {
 		return false, err
 	}
 	l.mu.Lock()
 	r := l.bans.recs[keyOf(p)]
-	lifted := r != nil && r.active && l.clock.Before(r.ban.Until)
+	lifted := r != nil && l.inForceLocked(r)
 	var old Ban
 	if r != nil {
 		old = r.ban
@@ -63,6 +64,7 @@ func (l *Limiter) Unban(key netip.Prefix) (bool, error) {
 	}
 	l.seq++
 	seq := l.seq
+	l.pendingUnbanLocked(keyOf(p), seq)
 	l.mu.Unlock()
 	err = l.deleteBan(p, seq)
 	if lifted {
@@ -106,7 +108,7 @@ func (l *Limiter) Bans(now time.Time) []Ban {
 // bansChunk records per hold of the lock.
 func (l *Limiter) advance(now time.Time) {
 	l.mu.RLock()
-	idle := !now.After(l.clock) && (len(l.bans.heap) == 0 || now.Before(l.bans.heap[0].due))
+	idle := !now.After(l.clock) && l.bans.idle(now)
 	l.mu.RUnlock()
 	if idle {
 		return
@@ -117,7 +119,7 @@ func (l *Limiter) advance(now time.Time) {
 			l.clock = now
 		}
 		l.bans.sweep(now, bansChunk)
-		more := len(l.bans.heap) > 0 && !now.Before(l.bans.heap[0].due)
+		more := !l.bans.idle(now)
 		l.syncLocked()
 		l.mu.Unlock()
 		if !more {
@@ -127,22 +129,29 @@ func (l *Limiter) advance(now time.Time) {
 }
 
 // BansPage returns the bans in force at now among at most limit records of
-// the table, from position cursor (0: the first), sorted by Until, and the
-// cursor of the next page (0: this was the last). A page may hold fewer
-// than limit bans, even none, before the last (records of ended bans are
-// kept for escalation and skipped). It holds the read lock only, for
-// O(limit) work. Positions are those of the table's heap (bans due first
-// come early): a ban made, lifted or changed between two pages may be
-// missed or repeated. limit < 1 means 1.
+// the table's bans marked active, from position cursor (0: the first),
+// sorted by Until, and the cursor of the next page (0: this was the last).
+// Records of ended bans, kept for escalation, are not paged; a page may
+// still hold fewer than limit bans before the last, when bans over have
+// not been found so yet. It holds the read lock only, for O(limit) work.
+// Positions are those of the heap of active bans (bans ending first come
+// early): a ban made, lifted or changed between two pages may be missed or
+// repeated. limit < 1 means 1.
 func (l *Limiter) BansPage(now time.Time, cursor, limit int) ([]Ban, int) {
 	limit = max(limit, 1)
 	cursor = max(cursor, 0)
 	l.mu.RLock()
-	h := l.bans.heap
-	end := min(len(h), cursor+limit)
+	h := l.bans.live
+	end := len(h)
+	if cursor > end {
+		cursor = end // past the last: an empty last page
+	}
+	if limit < end-cursor { // not cursor+limit: a cursor near MaxInt would wrap
+		end = cursor + limit
+	}
 	var out []Ban
 	for i := cursor; i < end; i++ {
-		if r := h[i]; r.active && r.ban.Active(now) {
+		if r := h[i]; r.ban.Active(now) {
 			out = append(out, r.ban)
 		}
 	}
@@ -155,18 +164,55 @@ func (l *Limiter) BansPage(now time.Time, cursor, limit int) ([]Ban, int) {
 	return out, next
 }
 
-// makeRoomLocked drops the ban record due first if the table is full. It
-// reports whether there is room.
-func (l *Limiter) makeRoomLocked(s *settings) bool {
+// makeRoomLocked evicts ban records while the table is full, ended ones
+// first (banTable.victim). in is the ban about to be added: nil for a ban
+// just made here, which always gets its place; a ban from the store or
+// another limiter gets one only if it would not itself be the first to go
+// (so that a load of ended bans never evicts a ban in force). It reports
+// whether there is room.
+func (l *Limiter) makeRoomLocked(s *settings, in *Ban) bool {
 	for l.bans.len() >= s.MaxTracked {
-		r := l.bans.soonest()
-		if r == nil {
+		r := l.bans.victim()
+		if r == nil || in != nil && !l.outranks(*in, r) {
 			return false
 		}
-		l.bans.remove(r)
-		l.bansEvicted++
+		l.evictLocked(r)
 	}
 	return true
+}
+
+// evictLocked drops r to stay within MaxTracked, and counts it: a ban in
+// force lifted early (BansEvicted) or an ended ban's escalation count
+// forgotten early (RememberedEvicted).
+func (l *Limiter) evictLocked(r *banRec) {
+	if l.inForceLocked(r) {
+		l.bansEvicted++
+	} else {
+		l.rememberedEvicted++
+	}
+	l.bans.remove(r)
+}
+
+// inForceLocked reports whether r holds a ban in force as of the
+// limiter's clock (marked active, and not yet past its Until).
+func (l *Limiter) inForceLocked(r *banRec) bool {
+	return r.active && l.clock.Before(r.ban.Until)
+}
+
+// outranks reports whether b is to be kept before the record r, by the
+// order of eviction: a ban in force (as of the limiter's clock) before an
+// ended one; among bans in force the one ending later; among ended ones
+// the one forgotten later. A tie keeps r.
+func (l *Limiter) outranks(b Ban, r *banRec) bool {
+	bIn, rIn := l.clock.Before(b.Until), l.inForceLocked(r)
+	switch {
+	case bIn != rIn:
+		return bIn
+	case bIn:
+		return b.Until.After(r.ban.Until)
+	default:
+		return b.forget().After(r.ban.forget())
+	}
 }
 
 // banLocked bans p (normalised) from now for d (d ≤ 0: escalated), clears
@@ -176,7 +222,7 @@ func (l *Limiter) banLocked(now time.Time, s *settings, p netip.Prefix, d time.D
 	r := l.bans.recs[k]
 	count := 1
 	if r != nil && now.Before(r.ban.Forget) {
-		count = r.ban.Count + 1
+		count = min(r.ban.Count, math.MaxInt32-1) + 1 // a store's count may be anything
 	}
 	if d <= 0 {
 		d = s.banDuration(count)
@@ -187,12 +233,13 @@ func (l *Limiter) banLocked(now time.Time, s *settings, p netip.Prefix, d time.D
 		r.ban = ban
 		l.bans.activate(r)
 	} else {
-		l.makeRoomLocked(s) // MaxTracked ≥ 1, so there is room
+		l.makeRoomLocked(s, nil) // MaxTracked ≥ 1, so there is room
 		r = &banRec{ban: ban, key: k, active: true, due: until}
 		l.bans.insert(r)
 	}
 	l.seq++
 	r.seq, r.synced = l.seq, false
+	delete(l.unbans, k) // the key's state to write is this ban
 	l.bansCreated++
 	l.budgets.remove(k)
 	l.wakeOverlapping(p) // the guesses waiting find the ban
@@ -258,7 +305,45 @@ func (l *Limiter) deleteBan(p netip.Prefix, seq uint64) error {
 		l.retryLater(p)
 		return l.storeFailed(fmt.Errorf("%w: delete ban of %v: %w", ErrStore, p, err))
 	}
+	l.unbanWritten(keyOf(p), seq)
 	return nil
+}
+
+// pendingUnbanLocked records that the unban of k (version seq) is to be
+// written to the store. A change written again later (retry.go, the
+// circuit's queue) is written from the table: a key with no record there
+// is deleted from the store only if it is recorded here — a record
+// evicted (the table was full) or forgotten leaves the store as it is, for
+// an eviction frees memory and is no unban (in Redis a deletion is
+// published to every instance as one). At most MaxTracked unbans wait, as
+// many as the queues hold; beyond, a failed unban's retry leaves the ban
+// in the store.
+func (l *Limiter) pendingUnbanLocked(k bkey, seq uint64) {
+	if l.unbans == nil {
+		l.unbans = make(map[bkey]uint64)
+	}
+	if _, ok := l.unbans[k]; ok || len(l.unbans) < l.cfg.Load().MaxTracked {
+		l.unbans[k] = seq
+	}
+}
+
+// writeUnban deletes p (key k), whose unban of version seq is pending,
+// from the store, and records it written. Called with l.storeMu held.
+func (l *Limiter) writeUnban(k bkey, p netip.Prefix, seq uint64) error {
+	err := l.store.DeleteBan(p)
+	if err == nil {
+		l.unbanWritten(k, seq)
+	}
+	return err
+}
+
+// unbanWritten records that the unban of k (version seq) is in the store.
+func (l *Limiter) unbanWritten(k bkey, seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unbans[k] == seq {
+		delete(l.unbans, k)
+	}
 }
 
 // retryLater has the change of p written again later, after a failed

@@ -1,6 +1,8 @@
 package limiter
 
 import (
+	"fmt"
+	"math"
 	"net/netip"
 	"testing"
 	"time"
@@ -65,5 +67,66 @@ func TestBansReadOnlyLock(t *testing.T) {
 	}
 	if s := l.Stats(); s.Banned != 0 {
 		t.Fatalf("Stats.Banned = %d after the bans ended", s.Banned)
+	}
+}
+
+// TestEscalationCountSaturates: a record whose count is out of range — a
+// corrupt or hostile store's MaxInt, or a negative one — still escalates
+// the next ban to at most max_ban_time, never to a ban of 0 s (a count
+// below 1 is loaded as 1). On the old
+// code MaxInt + 1 wrapped around and the next ban lasted 0 s (found by
+// the fuzz work on the stores' decoders).
+func TestEscalationCountSaturates(t *testing.T) {
+	now := time.Now()
+	for _, tt := range []struct {
+		count int
+		want  time.Duration
+	}{
+		{math.MaxInt, 24 * time.Hour},
+		{math.MaxInt32, 24 * time.Hour},
+		{-7, 2 * time.Minute}, // loaded as 1
+		{0, 2 * time.Minute},
+	} {
+		t.Run(fmt.Sprint(tt.count), func(t *testing.T) {
+			ms := NewMemoryStore()
+			k := netip.MustParsePrefix("192.0.2.0/24")
+			// ended a minute ago, remembered for a day
+			ms.SaveBan(Ban{Key: k, Until: now.Add(-time.Minute), Since: now.Add(-2 * time.Minute), Forget: now.Add(24 * time.Hour), Count: tt.count})
+			l := newLimiter(t, Config{BanTime: time.Minute, BanFactor: 2, MaxBanTime: 24 * time.Hour}, ms)
+			b, err := l.BanKey(now, k, 0, "again")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := b.Until.Sub(now); got != tt.want {
+				t.Fatalf("next ban after count %d lasts %v, want %v (count now %d)", tt.count, got, tt.want, b.Count)
+			}
+			if b.Count < 1 {
+				t.Fatalf("count %d after a ban", b.Count)
+			}
+		})
+	}
+}
+
+// TestBansPageCursorBounds: a cursor past the last record (up to MaxInt,
+// as GET /bans?after= takes it) gives an empty last page, next 0. On the
+// old code cursor+limit wrapped and the next cursor came back negative.
+func TestBansPageCursorBounds(t *testing.T) {
+	l := newLimiter(t, Config{}, nil)
+	now := time.Now()
+	for i := range 3 {
+		l.BanKey(now, netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 32), time.Hour, "")
+	}
+	for _, tt := range []struct{ cursor, limit, n, next int }{
+		{0, 2, 2, 2},
+		{2, 2, 1, 0},
+		{3, 2, 0, 0},
+		{math.MaxInt, 10, 0, 0},
+		{math.MaxInt - 5, 10000, 0, 0},
+		{1, math.MaxInt, 2, 0},
+	} {
+		bans, next := l.BansPage(now, tt.cursor, tt.limit)
+		if len(bans) != tt.n || next != tt.next {
+			t.Errorf("BansPage(%d, %d) = %d bans, next %d; want %d, %d", tt.cursor, tt.limit, len(bans), next, tt.n, tt.next)
+		}
 	}
 }

@@ -142,3 +142,51 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 		runtime.KeepAlive(l)
 	}
 }
+
+// nopStore keeps nothing: BenchmarkBanEvict measures the ban table alone.
+type nopStore struct{}
+
+func (nopStore) SaveBan(Ban) error                 { return nil }
+func (nopStore) DeleteBan(netip.Prefix) error      { return nil }
+func (nopStore) LoadBans(time.Time) ([]Ban, error) { return nil, nil }
+func (nopStore) Close() error                      { return nil }
+
+// BenchmarkBanEvict is BanKey of a new key in a full ban table of 100,000
+// records, so that each ban evicts one: "active", every record a ban in
+// force; "remembered", every record an ended ban kept for escalation
+// (until b.N exceeds the table: then the bans made by the benchmark are
+// the ones evicted).
+func BenchmarkBanEvict(b *testing.B) {
+	const n = 100_000
+	for _, tc := range []struct {
+		name  string
+		ended bool
+	}{{"active", false}, {"remembered", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			l := newLimiter(b, Config{MaxTracked: n}, nopStore{})
+			for i, a := range addrs(n, 0x0b000000) {
+				d := time.Hour + time.Duration(i)*time.Millisecond
+				if _, err := l.BanKey(t0, l.Key(a), d, ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+			now := t0
+			if tc.ended {
+				now = t0.Add(3 * time.Hour)
+				l.advance(now) // expires them all
+			}
+			next := uint32(0x0c000000)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				next++
+				if _, err := l.BanKey(now, netip.PrefixFrom(addrN(next), 32), time.Hour, ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if s := l.Stats(); s.Banned+s.Remembered != n {
+				b.Fatalf("Stats = %+v", s)
+			}
+		})
+	}
+}

@@ -44,7 +44,7 @@ func (c *circuit) resyncBans() error {
 		l.mu.Lock()
 		s := l.cfg.Load()
 		for _, b := range chunk {
-			p, err := normPrefix(b.Key)
+			p, err := NormPrefix(b.Key)
 			if err != nil || b.Until.IsZero() {
 				continue
 			}

@@ -153,7 +153,7 @@ func (c *circuit) onEvent(ev BanEvent) {
 	l := c.l
 	switch ev.Kind {
 	case EventBan:
-		p, err := normPrefix(ev.Ban.Key)
+		p, err := NormPrefix(ev.Ban.Key)
 		if err != nil || ev.Ban.Until.IsZero() {
 			return
 		}
@@ -165,7 +165,7 @@ func (c *circuit) onEvent(ev BanEvent) {
 			l.notify(BanChange{Ban: ev.Ban, Remote: true})
 		}
 	case EventUnban:
-		p, err := normPrefix(ev.Ban.Key)
+		p, err := NormPrefix(ev.Ban.Key)
 		if err != nil {
 			return
 		}
@@ -315,13 +315,17 @@ func (c *circuit) flushOne(k bkey, p netip.Prefix) (*Ban, error) {
 	if r != nil {
 		ban, seq = r.ban, r.seq
 	}
+	useq, unban := l.unbans[k]
 	l.mu.RUnlock()
 	var err error
-	if r != nil {
+	switch {
+	case r != nil:
 		err = l.store.SaveBan(ban)
-	} else {
-		err = l.store.DeleteBan(p)
+	case unban:
+		err = l.writeUnban(k, p, useq)
 	}
+	// Else the record was evicted or forgotten: the store keeps what it
+	// has (pendingUnbanLocked).
 	if err != nil {
 		return nil, fmt.Errorf("%w: write queued ban change of %v: %w", ErrStore, p, err)
 	}
@@ -403,13 +407,14 @@ func (l *Limiter) installLocked(s *settings, b Ban) bool {
 		r.ban = b
 		l.bans.activate(r)
 	} else {
-		if !l.makeRoomLocked(s) {
+		if !l.makeRoomLocked(s, &b) {
 			return false
 		}
 		r = &banRec{ban: b, key: k, active: true, due: b.Until}
 		l.bans.insert(r)
 	}
 	r.seq, r.synced = l.seq, true
+	delete(l.unbans, k) // the key's state is this ban, in the store already
 	if l.clock.Before(b.Until) {
 		l.budgets.remove(k)
 		l.wakeOverlapping(b.Key) // the guesses waiting find the ban

@@ -55,7 +55,10 @@ type Config struct {
 	Allow []netip.Prefix
 	// MaxTracked bounds the keys that hold budget state; beyond it the
 	// least recently used key is forgotten. It separately bounds the ban
-	// table (max_tracked; default 1,000,000).
+	// table, bans in force and ended bans kept for escalation alike: a full
+	// table forgets the ended ban due to be forgotten first, and lifts the
+	// ban in force ending first only when it holds nothing else
+	// (max_tracked; default 1,000,000).
 	MaxTracked int
 	// SuccessResets makes a successful login refill the key's budget
 	// (success_resets; default false: whoever knows one account must not be
@@ -227,7 +230,7 @@ func newSettings(c Config) *settings {
 	c.Allow = append([]netip.Prefix(nil), c.Allow...) // the caller keeps its slice
 	s := &settings{Config: c, limit: rate.Limit(float64(c.Failures) / c.Window.Seconds())}
 	for _, p := range c.Allow {
-		p, err := normPrefix(p)
+		p, err := NormPrefix(p)
 		if err != nil {
 			continue // only ::ffff:0:0/n with n < 96; it cannot match a normalised address
 		}

@@ -17,8 +17,9 @@ import (
 // Success, Failure or Release. When attempts in flight hold every token
 // left it refuses with Busy and no ban (concurrent logins behind one NAT
 // address must not ban it; the cap holds all the same). When the budget is
-// spent it bans the key (NewBan) and refuses. A banned key is refused. An
-// allowlisted address is always allowed and not counted.
+// spent it bans the key (NewBan) and refuses. A banned key is refused, by
+// a ban of the limiter's or of its external source (SetExternal), and takes
+// no place. An allowlisted address is always allowed and not counted.
 //
 // With a shared store the budget is the one shared by every limiter on it;
 // when the store is down the local one decides, or with Config.FailClosed
@@ -59,6 +60,10 @@ func (l *Limiter) enter(now time.Time, addr netip.Addr, key netip.Prefix) (netip
 func (l *Limiter) attempt(now time.Time, addr netip.Addr, key netip.Prefix, wr *waitReq) Decision {
 	addr, s, d, done := l.enter(now, addr, key)
 	if done {
+		return d
+	}
+	if l.checkExternal(now, addr, &d) { // external.go: e.g. a CrowdSec decision since USER
+		l.mu.Unlock()
 		return d
 	}
 	if r, _ := l.bans.find(now, addr); r != nil {

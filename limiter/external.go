@@ -8,14 +8,16 @@ import (
 // External is a source of bans kept outside the limiter (a CrowdSec
 // bouncer's decisions): it reports the ban in force at now covering addr
 // (an address already normalised: unmapped, no zone), if any. It is called
-// by Check for every connection and login verb, so it must be fast, must
-// not block and must be safe for concurrent use.
+// by Check for every connection and login verb, and by Attempt (Begin) for
+// every guess with the limiter's lock held, so it must be fast, must not
+// block, must not call the Limiter and must be safe for concurrent use.
 type External func(addr netip.Addr, now time.Time) (Ban, bool)
 
 // SetExternal makes Check consult fn after its allowlist and before its
 // own ban table: a ban fn reports refuses the address like one of the
 // limiter's own (Decision.Allowed false, Decision.Ban the external ban),
-// on every path that checks bans (the gate, USER). External bans stay
+// on every path that checks bans: Check (the gate, USER) and Attempt or
+// Begin (every guess, which then takes no place). External bans stay
 // apart from the limiter's: they are not stored, not escalated, not
 // reported to the ban hook, not listed by Bans and not lifted by Unban.
 // Allowlisted addresses are never refused. nil removes the source.

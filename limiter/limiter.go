@@ -89,9 +89,12 @@ type Stats struct {
 	Banned      int    // active bans (as of the latest time the limiter was given)
 	Remembered  int    // ended bans kept for escalation
 	Evicted     uint64 // budgets forgotten to stay within MaxTracked
-	BansEvicted uint64 // ban records dropped to stay within MaxTracked
+	BansEvicted uint64 // bans in force lifted early to stay within MaxTracked (only when no ended ban is left)
 	StoreErrors uint64 // failed Store calls
 	BansCreated uint64 // bans made (budget and admin) by this limiter
+	// RememberedEvicted is the ended bans forgotten early (the next ban of
+	// their key does not escalate) to stay within MaxTracked.
+	RememberedEvicted uint64
 	// SharedDown: the store keeps shared budgets (SharedBudgets) and is
 	// unreachable or unsubscribed: decisions are local until it is back.
 	SharedDown bool
@@ -139,13 +142,18 @@ type Limiter struct {
 	clock        time.Time // latest now given to a write call
 	seq          uint64    // version of the latest ban-table change
 	evicted      uint64
-	bansEvicted  uint64
+	bansEvicted  uint64 // bans in force evicted from the ban table
 	bansCreated  uint64
 	storeMu      sync.Mutex // serialises store writes, so they land in order
 	store        Store
 	storeErrors  atomic.Uint64
 	lastStoreErr atomic.Pointer[error]
 	unbanned     map[bkey]bool // keys unbanned during a resync's load (nil: none under way); under mu
+	// rememberedEvicted: ended bans evicted from the ban table.
+	rememberedEvicted uint64
+	// unbans: the keys whose Unban is still to be written to the store, by
+	// the version of the unban (pendingUnbanLocked); under mu.
+	unbans map[bkey]uint64
 
 	retry retrier // ban changes the store failed to write, written again later
 
@@ -199,7 +207,7 @@ func New(cfg Config, store Store) (*Limiter, error) {
 	for _, b := range bans {
 		l.restoreLocked(s, b)
 	}
-	l.nactive.Store(int64(l.bans.active))
+	l.nactive.Store(int64(l.bans.nactive()))
 	l.mu.Unlock()
 	if sb, ok := store.(SharedBudgets); ok {
 		l.keeper = newCircuit(l, sb, err != nil) // open until the first reconcile if the load failed
@@ -209,7 +217,7 @@ func New(cfg Config, store Store) (*Limiter, error) {
 
 // restoreLocked adds a ban loaded from the store.
 func (l *Limiter) restoreLocked(s *settings, b Ban) {
-	p, err := normPrefix(b.Key)
+	p, err := NormPrefix(b.Key)
 	if err != nil || b.Until.IsZero() {
 		return
 	}
@@ -225,7 +233,7 @@ func (l *Limiter) restoreLocked(s *settings, b Ban) {
 		}
 		l.bans.remove(r)
 	}
-	if !l.makeRoomLocked(s) {
+	if !l.makeRoomLocked(s, &b) {
 		return
 	}
 	l.bans.insert(&banRec{ban: b, key: k, active: true, due: b.Until, synced: true})
@@ -303,9 +311,11 @@ func (l *Limiter) Reload(cfg Config) error {
 	for l.budgets.len() > s.MaxTracked {
 		l.evictBudgetLocked()
 	}
-	for l.bans.len() > s.MaxTracked {
-		l.bans.remove(l.bans.soonest())
-		l.bansEvicted++
+	if l.bans.len() > s.MaxTracked {
+		l.bans.sweep(l.clock, -1) // what is past its time is forgotten, not evicted
+		for l.bans.len() > s.MaxTracked {
+			l.evictLocked(l.bans.victim())
+		}
 	}
 	l.syncLocked()
 	l.wakeOverlapping(netip.Prefix{}) // budgets may be larger, keys other
@@ -321,18 +331,19 @@ func (l *Limiter) Stats() Stats {
 	l.syncLocked()
 	waiting, _ := l.waiting()
 	return Stats{
-		Waiting:     waiting,
-		Tracked:     l.budgets.len(),
-		Banned:      l.bans.active,
-		Remembered:  l.bans.len() - l.bans.active,
-		Evicted:     l.evicted,
-		BansEvicted: l.bansEvicted,
-		BansCreated: l.bansCreated,
-		StoreErrors: l.storeErrors.Load(),
-		SharedDown:  l.keeper.down(),
-		Unsynced:    l.keeper.unsynced(),
-		Unsaved:     l.retry.len(),
-		Repaired:    l.repaired(),
+		Waiting:           waiting,
+		Tracked:           l.budgets.len(),
+		Banned:            l.bans.nactive(),
+		Remembered:        l.bans.len() - l.bans.nactive(),
+		Evicted:           l.evicted,
+		BansEvicted:       l.bansEvicted,
+		RememberedEvicted: l.rememberedEvicted,
+		BansCreated:       l.bansCreated,
+		StoreErrors:       l.storeErrors.Load(),
+		SharedDown:        l.keeper.down(),
+		Unsynced:          l.keeper.unsynced(),
+		Unsaved:           l.retry.len(),
+		Repaired:          l.repaired(),
 	}
 }
 
@@ -400,7 +411,7 @@ func (l *Limiter) tickLocked(now time.Time) *settings {
 
 // syncLocked publishes the count of active bans for Check's fast path.
 func (l *Limiter) syncLocked() {
-	l.nactive.Store(int64(l.bans.active))
+	l.nactive.Store(int64(l.bans.nactive()))
 }
 
 // normAddr drops a zone and unmaps an IPv4-mapped IPv6 address; a 6to4 or
@@ -408,6 +419,9 @@ func (l *Limiter) syncLocked() {
 // its key, allowlisting and bans are those of that IPv4 host.
 func normAddr(a netip.Addr) netip.Addr { return prefix.Addr(a) }
 
-// normPrefix masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or
-// more into the IPv4 prefix it maps.
-func normPrefix(p netip.Prefix) (netip.Prefix, error) { return prefix.Norm(p) }
+// NormPrefix returns p as the limiter keeps it: masked, an IPv4-mapped
+// prefix of 96 bits or more as the IPv4 prefix it maps, a 6to4 prefix of
+// /24 or longer and a single Teredo address as the IPv4 prefix they carry
+// (BanKey and Unban take a prefix so). The admin API checks a ban's width
+// on this form.
+func NormPrefix(p netip.Prefix) (netip.Prefix, error) { return prefix.Norm(p) }

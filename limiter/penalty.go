@@ -239,7 +239,7 @@ func (l *Limiter) Penalties(now time.Time) []Ban {
 // it) and forgets its escalation count. It reports whether a penalty was in
 // force at now.
 func (l *Limiter) LiftPenalty(now time.Time, key netip.Prefix) bool {
-	np, err := normPrefix(key)
+	np, err := NormPrefix(key)
 	if err != nil {
 		return false
 	}

@@ -127,7 +127,8 @@ func (t *retrier) round(l *Limiter) bool {
 
 // rewrite writes the current state of key k (prefix p) to the store: its
 // ban if the table holds one not yet saved (returned once saved, for the
-// hook), its deletion if the table holds none.
+// hook), its deletion if the table holds none and k was unbanned (a record
+// evicted or forgotten leaves the store as it is: pendingUnbanLocked).
 func (l *Limiter) rewrite(k bkey, p netip.Prefix) (*Ban, error) {
 	l.storeMu.Lock()
 	defer l.storeMu.Unlock()
@@ -141,11 +142,12 @@ func (l *Limiter) rewrite(k bkey, p netip.Prefix) (*Ban, error) {
 	if r != nil {
 		ban, seq, synced = r.ban, r.seq, r.synced
 	}
+	useq, unban := l.unbans[k]
 	l.mu.RUnlock()
 	switch {
-	case r == nil:
-		return nil, l.store.DeleteBan(p)
-	case synced:
+	case r == nil && unban:
+		return nil, l.writeUnban(k, p, useq)
+	case r == nil, synced:
 		return nil, nil
 	}
 	if err := l.store.SaveBan(ban); err != nil {

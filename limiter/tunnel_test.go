@@ -83,4 +83,17 @@ func TestTunnelBans(t *testing.T) {
 	if d := l.Check(t0, v4); d.Allowed {
 		t.Errorf("Check(IPv4) after a ban of its 6to4 /48 allowed: %+v", d)
 	}
+
+	// Longer than /48 (an ipv6_prefix-sized /64, a single address): the
+	// same IPv4 /32, which every address in it is keyed as.
+	for _, s := range []string{"2002:c000:0204::/64", "2002:c000:0204::1/128"} {
+		l = newLimiter(t, Config{}, nil)
+		b, err := l.BanKey(t0, netip.MustParsePrefix(s), time.Hour, "test")
+		if err != nil || b.Key != netip.MustParsePrefix("192.0.2.4/32") {
+			t.Errorf("BanKey(%s) = %v, %v; want the ban of 192.0.2.4/32", s, b.Key, err)
+		}
+		if d := l.Check(t0, v4); d.Allowed {
+			t.Errorf("Check(IPv4) after a ban of %s allowed: %+v", s, d)
+		}
+	}
 }

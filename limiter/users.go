@@ -50,6 +50,12 @@ type UserDecision struct {
 	// budget until Release; the caller must call Release once, whatever
 	// the outcome.
 	Held bool
+	// Busy (with Throttled): the budget is not spent — every place left in
+	// it is held by a guess in flight, and one frees when that guess is
+	// answered. The caller should wait and ask again (Attempt), not tell
+	// the client the name is paused: many new addresses logging in to one
+	// account at once are not an attack.
+	Busy bool
 	// RetryIn (Attempt only, when Throttled): about how long until
 	// the budget lets a guess from a new address through again, if no
 	// more guesses reach the daemon meanwhile (the refill of one token,
@@ -303,6 +309,7 @@ func (u *Users) check(now time.Time, user string, key netip.Prefix, hold bool) U
 	}
 	u.mu.Lock()
 	d.Throttled = d.Remaining-u.held[name] < 1
+	d.Busy = d.Throttled && d.Remaining >= 1
 	if hold && d.Throttled {
 		d.RetryIn = u.retryLocked(now, s, name)
 	}
@@ -310,7 +317,7 @@ func (u *Users) check(now time.Time, user string, key netip.Prefix, hold bool) U
 		u.held[name]++
 		d.Held = true
 	}
-	if d.Throttled {
+	if d.Throttled && !d.Busy {
 		u.throttled++
 	}
 	if d.TooManyNames {

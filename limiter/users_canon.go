@@ -35,11 +35,14 @@ func defaultIgnorable(r rune) bool {
 // known-good pairs and the names a key tried are kept under: default
 // ignorable code points removed (U+200B, U+00AD, …), then NFKC, then full
 // Unicode case folding (cases.Fold: "ALICE", "Alice", fullwidth "ａｌｉｃｅ"
-// → "alice"; "STRASSE", "straße" → "strasse"), then NFKC again (folding can
+// → "alice"; "STRASSE", "straße" → "strasse"; Cherokee to its capitals, see
+// cherokeeFold), then NFKC again (folding can
 // denormalise), i.e. Unicode's NFKC_Casefold. A daemon whose user lookup
 // ignores case or width (LDAP, AD, sssd, MySQL collations) sees one account
 // under all those spellings, so the proxy counts them as one. Invalid UTF-8
-// is kept byte for byte (each bad byte stays distinct). The name forwarded
+// is kept byte for byte (each bad byte stays distinct), and so is a run of
+// ignorables between two bad bytes (removed, it could join them into a
+// character). The name forwarded
 // to the daemon is never changed; this is only the key. Safe for concurrent
 // use.
 func CanonicalUser(name string) string {
@@ -51,6 +54,7 @@ func CanonicalUser(name string) string {
 		// Transform each valid run; invalid bytes stay as they are (the
 		// transformers would turn them into U+FFFD, merging distinct names).
 		var out []byte
+		afterBad := false // out ends with a bad byte
 		for len(name) > 0 {
 			i := 0
 			for i < len(name) {
@@ -60,10 +64,19 @@ func CanonicalUser(name string) string {
 				}
 				i += n
 			}
-			out = append(out, canonValid(name[:i])...)
+			c := canonValid(name[:i])
+			if c == "" && afterBad && i < len(name) {
+				// A run of ignorables between bad bytes stays: removed,
+				// it would join them into a character ("\xc3" U+200B
+				// "\xa9" into "é").
+				c = name[:i]
+			}
+			out = append(out, c...)
+			afterBad = false
 			if i < len(name) {
 				out = append(out, name[i])
 				i++
+				afterBad = true
 			}
 			name = name[i:]
 		}
@@ -76,12 +89,28 @@ func canonValid(s string) string {
 	if isCanonASCII(s) {
 		return s
 	}
-	t := transform.Chain(runes.Remove(runes.Predicate(defaultIgnorable)), norm.NFKC, cases.Fold(), norm.NFKC)
+	t := transform.Chain(runes.Remove(runes.Predicate(defaultIgnorable)), norm.NFKC, cases.Fold(), runes.Map(cherokeeFold), norm.NFKC)
 	out, _, err := transform.String(t, s)
 	if err != nil {
 		return s
 	}
 	return out
+}
+
+// cherokeeFold maps each Cherokee letter to its capital, the one Unicode
+// folds it to (CaseFolding.txt: U+AB70–ABBF → U+13A0–13EF, U+13F8–13FD →
+// U+13F0–13F5; the capitals, older, fold to themselves). It runs after
+// cases.Fold, which folds the small letters right but turns the capitals
+// into the small ones: each of the two spellings of a letter then keyed
+// as the other, and a name of n Cherokee letters had 2ⁿ keys.
+func cherokeeFold(r rune) rune {
+	switch {
+	case 0xab70 <= r && r <= 0xabbf:
+		return r - 0xab70 + 0x13a0
+	case 0x13f8 <= r && r <= 0x13fd:
+		return r - 8
+	}
+	return r
 }
 
 // isCanonASCII reports whether s is printable ASCII without upper-case

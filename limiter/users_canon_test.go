@@ -28,11 +28,22 @@ func TestCanonicalUser(t *testing.T) {
 		{[]string{"ΣΑΣ", "σας", "σασ"}, "σασ"},
 		{[]string{"ﬁle", "FILE", "file"}, "file"},
 		{[]string{"user²", "USER2"}, "user2"},
+		// Cherokee folds to its capital letters (Unicode 8: the small ones
+		// came later). x/text's cases.Fold swaps the two cases instead, so
+		// each Cherokee letter of a name once doubled its keys: four for
+		// these two letters, each the key of another spelling.
+		{[]string{"\u13a0\u13a1", "\uab70\u13a1", "\u13a0\uab71", "\uab70\uab71"}, "\u13a0\u13a1"},
+		{[]string{"\u13f0", "\u13f8"}, "\u13f0"},
 		// Composed and decomposed é.
 		{[]string{"josé", "jose\u0301", "JOSÉ"}, "josé"},
 		// Invalid UTF-8 is kept byte for byte.
 		{[]string{"a\xffB"}, "a\xffb"},
 		{[]string{"a\xfeb"}, "a\xfeb"},
+		// …and an ignorable between bad bytes stays: removed, it joined
+		// them into a character (the key then not a key of itself).
+		{[]string{"jos\xc3\u200b\xa9", "JOS\xc3\u200b\xa9"}, "jos\xc3\u200b\xa9"},
+		{[]string{"\xe2\x80\u200b\x8b"}, "\xe2\x80\u200b\x8b"},
+		{[]string{"\u200b\x8b", "\x8b\u200b"}, "\x8b"},
 		// Spaces and other characters stay.
 		{[]string{"alice "}, "alice "},
 		{[]string{"a.b-c_d@example.com", "A.B-C_D@EXAMPLE.COM"}, "a.b-c_d@example.com"},
@@ -46,7 +57,9 @@ func TestCanonicalUser(t *testing.T) {
 		}
 	}
 	// Distinct accounts stay distinct.
-	distinct := []string{"alice", "alice ", "alicf", "kadın", "kadin", "a\xffb", "a\xfeb", "bob", "bób"}
+	distinct := []string{"alice", "alice ", "alicf", "kadın", "kadin", "a\xffb", "a\xfeb", "bob", "bób",
+		// Bad bytes around an ignorable: removed, it joined them into "é".
+		"josé", "jos\xc3\u200b\xa9"}
 	seen := map[string]string{}
 	for _, n := range distinct {
 		c := CanonicalUser(n)

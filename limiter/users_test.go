@@ -540,8 +540,8 @@ func TestUsersAttemptHolds(t *testing.T) {
 	if !a.Held || !b.Held || a.Throttled || b.Throttled {
 		t.Fatalf("first two guesses: %+v, %+v; want both held", a, b)
 	}
-	if d := u.Attempt(now, "alice", key(3)); !d.Throttled || d.Held {
-		t.Fatalf("third guess while two are in flight: %+v; want throttled", d)
+	if d := u.Attempt(now, "alice", key(3)); !d.Throttled || !d.Busy || d.Held {
+		t.Fatalf("third guess while two are in flight: %+v; want throttled, busy (to wait)", d)
 	}
 	if d := u.Check(now, "alice", key(4)); !d.Throttled {
 		t.Fatalf("Check while two are in flight: %+v; want throttled", d)
@@ -551,12 +551,16 @@ func TestUsersAttemptHolds(t *testing.T) {
 	}
 	u.Failure(now, "alice", key(1))
 	u.Release("alice")
-	if d := u.Attempt(now, "alice", key(5)); !d.Throttled {
-		t.Fatalf("one failed (1 token left), one in flight: %+v; want throttled", d)
+	if d := u.Attempt(now, "alice", key(5)); !d.Throttled || !d.Busy {
+		t.Fatalf("one failed (1 token left), one in flight: %+v; want throttled, busy", d)
 	}
 	u.Release("alice") // the second ended without an answer counted here
 	if d := u.Attempt(now, "alice", key(6)); d.Throttled || !d.Held || d.Remaining != 1 {
 		t.Fatalf("one token left, nothing in flight: %+v; want held", d)
+	}
+	u.Failure(now, "alice", key(6))
+	if d := u.Attempt(now, "alice", key(7)); !d.Throttled || d.Busy {
+		t.Fatalf("the budget spent: %+v; want throttled, not busy (paused)", d)
 	}
 	u.Release("alice")
 	u.Release("alice") // one too many: harmless

@@ -54,15 +54,19 @@ func (s *settings) widenBits(a netip.Addr) int {
 
 // widen is called with every ban change this limiter reports (notify). A
 // key banned for its own offence (widens) is recorded under its wider
-// prefix; when that prefix holds WidenAfter distinct keys banned within
-// Window, the prefix is banned (BanKey: escalated, Reason ReasonWidened
-// followed by what led to it) unless an allowlisted network overlaps it
-// (the narrow bans are kept) or a ban of it is already in force.
+// prefix — the bans learned from the shared store too, so that a fleet
+// behind one balancer counts the attacker's keys together; when that
+// prefix holds WidenAfter distinct keys banned within Window, the prefix
+// is banned (BanKey: escalated, Reason ReasonWidened followed by what led
+// to it) unless an allowlisted network overlaps it (the narrow bans are
+// kept) or a ban of it is already in force. Only the instance whose own
+// ban completes the count widens (the others learn the widened ban from
+// the store), so a fleet makes one widened ban, not one per instance.
 func (l *Limiter) widen(changes []BanChange) {
 	s := l.cfg.Load()
 	for _, c := range changes {
 		b := c.Ban
-		if c.Lifted || c.Remote || !widens(b.Reason) || !b.Key.IsValid() {
+		if c.Lifted || c.Saved || !widens(b.Reason) || !b.Key.IsValid() {
 			continue
 		}
 		bits := s.widenBits(b.Key.Addr())
@@ -70,7 +74,7 @@ func (l *Limiter) widen(changes []BanChange) {
 			continue
 		}
 		wider, _ := b.Key.Addr().Prefix(bits)
-		keys := l.wide.record(s, wider, b.Key, b.Since)
+		keys := l.wide.record(s, wider, b.Key, b.Since, !c.Remote)
 		if keys == nil || s.overlapsAllow(wider) || l.bannedPrefix(b.Since, wider) {
 			continue
 		}
@@ -83,10 +87,16 @@ func (l *Limiter) widen(changes []BanChange) {
 	}
 }
 
-// record notes that key, inside wider, was banned at now, and returns the
-// keys banned in wider within Window once they are WidenAfter (forgetting
-// them: the next widening needs as many new bans), else nil.
-func (w *widener) record(s *settings, wider, key netip.Prefix, now time.Time) []wideKey {
+// record notes that key, inside wider, was banned at now (own: by this
+// instance, else learned from the shared store), and returns the keys
+// banned in wider within Window once they are WidenAfter and own
+// (forgetting them: the next widening needs as many new bans), else nil.
+// A learned ban that completes the count keeps it: the instance that made
+// that ban widens, but if it had not learned the others' bans yet (a fleet
+// banning keys of one network at the same moment), the next ban of this
+// instance's own widens here; were the count spent, such a fleet would
+// never widen.
+func (w *widener) record(s *settings, wider, key netip.Prefix, now time.Time, own bool) []wideKey {
 	after := s.WidenAfter
 	if after <= 0 {
 		after = DefaultWidenAfter
@@ -108,7 +118,7 @@ func (w *widener) record(s *settings, wider, key netip.Prefix, now time.Time) []
 	if len(fresh) > after {
 		fresh = fresh[len(fresh)-after:]
 	}
-	if len(fresh) >= after {
+	if len(fresh) >= after && own {
 		delete(w.nets, k)
 		return fresh
 	}

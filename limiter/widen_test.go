@@ -129,3 +129,112 @@ func TestWidenEscalates(t *testing.T) {
 		}
 	}
 }
+
+// TestWidenFleet: bans learned from the shared store (Remote) count towards
+// widening, but only a ban of this instance's own completes it: the
+// instance that made the last ban widens, the others learn the widened ban
+// from the store (one widened ban for a fleet, not one per instance).
+func TestWidenFleet(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	remote := func(l *Limiter, key string, at time.Time) {
+		l.notify(BanChange{Remote: true, Ban: Ban{Key: netip.MustParsePrefix(key), Since: at,
+			Until: at.Add(time.Hour), Count: 1, Reason: ReasonBudget}})
+	}
+	widened := func(l *Limiter, now time.Time, p string) bool {
+		for _, b := range l.Bans(now) {
+			if b.Key.String() == p {
+				return true
+			}
+		}
+		return false
+	}
+	cfg := Config{Failures: 1, Window: 10 * time.Minute, BanTime: time.Hour, BanFactor: 2, WidenIPv4Prefix: 24, WidenAfter: 3}
+	tests := []struct {
+		name   string
+		remote []string // bans learned from the store, then …
+		local  string   // … a failure of this address here ("": none)
+		want   bool
+	}{
+		{"two learned, the third ours", []string{"192.0.2.1/32", "192.0.2.2/32"}, "192.0.2.3", true},
+		{"all three learned: the instance that made the third widens", []string{"192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32"}, "", false},
+		{"an admin's ban learned does not count", nil, "192.0.2.3", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := New(cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range tt.remote {
+				remote(l, k, t0)
+			}
+			if tt.remote == nil {
+				for _, k := range []string{"192.0.2.1/32", "192.0.2.2/32"} {
+					l.notify(BanChange{Remote: true, Ban: Ban{Key: netip.MustParsePrefix(k), Since: t0, Until: t0.Add(time.Hour), Count: 1}})
+				}
+			}
+			if tt.local != "" {
+				at, _ := l.Begin(t0, netip.MustParseAddr(tt.local), "", nil)
+				at.Settle(t0, OutcomeFailure)
+			}
+			if got := widened(l, t0, "192.0.2.0/24"); got != tt.want {
+				t.Fatalf("widened: %v; want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestWidenFleetConcurrent: three instances each ban one key of a /24 at
+// the same moment, each learning the two others' bans after its own; so a
+// learned ban completes every instance's count, and none may widen. The
+// count must not be spent by it: at the next round's first ban of its own,
+// an instance widens. Before, a learned ban that completed the count reset
+// it, and such rounds were never widened however long they went on (each
+// instance counting only its own bans would have widened by the third).
+func TestWidenFleetConcurrent(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cfg := Config{Failures: 1, Window: 10 * time.Minute, BanTime: time.Hour, BanFactor: 2, WidenIPv4Prefix: 24, WidenAfter: 3}
+	var fleet [3]*Limiter
+	for i := range fleet {
+		l, err := New(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fleet[i] = l
+	}
+	widened := func() int {
+		n := 0
+		for _, l := range fleet {
+			for _, b := range l.Bans(t0) {
+				if b.Key.String() == "192.0.2.0/24" {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for round := range 2 {
+		var made [3]Ban
+		for i, l := range fleet { // each bans its own key first
+			addr := netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + 3*round + i)})
+			at, _ := l.Begin(t0, addr, "", nil)
+			d := at.Settle(t0, OutcomeFailure)
+			if !d.NewBan {
+				t.Fatalf("round %d: %v not banned", round, addr)
+			}
+			made[i] = d.Ban
+		}
+		for i, l := range fleet { // then learns the others'
+			for j, b := range made {
+				if j != i {
+					l.notify(BanChange{Remote: true, Ban: b})
+				}
+			}
+		}
+		if n := widened(); round == 0 && n != 0 {
+			t.Fatalf("round 0: %d instances widened on a learned ban", n)
+		} else if round > 0 && n == 0 {
+			t.Fatalf("round %d: the /24 is not widened after %d keys banned in it", round, 3*(round+1))
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -103,6 +104,45 @@ func (p *Problems) Prefixes(key string, list []string) []netip.Prefix {
 		out = append(out, pf)
 	}
 	return out
+}
+
+// RedactURL returns s, a URL from the config, for a problem's text
+// (printed by ftpguard check, logged by a rejected reload) with any
+// password in it replaced by "xxxxx". Without an "@" there is none: s is
+// returned as it is. url.URL.Redacted's form is used when url.Parse reads
+// a user and the "@" that ends it is the last one; otherwise (a parse
+// error, or a URL url.Parse reads without the user written, as with the
+// "//" left out or an unescaped "/", "?" or "#" in the password) all
+// that is between the scheme's "://" (or the start) and the last "@" is
+// replaced.
+func RedactURL(s string) string {
+	i := strings.LastIndexByte(s, '@')
+	if i < 0 {
+		return s
+	}
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		if r := u.Redacted(); strings.Count(r, "@") == 1 {
+			return r
+		}
+	}
+	scheme := ""
+	if j := strings.Index(s, "://"); j >= 0 && j < i && isScheme(s[:j]) {
+		scheme = s[:j+3]
+	}
+	return scheme + "xxxxx" + s[i:]
+}
+
+// isScheme reports whether s is a URL scheme (RFC 3986 §3.1).
+func isScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return s != ""
 }
 
 // ParsePrefix parses an IP address (as a single-address prefix) or a CIDR,

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,5 +164,65 @@ func TestRedisOutageFailuresCharged(t *testing.T) {
 	}
 	if d := a.Attempt(time.Now(), other); !d.Allowed || d.Remaining != 3 {
 		t.Fatalf("other key after the outage: %+v, want allowed with 3 left", d)
+	}
+}
+
+// TestRedisEvictionNotUnban: a ban change queued while Redis did not
+// answer is written from the table once it does; if the key's record was
+// evicted meanwhile (a full table), that must not be written as a
+// deletion — in Redis a deletion is an unban, published to every instance
+// and left as a tombstone, so one instance's full table would lift the
+// ban everywhere.
+func TestRedisEvictionNotUnban(t *testing.T) {
+	noLeaks(t)
+	srv := startRedis(t)
+	opt := Options{Timeout: 100 * time.Millisecond}
+	a := newRedisLimiter(t, srv, limiter.Config{MaxTracked: 2}, opt)
+	b := newRedisLimiter(t, srv, limiter.Config{}, opt)
+	x, y, z := netip.MustParsePrefix("192.0.2.60/32"), netip.MustParsePrefix("192.0.2.61/32"), netip.MustParsePrefix("192.0.2.62/32")
+	now := time.Now()
+	if _, err := a.BanKey(now, x, time.Hour, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "x's ban seen by b", func() bool { return !b.Check(time.Now(), x.Addr()).Allowed })
+
+	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.cmd.Process.Signal(syscall.SIGCONT)
+	if _, err := a.BanKey(now, x, 2*time.Hour, ""); err == nil { // queued
+		t.Fatal("BanKey saved with Redis frozen")
+	}
+	if _, err := a.BanKey(now, y, 3*time.Hour, ""); err == nil { // queued
+		t.Fatal("BanKey saved with Redis frozen")
+	}
+	if err := a.Reload(limiter.Config{MaxTracked: 1}); err != nil { // evicts x's record, ending first
+		t.Fatal(err)
+	}
+	if s := a.Stats(); s.BansEvicted != 1 || s.Unsynced != 2 {
+		t.Fatalf("a's Stats with Redis frozen = %+v, want x's ban evicted, two changes queued", s)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a back in step", func() bool { s := a.Stats(); return !s.SharedDown && s.Unsynced == 0 })
+	// A later ban of a's reaches b after whatever a's queue published.
+	if _, err := a.BanKey(time.Now(), z, 4*time.Hour, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "z's ban seen by b", func() bool { return !b.Check(time.Now(), z.Addr()).Allowed })
+	if b.Check(time.Now(), x.Addr()).Allowed {
+		t.Error("x's ban lifted on b: a's eviction was written as an unban")
+	}
+	bans, err := newStore(t, srv, Options{}).LoadBans(time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ban := range bans {
+		found = found || ban.Key == x
+	}
+	if !found {
+		t.Errorf("Redis holds %+v, without x's ban", bans)
 	}
 }

@@ -92,7 +92,7 @@ func (c Config) Validate(p *conf.Problems) {
 		if sentinel && c.URL == "" {
 			// the master's address comes from the sentinels
 		} else if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
-			p.Add("store.url", "must be \"redis://host:port/db\" (or rediss://) for kind = \"redis\", got %q", c.URL)
+			p.Add("store.url", "must be \"redis://host:port/db\" (or rediss://) for kind = \"redis\", got %q", conf.RedactURL(c.URL))
 		}
 		for _, a := range c.SentinelAddrs {
 			p.HostPort("store.sentinel_addrs", a)

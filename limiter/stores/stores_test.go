@@ -170,3 +170,29 @@ func TestAttemptTTL(t *testing.T) {
 		t.Fatalf("the store's AttemptTTL = %v, want 11m", got)
 	}
 }
+
+// TestValidateHidesURLPassword: a store.url that is refused is quoted in
+// the problem (printed by ftpguard check, logged by a rejected reload)
+// without the password it may hold.
+func TestValidateHidesURLPassword(t *testing.T) {
+	for _, u := range []string{
+		"http://user:s3cret@h:6379/0",  // parses, wrong scheme
+		"redis://:s3cret@/0",           // parses, no host
+		"redis://:s3cret@h:port/0",     // does not parse (port)
+		"redis://u:s3%zzcret@h:6379/0", // does not parse (escape)
+		":s3cret@h:6379",               // no scheme
+	} {
+		c := Default()
+		c.Kind, c.URL = "redis", u
+		var p conf.Problems
+		c.Validate(&p)
+		if p.OK() {
+			t.Fatalf("%q: no problem", u)
+		}
+		for _, q := range p.List {
+			if strings.Contains(q.Error(), "s3") {
+				t.Errorf("%q: the password is in the problem: %s", u, q.Error())
+			}
+		}
+	}
+}

@@ -14,7 +14,8 @@ var ErrInvalid = errors.New("limiter: invalid prefix")
 
 // Norm masks p, and turns an IPv4-mapped IPv6 prefix of 96 bits or more
 // into the IPv4 prefix it maps, a 6to4 prefix of 24 bits or more into the
-// IPv4 prefix it carries (bits−16) and a single Teredo address (/128) into
+// IPv4 prefix it carries (bits−16; the /32 from /48 on, as every address in
+// it is keyed as that one host) and a single Teredo address (/128) into
 // the client's IPv4 address (/32), as Addr keys them; shorter 6to4 and
 // Teredo prefixes stay as they are (no address is keyed inside them). An
 // invalid p, or a mapped prefix shorter than 96 bits (it would mix
@@ -32,7 +33,7 @@ func Norm(p netip.Prefix) (netip.Prefix, error) {
 	}
 	switch {
 	case a.Is6() && sixToFour.Contains(a) && bits >= 24:
-		a, bits = Addr(a), bits-16
+		a, bits = Addr(a), min(bits-16, 32)
 	case a.Is6() && teredo.Contains(a) && bits == 128:
 		a, bits = Addr(a), 32
 	}
