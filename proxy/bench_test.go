@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -186,4 +187,70 @@ func benchLogins(b *testing.B, addr string) {
 		r.ReadReply()
 		c.Close()
 	}
+}
+
+// BenchmarkEndBans measures the match of one CrowdSec poll's worth of
+// decisions (10,000, covering nobody) against 5,000 open sessions' peers:
+// one pass over the sessions (a decision at a time, it took ~2 s of CPU).
+func BenchmarkEndBans(b *testing.B) {
+	srv, bans := endBansSetup(b, "crowdsec: x")
+	b.ReportAllocs()
+	for b.Loop() {
+		if n := srv.EndBans(bans, true, false); n != 0 {
+			b.Fatalf("%d sessions ended", n)
+		}
+	}
+}
+
+// BenchmarkEndBansSoon: 10,000 bans learned one at a time (a resync of
+// the shared store), covering nobody, against 5,000 open sessions' peers:
+// "queued" through EndBansSoon, "one-by-one" each through EndSessions, as
+// the limiter's hook did before.
+func BenchmarkEndBansSoon(b *testing.B) {
+	srv, bans := endBansSetup(b, "shared store")
+	b.Run("queued", func(b *testing.B) {
+		for b.Loop() {
+			for _, ban := range bans {
+				srv.EndBansSoon(ban, true, false)
+			}
+			for {
+				srv.endq.mu.Lock()
+				busy := srv.endq.busy
+				srv.endq.mu.Unlock()
+				if !busy {
+					break
+				}
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	})
+	b.Run("one-by-one", func(b *testing.B) {
+		for b.Loop() {
+			for _, ban := range bans {
+				srv.EndSessions(ban.Prefix, ban.Reason, true, false)
+			}
+		}
+	})
+}
+
+// endBansSetup returns a server with 5,000 open sessions' peers
+// (10.x.y.1) and 10,000 bans (11.x.y.1/32, reason) that cover none of them.
+func endBansSetup(b *testing.B, reason string) (*Server, []Ban) {
+	lim, err := limiter.New(limiter.Config{Failures: 3}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := New(Config{Backend: "127.0.0.1:1"}, lim, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 5000 {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
+		srv.live.track(&session{peer: netip.AddrPortFrom(a, 21)})
+	}
+	bans := make([]Ban, 10000)
+	for i := range bans {
+		bans[i] = Ban{netip.PrefixFrom(netip.AddrFrom4([4]byte{11, byte(i >> 8), byte(i), 1}), 32), reason}
+	}
+	return srv, bans
 }

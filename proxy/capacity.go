@@ -76,7 +76,8 @@ func (t *capTable) count(key netip.Prefix) int {
 }
 
 // admit counts a new, pre-login connection of key and returns its slot;
-// ctx is the slot's, cancelled when it is shed before its session exists.
+// ctx is the slot's, cancelled when it is shed (it ends a dial or a TLS
+// handshake, implicit or after AUTH TLS, in progress) or released.
 func (t *capTable) admit(ctx context.Context, key netip.Prefix) *capSlot {
 	k := t.keys[key]
 	if k == nil {
@@ -131,6 +132,22 @@ func (t *capTable) leavePre(sl *capSlot) {
 	sl.prev, sl.next = nil, nil
 	t.move(k, k.pre, k.pre-1)
 	k.pre--
+}
+
+// guessing takes sl out of its key's pre-login list while a guess of its
+// session awaits the daemon's reply (on), and puts it back, as the key's
+// youngest, once the guess failed (off): a session whose password is in
+// flight is not shed, since ending it would settle that guess as a
+// failure the client never saw answered. A freed or logged-in slot is
+// left alone.
+func (t *capTable) guessing(sl *capSlot, on bool) {
+	switch {
+	case sl.freed || sl.ss != nil && sl.ss.loggedIn.Load():
+	case on:
+		t.leavePre(sl)
+	case !sl.pre:
+		t.enterPre(sl)
+	}
 }
 
 // free gives back sl's counts. Idempotent.
@@ -304,7 +321,7 @@ func (s *Server) shed(sl *capSlot) {
 	}
 	ss.mu.Unlock()
 	ss.backend.Close()
-	ss.raw.SetReadDeadline(time.Now()) // relayCommands lingers, then ends it
+	ss.setClientDeadline(time.Now()) // relayCommands lingers, then ends it
 }
 
 // loginDone takes ss out of the sheddable sessions (it logged in), and
@@ -316,6 +333,16 @@ func (s *Server) loginDone(ss *session) {
 	}
 	s.mu.Unlock()
 	s.lim.LoggedIn(time.Now(), ss.peer.Addr(), s.config().NoAuth)
+}
+
+// guessing marks ss's guess in flight (on) or failed (off) in the session
+// table (capTable.guessing).
+func (s *Server) guessing(ss *session, on bool) {
+	s.mu.Lock()
+	if ss.slot != nil {
+		s.caps.guessing(ss.slot, on)
+	}
+	s.mu.Unlock()
 }
 
 // noAuthEnd counts, as ss ends, a connection that ended without a login

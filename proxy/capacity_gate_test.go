@@ -69,3 +69,40 @@ func TestShedAndPenaltyGate(t *testing.T) {
 		t.Fatalf("%d sheds logged; want 3", n)
 	}
 }
+
+// TestObserveGuessesSheddable: in observe mode a guess the budget would
+// refuse is forwarded all the same, but does not make its session
+// unsheddable: one address could otherwise hold the whole table with
+// passwords in flight (a daemon weighing each for seconds) and lock
+// everybody else out. The guess the budget allows is still kept.
+func TestObserveGuessesSheddable(t *testing.T) {
+	release := make(chan struct{})
+	f := startFake(t, func(c net.Conn, line string) bool {
+		if strings.HasPrefix(line, "PASS") {
+			<-release // the daemon weighs the password until the test ends
+			return true
+		}
+		return false
+	})
+	t.Cleanup(func() { close(release) })
+	p := startProxy(t, f.ln.Addr().String(), Config{Observe: true, MaxConns: 2, MaxConnsPerIP: 10},
+		limiter.Config{Failures: 1, Window: time.Hour, BanTime: time.Hour})
+	var guessers []*client
+	for i := range 2 {
+		c := dialFrom(t, "127.0.0.1", p.addr)
+		c.expect(220)
+		c.send("USER u\r\nPASS x\r\n")
+		c.expect(331)
+		guessers = append(guessers, c)
+		// The first guess is the one the budget allows: the second
+		// guesser starts only once it is at the daemon (the 331 comes
+		// before the pipelined PASS is read, and under load the second
+		// session's PASS could otherwise be taken first).
+		waitUntil(t, "the password at the daemon", func() bool { return f.count("PASS") == i+1 })
+	}
+	other := dialFrom(t, "127.0.0.2", p.addr)
+	other.expect(220) // the over-budget guess's session was shed for it
+	if r := guessers[1].expect(421); !strings.Contains(r.Text(), "Server busy") {
+		t.Errorf("the over-budget guesser got %q", r.Text())
+	}
+}

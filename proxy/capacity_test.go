@@ -19,6 +19,8 @@ func TestShedChoice(t *testing.T) {
 		login           // name logs in
 		end             // name ends
 		shed            // victim: want name ("" = none)
+		guess           // name's password is in flight
+		fail            // name's guess failed
 	)
 	type st struct {
 		op   op
@@ -69,6 +71,24 @@ func TestShedChoice(t *testing.T) {
 			{end, "", "b1"},
 			{shed, "", "a3"}, {shed, "", ""},
 		}, 0},
+		{"a password in flight is not shed; after a failure, the key's youngest", []st{
+			{open, "a", "a1"}, {open, "a", "a2"}, {open, "b", "b1"},
+			{guess, "", "a1"},
+			{shed, "", "a2"}, // a: 1 sheddable (a2), b: 1 (b1 younger than a2)
+			{fail, "", "a1"}, // a1 sheddable again, as a's youngest
+			{open, "b", "b2"},
+			{shed, "", "b1"}, // b: 2
+			{shed, "", "a1"}, // a1 is now older than b2
+			{guess, "", "b2"},
+			{shed, "", ""}, // only a guess in flight is left
+			{fail, "", "b2"}, {shed, "", "b2"},
+		}, 0},
+		{"a guess that logged in, or a freed slot, is not put back", []st{
+			{open, "a", "a1"}, {open, "a", "a2"},
+			{guess, "", "a1"}, {login, "", "a1"}, {fail, "", "a1"},
+			{guess, "", "a2"}, {end, "", "a2"}, {fail, "", "a2"},
+			{shed, "", ""},
+		}, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +110,10 @@ func TestShedChoice(t *testing.T) {
 					tab.leavePre(slots[s.name])
 				case end:
 					tab.free(slots[s.name])
+				case guess:
+					tab.guessing(slots[s.name], true)
+				case fail:
+					tab.guessing(slots[s.name], false)
 				case shed:
 					got := names[tab.victim()]
 					if got != s.name {

@@ -18,6 +18,14 @@ import (
 // in-process fake stands for a daemon whose timeout is longer than the
 // proxy's (a real daemon cannot be made to wait forever on demand).
 func stallFake(t *testing.T, closed chan<- struct{}) *fakeFTPD {
+	return endlessFake(t, closed, true, 0)
+}
+
+// endlessFake is a daemon whose RETR never ends by itself: it says 150
+// (before it accepts the data connection with early, else after), sends
+// send bytes, then reads until the proxy closes the data connection,
+// tells closed, and says 426.
+func endlessFake(t *testing.T, closed chan<- struct{}, early bool, send int) *fakeFTPD {
 	var pasv net.Listener
 	return startFake(t, func(c net.Conn, line string) bool {
 		verb, _, _ := strings.Cut(line, " ")
@@ -33,12 +41,18 @@ func stallFake(t *testing.T, closed chan<- struct{}) *fakeFTPD {
 			r, _ := ftpproto.FormatPASV(netip.MustParseAddrPort(ln.Addr().String()))
 			c.Write(r.AppendWire(nil))
 		case "RETR":
-			fmt.Fprint(c, "150 Here it comes (not).\r\n")
+			if early {
+				fmt.Fprint(c, "150 Here it comes (not).\r\n")
+			}
 			dc, err := pasv.Accept()
 			if err != nil {
 				fmt.Fprint(c, "425 No data connection.\r\n")
 				return true
 			}
+			if !early {
+				fmt.Fprint(c, "150 Here it comes, slowly.\r\n")
+			}
+			dc.Write(make([]byte, send))
 			io.Copy(io.Discard, dc) // until the proxy closes it
 			dc.Close()
 			closed <- struct{}{}
@@ -62,16 +76,7 @@ func TestDataIdleTimeout(t *testing.T) {
 	c.send("USER u\r\nPASS good\r\n")
 	c.expect(331)
 	c.expect(230)
-	c.send("PASV\r\n")
-	ap, err := ftpproto.ParsePASV(c.expect(227).Text())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc, err := net.Dial("tcp", ap.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dc.Close()
+	dc := c.pasvData()
 	c.send("RETR f\r\n")
 	c.expect(150)
 	// Bounded only so that a failure does not hang the suite.

@@ -13,13 +13,25 @@ import (
 // guess picks its budget.
 type policyHooks struct {
 	gate   func(addr netip.Addr) (refuse bool, reason string)
+	peek   func(addr netip.Addr) (refuse bool, reason string) // gate, not counting; nil: gate
 	limFor func(addr netip.Addr) *limiter.Limiter
 }
 
 // SetGate makes fn decide, after the ban check, whether a connection of a
 // peer that is not allowlisted is refused ("421 … from your network",
-// reject reason "geo"; reason is logged). Call before Serve; nil: none.
+// reject reason "geo"; reason is logged). fn is asked again before each
+// USER, PASS and ACCT of an open session, and by Refusals and Recheck for
+// every open session: a refusal then ends the session. Call before Serve;
+// nil: none.
 func (s *Server) SetGate(fn func(addr netip.Addr) (refuse bool, reason string)) { s.hooks.gate = fn }
+
+// SetGatePeek gives the gate hook's answer without its side effects (e.g.
+// counting a refusal), for Refusals, which refuses nobody: it asks which
+// open sessions the settings in force refuse, before a reload. Call before
+// Serve; nil: Refusals asks the gate hook itself.
+func (s *Server) SetGatePeek(fn func(addr netip.Addr) (refuse bool, reason string)) {
+	s.hooks.peek = fn
+}
 
 // SetLimiterFor makes fn choose the limiter whose budget a guess of addr
 // takes (a budget rule's); nil from fn, or no fn, means the Server's own.

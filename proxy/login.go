@@ -69,8 +69,8 @@ func (s *session) login(cmd ftpproto.Command) bool {
 
 // loginUser: USER carries no secret, so it takes no place in a budget (a
 // pipelined USER+PASS must not hold the token its PASS needs), but a
-// banned key goes no further, and a 530 to it may be penalised
-// (settleLogin). The name becomes the session's user only when the daemon
+// key the gate would refuse goes no further (refused), and a 530 to it may
+// be penalised (settleLogin). The name becomes the session's user only when the daemon
 // accepts it (proftpd keeps the earlier name after refusing a USER).
 func (s *session) loginUser(cmd ftpproto.Command) bool {
 	name := strings.TrimSpace(cmd.Arg)
@@ -88,9 +88,7 @@ func (s *session) loginUser(cmd ftpproto.Command) bool {
 	s.mu.Lock()
 	s.acctAsked, s.userOK = false, false
 	s.mu.Unlock()
-	if d := s.srv.lim.Check(time.Now(), s.peer.Addr()); !d.Allowed && !d.StoreDown &&
-		s.srv.enforce(s.log, "banned", "cmd", cmd.Verb, "key", d.Key.String()) {
-		s.finish(421, "Too many failed logins from your address; try again later.")
+	if s.refused(cmd.Verb) {
 		return false
 	}
 	s.authAlone = true
@@ -114,8 +112,14 @@ func (s *session) loginUser(cmd ftpproto.Command) bool {
 //     down with fail_closed, and one that waited in vain or found the key's queue full.
 //   - A PASS for a trap username from a key that never logged in to it
 //     (trapGuess) is never forwarded and bans the key at once.
+//   - A key the gate would refuse now (refused: a ban made, or a CrowdSec
+//     decision or a [geo] deny rule that came, since the session began) is
+//     answered 421 and the session ends; checked first, before any budget.
 //   - In observe mode both are forwarded all the same, and counted.
 func (s *session) guess(cmd ftpproto.Command, user string) bool {
+	if s.refused(cmd.Verb) {
+		return false
+	}
 	named := user
 	if cmd.Verb != "PASS" {
 		named = "" // ACCT: the address's budget alone
@@ -131,8 +135,18 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 		a, v = s.awaitPlace(a, v)
 		now = time.Now()
 	}
+	if v.UserRefused && v.User.Busy && !v.User.TooManyNames {
+		a, v = s.awaitUserPlace(a, v, named)
+		now = time.Now()
+	}
 	switch {
 	case v.OK():
+	case v.UserRefused && v.User.Busy && !v.User.TooManyNames:
+		if s.srv.enforce(s.log, "attempts in flight", "cmd", cmd.Verb, "user", user) {
+			a.Settle(now, limiter.OutcomeRelease)
+			s.finish(421, "Too many logins in progress for this account; try again later.")
+			return false
+		}
 	case v.UserRefused:
 		reason := "username throttled"
 		if v.User.TooManyNames {
@@ -154,7 +168,29 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 		}
 	}
 	s.authAlone = true
+	if v.OK() {
+		// Not shed while the daemon weighs it (capacity.go). Only a guess
+		// the budgets allow: in observe mode the others are forwarded as
+		// well, and would let one key hold the whole table unsheddable.
+		s.srv.guessing(s, true)
+	}
 	return s.forward(cmd, cmd.Verb, &ticket{user: user, attempt: a})
+}
+
+// refused asks every ban source about the peer before a login command
+// (verb) is forwarded — the limiter's bans, its external source (CrowdSec
+// decisions), the gate hook ([geo] rules) — as the gate asked at connect:
+// a ban or a rule may have come since, and the key's own budget (or a
+// [geo] budget rule's) knows nothing of the others. A refused key gets the
+// 421 a session ended by a ban gets, and the session ends; in observe mode
+// it goes on. It reports whether the command was refused.
+func (s *session) refused(verb string) bool {
+	e := s.srv.refusal(time.Now(), s.peer.Addr()) // sessions_ban.go
+	if e == nil || !s.srv.enforce(s.log, e.reason, e.with("cmd", verb)...) {
+		return false
+	}
+	s.finish(421, e.text)
+	return true
 }
 
 // trapGuess handles a PASS for a trap username (UserConfig.TrapUsernames)
@@ -167,7 +203,7 @@ func (s *session) guess(cmd ftpproto.Command, user string) bool {
 // if so, whether the session goes on.
 func (s *session) trapGuess(now time.Time, user string) (refused, goOn bool) {
 	key := s.srv.lim.Key(s.peer.Addr())
-	s.banning.Store(true) // the ban must not end this session before its 530 (sessions_ban.go)
+	s.banning.Store(true) // the ban only marks this session: it ends after its 530 (sessions_ban.go)
 	ban, err := s.srv.lim.BanKey(now, key, 0, limiter.ReasonTrap)
 	s.banning.Store(false)
 	allowlisted := errors.Is(err, limiter.ErrAllowlisted)
@@ -212,6 +248,11 @@ func (s *session) refusedByBudget(verb, user string, d limiter.Decision, queued 
 	case d.Busy:
 		if refused = s.srv.enforce(s.log, "attempts in flight", "cmd", verb, "key", d.Key.String()); refused {
 			s.finish(421, "Too many logins in progress from your address; try again later.")
+		}
+	case !d.NewBan && d.Ban.Key.IsValid(): // banned before this guess (since refused asked)
+		e := banEnding(d.Ban.Key, d.Ban.Reason)
+		if refused = s.srv.enforce(s.log, e.reason, e.with("cmd", verb)...); refused {
+			s.finish(421, e.text)
 		}
 	default:
 		if refused = s.srv.enforce(s.log, "budget exhausted", "cmd", verb, "user", user, "key", d.Key.String()); refused {
@@ -261,6 +302,42 @@ func (s *session) awaitPlace(a *limiter.Attempt, v limiter.Verdict) (*limiter.At
 		a, v = a.Retry(time.Now())
 	}
 	s.log.Debug("waited for a place", "key", v.Key.String(), "for", time.Since(start), "ok", v.OK())
+	return a, v
+}
+
+// awaitUserPlace makes a guess whose username's budget has places left,
+// all held by guesses in flight (UserDecision.Busy), wait for one: it asks
+// again every placePoll, at most until login_timeout, the session's end,
+// or the budget is spent (then the caller answers as for a spent budget).
+// Many new addresses logging in to one account at once (a fleet deployed
+// together) wait their turn instead of being told the name is paused.
+// The guess holds no place meanwhile. Not in observe mode: the guess is
+// forwarded all the same.
+func (s *session) awaitUserPlace(a *limiter.Attempt, v limiter.Verdict, named string) (*limiter.Attempt, limiter.Verdict) {
+	cfg := s.srv.config()
+	if cfg.Observe {
+		return a, v
+	}
+	start := time.Now()
+	deadline := time.NewTimer(s.start.Add(cfg.LoginTimeout).Sub(start))
+	defer deadline.Stop()
+	poll := time.NewTicker(placePoll)
+	defer poll.Stop()
+	for v.UserRefused && v.User.Busy && !v.User.TooManyNames {
+		select {
+		case <-poll.C:
+		case <-deadline.C:
+			return a, v
+		case <-s.done:
+			return a, v
+		}
+		a.Settle(time.Now(), limiter.OutcomeRelease) // it holds nothing
+		a, v = s.srv.limiterFor(s.peer.Addr()).Begin(time.Now(), s.peer.Addr(), named, s.srv.users)
+		if v.Busy {
+			a, v = s.awaitPlace(a, v)
+		}
+	}
+	s.log.Debug("waited for a place of the username", "for", time.Since(start), "ok", v.OK())
 	return a, v
 }
 
@@ -354,7 +431,7 @@ func (s *session) awaitAlone() bool {
 // reply). Called without the session's lock.
 func (s *session) settleLogin(verb string, t *ticket, r ftpproto.Reply) (hold time.Duration, banned bool) {
 	now := time.Now()
-	s.banning.Store(true) // a ban this settles ends the session here, not by EndSessions
+	s.banning.Store(true) // a ban now only marks the session: it ends after this reply (sessions_ban.go)
 	defer s.banning.Store(false)
 	if verb == "USER" {
 		s.mu.Lock()
@@ -377,6 +454,7 @@ func (s *session) settleLogin(verb string, t *ticket, r ftpproto.Reply) (hold ti
 	s.mu.Lock()
 	s.acctAsked = verb == "PASS" && r.Code == 332
 	s.mu.Unlock()
+	defer s.srv.guessing(s, false) // sheddable again unless it logged in
 	switch {
 	case r.Code == 0:
 		_, banned = s.failed(verb, t.user, 0, "no reply", t.attempt.Settle(now, limiter.OutcomeFailure))
@@ -402,6 +480,7 @@ func (s *session) loggedInNow(user string) {
 		s.srv.obs.Login(true)
 		s.srv.loginDone(s) // capacity.go: no longer sheddable; the key is known-good
 	}
+	s.touch()
 	s.armClientDeadline()
 }
 

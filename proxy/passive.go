@@ -81,7 +81,8 @@ func (s *session) portKey() netip.Prefix { return s.srv.lim.Key(s.peer.Addr()) }
 func (s *session) passiveFull() bool {
 	held := 0
 	s.dmu.Lock()
-	if _, ok := s.dataLn.(*heldListener); ok {
+	switch s.dataLn.(type) {
+	case *heldListener, *heldMapping:
 		held = 1
 	}
 	s.dmu.Unlock()
@@ -97,15 +98,27 @@ func (s *session) refusePassive() bool {
 	return s.replyLocal(replyTooManyPorts)
 }
 
-// dropDataListener closes the session's pending listener (its hold given
+// dropDataListener closes the session's pending data port (its hold given
 // back) before a new passive port is taken for the same session.
 func (s *session) dropDataListener() {
 	s.dmu.Lock()
-	defer s.dmu.Unlock()
-	if s.dataLn != nil {
-		s.dataLn.Close()
-		s.dataLn = nil
+	ln := s.dataLn
+	s.dataLn = nil
+	s.dmu.Unlock()
+	if ln != nil {
+		ln.Close()
 	}
+}
+
+// takeHold counts one more passive port of the session's key, unless the
+// key holds its cap (logged).
+func (s *session) takeHold() (netip.Prefix, bool) {
+	k := s.portKey()
+	if !s.srv.ports.take(k, s.maxPortsPerKey()) {
+		s.log.Warn("passive ports refused: the address holds its cap", "key", k.String(), "max_ports_per_key", s.maxPortsPerKey())
+		return k, false
+	}
+	return k, true
 }
 
 // holdPassive opens a passive listener counted in the session's key's
@@ -113,9 +126,8 @@ func (s *session) dropDataListener() {
 // key took the last place since passiveFull) or no port is free.
 func (s *session) holdPassive() (*heldListener, string) {
 	s.dropDataListener()
-	k := s.portKey()
-	if !s.srv.ports.take(k, s.maxPortsPerKey()) {
-		s.log.Warn("passive ports refused: the address holds its cap", "key", k.String(), "max_ports_per_key", s.maxPortsPerKey())
+	k, ok := s.takeHold()
+	if !ok {
 		return nil, "cap"
 	}
 	ln, err := s.listenPassive()

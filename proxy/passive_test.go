@@ -133,3 +133,47 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestPASVFromIPv6Client: with an IPv4 [passive] address, a PASV from an
+// IPv6 client is answered "500 … use EPSV" by the proxy and not forwarded.
+// Its 227 would name an IPv4 address, which the client reaches only from an
+// IPv4 address of its own, and the data gate takes only the control
+// connection's address: the transfer could never start. An IPv4 client's
+// PASV is forwarded. (Fake daemon: only the forwarding is checked.)
+func TestPASVFromIPv6Client(t *testing.T) {
+	for _, tc := range []struct {
+		listen    string
+		forwarded bool
+	}{
+		{"127.0.0.1:0", true},
+		{"[::1]:0", false},
+	} {
+		t.Run(tc.listen, func(t *testing.T) {
+			ln, err := net.Listen("tcp", tc.listen)
+			if err != nil {
+				t.Skipf("no %s here: %v", tc.listen, err)
+			}
+			ln.Close()
+			f := pasvFake(t)
+			cfg := Config{PassiveAddr: netip.MustParseAddr("127.0.0.1"), DataTimeout: time.Hour}
+			p := startProxyOn(t, tc.listen, f.ln.Addr().String(), cfg, testLimits, nil)
+			c := dial(t, p.addr)
+			c.expect(220)
+			c.send("USER bob\r\nPASS good\r\n")
+			c.expect(331)
+			c.expect(230)
+			c.send("PASV\r\n")
+			want := 500
+			if tc.forwarded {
+				want = 227
+			}
+			r := c.expect(want)
+			if got := f.count("PASV"); (got == 1) != tc.forwarded {
+				t.Fatalf("PASV reached the daemon %d times; forwarded = %v wanted", got, tc.forwarded)
+			}
+			if !tc.forwarded && !strings.Contains(r.Text(), "EPSV") {
+				t.Fatalf("reply %q does not point to EPSV", r.Text())
+			}
+		})
+	}
+}

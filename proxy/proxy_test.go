@@ -173,6 +173,19 @@ type testProxy struct {
 
 func startProxy(t *testing.T, backend string, cfg Config, lcfg limiter.Config) *testProxy {
 	t.Helper()
+	return startProxyWith(t, backend, cfg, lcfg, nil)
+}
+
+// startProxyWith is startProxy calling setup (nil: none) on the Server
+// before it serves, for the hooks that must be set then (SetGate, …).
+func startProxyWith(t *testing.T, backend string, cfg Config, lcfg limiter.Config, setup func(*Server)) *testProxy {
+	t.Helper()
+	return startProxyOn(t, "127.0.0.1:0", backend, cfg, lcfg, setup)
+}
+
+// startProxyOn is startProxyWith listening on listen ("[::1]:0": IPv6).
+func startProxyOn(t *testing.T, listen, backend string, cfg Config, lcfg limiter.Config, setup func(*Server)) *testProxy {
+	t.Helper()
 	lim, err := limiter.New(lcfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +196,10 @@ func startProxy(t *testing.T, backend string, cfg Config, lcfg limiter.Config) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if setup != nil {
+		setup(srv)
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,6 +234,23 @@ func dial(t *testing.T, addr string) *client {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	t.Cleanup(func() { c.Close() })
 	return &client{t: t, c: c, r: ftpproto.NewReplyReader(c, 4096, 1<<20)}
+}
+
+// pasvData sends PASV and opens the data connection the 227 names
+// (closed at the test's end).
+func (c *client) pasvData() net.Conn {
+	c.t.Helper()
+	c.send("PASV\r\n")
+	ap, err := ftpproto.ParsePASV(c.expect(227).Text())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	dc, err := net.Dial("tcp", ap.String())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { dc.Close() })
+	return dc
 }
 
 func (c *client) send(s string) {
@@ -780,5 +813,90 @@ func TestObserveMode(t *testing.T) {
 	}
 	if n := strings.Count(p.logs.String(), "reason=max_conns_per_ip"); n < 2 {
 		t.Fatalf("%d would-be max_conns_per_ip refusals logged; want ≥ 2:\n%s", n, p.logs.String())
+	}
+}
+
+// TestIdleTimeout: a logged-in session that keeps sending commands is never
+// idle, however long it lasts (its idle deadline is moved only now and then,
+// and an early expiry is re-armed); once it stops, it gets 421 after
+// idle_timeout.
+func TestIdleTimeout(t *testing.T) {
+	f := startFake(t, nil)
+	const idle = 600 * time.Millisecond
+	p := startProxy(t, f.ln.Addr().String(), Config{IdleTimeout: idle}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("USER u\r\nPASS good\r\n")
+	c.expect(331)
+	c.expect(230)
+	for start := time.Now(); time.Since(start) < 3*idle; time.Sleep(idle / 12) {
+		c.send("NOOP\r\n")
+		c.expect(200)
+	}
+	start := time.Now()
+	r := c.expect(421)
+	if !strings.Contains(r.Text(), "Idle timeout") {
+		t.Fatalf("reply %q, want the idle timeout", r.Text())
+	}
+	if waited := time.Since(start); waited < idle/2 {
+		t.Fatalf("idle timeout after %v of silence, want about %v", waited, idle)
+	}
+	c.expectEOF()
+}
+
+// gatedDeadlineConn records the read deadlines set on it; setting block
+// waits until release is closed (entered says it has begun).
+type gatedDeadlineConn struct {
+	net.Conn
+	block            time.Time
+	entered, release chan struct{}
+	mu               sync.Mutex
+	rd               time.Time
+}
+
+func (c *gatedDeadlineConn) SetReadDeadline(d time.Time) error {
+	if d.Equal(c.block) {
+		close(c.entered)
+		<-c.release
+	}
+	c.mu.Lock()
+	c.rd = d
+	c.mu.Unlock()
+	return nil
+}
+
+// TestClientDeadlineRace: setClientDeadline called from two goroutines at
+// once (relayCommands arming the idle deadline, a transfer beginning in
+// relayReplies or a data leg clearing it) leaves the deadline it records
+// and the socket's the same. It used to record one and set the other on
+// the socket: with "none" recorded and a deadline on the socket, the read
+// failed at that deadline, the session read on (a transfer runs), and
+// setClientDeadline, believing none was set, set none: every read failed
+// at once, a spin for the rest of the transfer.
+func TestClientDeadlineRace(t *testing.T) {
+	d := time.Now().Add(time.Hour)
+	c := &gatedDeadlineConn{block: d, entered: make(chan struct{}), release: make(chan struct{})}
+	s := &session{raw: c}
+	armed := make(chan struct{})
+	go func() { s.setClientDeadline(d); close(armed) }() // relayCommands: idle_timeout
+	<-c.entered
+	cleared := make(chan struct{})
+	go func() { s.setClientDeadline(time.Time{}); close(cleared) }() // a transfer begins
+	select {
+	case <-cleared:
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(c.release)
+	<-armed
+	<-cleared
+	c.mu.Lock()
+	got := c.rd
+	c.mu.Unlock()
+	var rec time.Time
+	if ns := s.rdl.Load(); ns != 0 {
+		rec = time.Unix(0, ns)
+	}
+	if !got.Equal(rec) {
+		t.Fatalf("the socket's read deadline is %v, setClientDeadline records %v", got, rec)
 	}
 }

@@ -21,7 +21,8 @@ const maxPanicStack = 8 << 10
 
 // testHook, set by tests only, is called at fixed points of a session
 // ("command" with the verb of each client command, "data" at the start of
-// each data relay) so that a test can inject a panic. Nil in production.
+// each data relay, "endQueued" at each batch of EndBansSoon) so that a test
+// can inject a panic. Nil in production.
 var testHook atomic.Pointer[func(where, arg string)]
 
 func callTestHook(where, arg string) {

@@ -76,6 +76,9 @@ func (s *session) backendError(err error) {
 // reply steps the pairing machine with one backend reply and carries out
 // its actions. It reports whether the session goes on.
 func (s *session) reply(r ftpproto.Reply) bool {
+	if r.Code < 200 {
+		s.transferBegins() // kernel.go
+	}
 	s.mu.Lock()
 	acts := s.pair.Reply(r)
 	if len(acts) == 0 || acts[len(acts)-1].Op != pairing.Deliver {
@@ -107,6 +110,7 @@ func (s *session) reply(r ftpproto.Reply) bool {
 			// The data first, then the reply that says it is complete (quirks.go).
 			s.xfer.wait(s.srv.config().DataTimeout, s.done)
 		case pairing.Deliver:
+			s.transferEnds() // kernel.go
 			out = s.rewrite(a, r)
 		}
 	}
@@ -126,6 +130,7 @@ func (s *session) reply(r ftpproto.Reply) bool {
 	}
 	if banned {
 		s.writeLocked(ftpproto.NewReply(421, "Too many failed logins from your address; closing control connection."))
+		s.closing.Store(true) // under mu: a refusal racing it writes no second 421
 		return false
 	}
 	return s.endAfterReplyLocked() // sessions_ban.go

@@ -9,7 +9,13 @@ import (
 
 	"github.com/ftpguard/ftpguard/internal/conf"
 	"github.com/ftpguard/ftpguard/limiter"
+	"github.com/ftpguard/ftpguard/nftnat"
 )
+
+// maxLineCap is the longest max_line: proftpd silently drops a command line
+// of about 4,093 bytes or more (no reply: the session waits until its
+// timeout); the proxy answers a longer line itself ("500").
+const maxLineCap = 4000
 
 // Section is the proxy's part of the config file: the top-level listen and
 // active keys and the [tls], [backend], [passive], [sessions] and
@@ -36,7 +42,17 @@ type PassiveConfig struct {
 	Address        string `toml:"address"`
 	Ports          string `toml:"ports"`
 	MaxPortsPerKey int    `toml:"max_ports_per_key"`
+	// DataPath is "relay" or "nftables" (kernel.go); NftTable the inet
+	// table the kernel data path owns.
+	DataPath string `toml:"data_path"`
+	NftTable string `toml:"nft_table"`
 }
+
+// Data paths ([passive] data_path).
+const (
+	DataPathRelay    = "relay"
+	DataPathNftables = "nftables"
+)
 
 // SessionsConfig is the [sessions] table.
 type SessionsConfig struct {
@@ -73,7 +89,8 @@ func DefaultSection() Section {
 		Active:  true,
 		TLS:     TLSConfig{Mode: "off", MinVersion: "1.2", ImplicitListen: "0.0.0.0:990", RequireDataReuse: true},
 		Backend: BackendConfig{Address: "127.0.0.1:2121", DialTimeout: 5 * time.Second, SendProxy: "off"},
-		Passive: PassiveConfig{Ports: "50000-50099", MaxPortsPerKey: DefaultMaxPortsPerKey},
+		Passive: PassiveConfig{Ports: "50000-50099", MaxPortsPerKey: DefaultMaxPortsPerKey,
+			DataPath: DataPathRelay, NftTable: nftnat.DefaultTable},
 		Sessions: SessionsConfig{
 			MaxConns: 2000, MaxConnsPerIP: 10,
 			LoginTimeout: 30 * time.Second, IdleTimeout: 10 * time.Minute,
@@ -94,6 +111,11 @@ type Settings struct {
 	Listen         string
 	ImplicitListen string        // tls.implicit_listen; "" unless tls.mode is "implicit"
 	DrainTimeout   time.Duration // how long a shutdown waits for sessions
+	// DataPath is passive.data_path; NftTable passive.nft_table. main
+	// opens the table at start (nftnat.Open) and hands it to the Server
+	// (SetDataPath); they take effect on restart.
+	DataPath string
+	NftTable string
 }
 
 // Settings validates c into p (keys "listen", "backend.…", "tls.…", …)
@@ -136,6 +158,10 @@ func (c Section) Settings(p *conf.Problems) Settings {
 		p.Add("passive.ports", "%v", err)
 	}
 	p.AtLeast("passive.max_ports_per_key", c.Passive.MaxPortsPerKey, 1)
+	p.OneOf("passive.data_path", c.Passive.DataPath, DataPathRelay, DataPathNftables)
+	if !nftnat.ValidName(c.Passive.NftTable) {
+		p.Add("passive.nft_table", "must be a letter then up to 63 letters, digits, '_', '-' or '.', got %q", c.Passive.NftTable)
+	}
 
 	ss := c.Sessions
 	p.AtLeast("sessions.max_conns", ss.MaxConns, 1)
@@ -146,6 +172,9 @@ func (c Section) Settings(p *conf.Problems) Settings {
 	p.Positive("sessions.drain_timeout", ss.DrainTimeout)
 	p.AtLeast("sessions.max_preauth_commands", ss.MaxPreauthCommands, 1)
 	p.AtLeast("sessions.max_line", ss.MaxLine, 512)
+	if ss.MaxLine > maxLineCap {
+		p.Add("sessions.max_line", "must be ≤ %d, got %d: proftpd drops a longer line without a reply (the session would stall until its timeout)", maxLineCap, ss.MaxLine)
+	}
 	p.AtLeast("sessions.max_reply", ss.MaxReply, 4096)
 	if !(ss.ConnRate >= 0 && ss.ConnRate <= 1e6) {
 		p.Add("sessions.conn_rate", "must be between 0 (off) and 1e6 connections per second, got %g", ss.ConnRate)
@@ -166,6 +195,8 @@ func (c Section) Settings(p *conf.Problems) Settings {
 	s := Settings{
 		Listen:       c.Listen,
 		DrainTimeout: ss.DrainTimeout,
+		DataPath:     c.Passive.DataPath,
+		NftTable:     c.Passive.NftTable,
 		Config: Config{
 			Backend:            c.Backend.Address,
 			DialTimeout:        c.Backend.DialTimeout,

@@ -79,3 +79,63 @@ func TestSectionCapacityKeys(t *testing.T) {
 		t.Errorf("problems %v", p.List)
 	}
 }
+
+// TestSectionDataPath: [passive] data_path and nft_table: defaults, the
+// values taken, and one problem per bad key.
+func TestSectionDataPath(t *testing.T) {
+	var p conf.Problems
+	s := DefaultSection().Settings(&p)
+	if !p.OK() || s.DataPath != "relay" || s.NftTable != "ftpguard_data" {
+		t.Fatalf("defaults: data_path %q nft_table %q %v", s.DataPath, s.NftTable, p.List)
+	}
+	for _, c := range []struct {
+		path, table string
+		want        []string
+	}{
+		{"nftables", "ftpguard_data", nil},
+		{"relay", "fg-data.2", nil},
+		{"kernel", "ftpguard_data", []string{`passive.data_path: must be "relay" or "nftables", got "kernel"`}},
+		{"nftables", "", []string{`passive.nft_table: must be a letter then up to 63 letters, digits, '_', '-' or '.', got ""`}},
+		{"nftables", "ftp guard", []string{`passive.nft_table: must be a letter then up to 63 letters, digits, '_', '-' or '.', got "ftp guard"`}},
+	} {
+		sec := DefaultSection()
+		sec.Passive.DataPath, sec.Passive.NftTable = c.path, c.table
+		p = conf.Problems{}
+		s = sec.Settings(&p)
+		var got []string
+		for _, e := range p.List {
+			got = append(got, e.Error())
+		}
+		if strings.Join(got, "\n") != strings.Join(c.want, "\n") {
+			t.Errorf("%q %q: problems %q; want %q", c.path, c.table, got, c.want)
+		}
+		if c.want == nil && (s.DataPath != c.path || s.NftTable != c.table) {
+			t.Errorf("%q %q: settings %q %q", c.path, c.table, s.DataPath, s.NftTable)
+		}
+	}
+}
+
+// TestSectionMaxLineCap: max_line above what the daemons read whole is
+// refused with the reason; 4000 is the most.
+func TestSectionMaxLineCap(t *testing.T) {
+	for _, tt := range []struct {
+		n    int
+		want string
+	}{
+		{4000, ""},
+		{4001, "sessions.max_line: must be ≤ 4000, got 4001: proftpd drops a longer line"},
+		{8192, "sessions.max_line: must be ≤ 4000, got 8192"},
+	} {
+		c := DefaultSection()
+		c.Sessions.MaxLine = tt.n
+		var p conf.Problems
+		c.Settings(&p)
+		var got string
+		for _, e := range p.List {
+			got += e.Error()
+		}
+		if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
+			t.Errorf("max_line %d: problems %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}

@@ -164,9 +164,12 @@ type Server struct {
 	sessDone  chan struct{} // closed and replaced whenever a session ends; guarded by mu
 	ports     portHolds     // passive listeners held per key (passive.go)
 	live      banRegistry   // live sessions by peer, for EndSessions (sessions_ban.go)
+	endq      endQueue      // bans waiting for EndBansSoon's pass (sessions_ban.go)
 	hooks     policyHooks   // gate and budget hooks (gate_hook.go)
 
 	rates connRates // conn_rate per key; its own lock
+
+	dataPath atomic.Pointer[DataPath] // the kernel data path (kernel.go); nil: relay only
 
 	// ctx is cancelled by Close, so dials in flight give up at once.
 	ctx    context.Context
@@ -425,12 +428,18 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		refuse(c, msg)
 		return
 	}
-	defer s.release(slot)
+	released := false // the session's end releases the slot (ended, below)
+	defer func() {
+		if !released {
+			s.release(slot)
+		}
+	}()
 	setOOBInline(c)
 	log.Info("connect", "local", e.reached.String(), "via_balancer", e.viaLB)
 
 	cfg := s.config()
-	client := c
+	raw := newCtlConn(c) // ctlconn.go
+	var client net.Conn = raw
 	var stls *tls.Config // implicit: this session's TLS (tls.go: sessionTLS)
 	if implicit {
 		if cfg.TLS == nil { // a reload turned implicit TLS off: its listener is being closed
@@ -439,7 +448,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 			return
 		}
 		stls = sessionTLS(cfg.TLS)
-		tc := tls.Server(c, stls)
+		tc := tls.Server(raw, stls)
 		hctx, hcancel := context.WithTimeout(slot.ctx, cfg.LoginTimeout)
 		err := tc.HandshakeContext(hctx)
 		hcancel()
@@ -456,7 +465,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	}
 	ctx, cancel := context.WithTimeout(slot.ctx, cfg.DialTimeout)
 	start := time.Now()
-	bc, err := backendDialer.DialContext(ctx, "tcp", cfg.Backend)
+	dialed, err := backendDialer.DialContext(ctx, "tcp", cfg.Backend)
 	cancel()
 	if err != nil && s.ctx.Err() == nil && slot.ctx.Err() != nil {
 		s.shedWhileDialing(c, log, peer.Addr(), d.Key)
@@ -468,6 +477,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		refuse(c, "421 Service not available, the FTP server cannot be reached.")
 		return
 	}
+	var bc net.Conn = newCtlConn(dialed)
 	if cfg.SendProxy != 0 {
 		bc.SetWriteDeadline(time.Now().Add(cfg.DialTimeout))
 		if err := writeProxyHeader(bc, cfg.SendProxy, e); err != nil {
@@ -476,6 +486,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 			refuse(c, "421 Service not available, the FTP server cannot be reached.")
 			return
 		}
+		bc.SetWriteDeadline(time.Time{}) // the session's writes bound themselves (ctlconn.go)
 	}
 
 	var greeting *ftpproto.Reply
@@ -491,7 +502,7 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 		bc, greeting = tc, &g
 	}
 
-	ss = newSession(s, c, client, bc, e, log)
+	ss = newSession(s, raw, client, bc, e, log)
 	ss.btls = btls
 	ss.tlsCfg = stls
 	if greeting != nil {
@@ -518,17 +529,24 @@ func (s *Server) handle(c net.Conn, implicit bool) {
 	ss.slot = slot
 	s.caps.attach(slot, ss)
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.sessions, ss)
-		s.caps.leavePre(slot)
-		s.mu.Unlock()
-		s.noAuthEnd(ss)
-	}()
 	s.obs.SessionStart()
-	defer s.obs.SessionEnd()
-	defer s.live.track(ss)()
-	ss.run()
+	untrack := s.live.track(ss)
+	// ended runs once the session has ended, in whichever of its two
+	// goroutines ends last (session.run); this goroutine may be gone.
+	ended := func() {
+		defer s.release(slot)
+		defer func() {
+			s.mu.Lock()
+			delete(s.sessions, ss)
+			s.caps.leavePre(slot)
+			s.mu.Unlock()
+			s.noAuthEnd(ss)
+		}()
+		defer s.obs.SessionEnd()
+		untrack()
+	}
+	released = true
+	ss.run(ended)
 }
 
 // backendDialer dials without TCP keep-alive — the daemon's control and
@@ -570,4 +588,22 @@ func (r PortRange) start() (first, n int) {
 	}
 	n = int(r.Max) - int(r.Min) + 1
 	return int(r.Min) + rand.IntN(n), n
+}
+
+// try calls bind with the ports of r from a random start (see start), at
+// most 64 of them, until one succeeds; it returns the last error. For the
+// zero range bind is called once, with port 0.
+func (r PortRange) try(bind func(port int) error) error {
+	first, n := r.start()
+	var err error
+	for i := 0; i < n && i < 64; i++ {
+		port := 0
+		if first != 0 {
+			port = int(r.Min) + (first-int(r.Min)+i)%n
+		}
+		if err = bind(port); err == nil {
+			return nil
+		}
+	}
+	return err
 }

@@ -58,22 +58,30 @@ type session struct {
 	loggedIn  atomic.Bool
 	transfers atomic.Int32
 	closing   atomic.Bool
-	banning   atomic.Bool            // this session's own guess is banning its key (sessions_ban.go)
-	banEnd    atomic.Pointer[string] // a ban covers the session: end it, with this text, after the reply awaited
-	tlsOn     atomic.Bool            // the control connection is TLS
-	btls      *tls.Config            // FTPS to the daemon, with this session's cache; nil: plain
+	banning   atomic.Bool                        // settling a login's reply or a trap: a ban now only marks it (sessions_ban.go)
+	ended     atomic.Pointer[ending]             // a ban (or the gate) ends the session, after the reply awaited (sessions_ban.go)
+	tlsOn     atomic.Bool                        // the control connection is TLS
+	hsCancel  atomic.Pointer[context.CancelFunc] // ends the AUTH TLS handshake under way (tls.go); nil: none
+	btls      *tls.Config                        // FTPS to the daemon, with this session's cache; nil: plain
 	// pregreeted is the daemon's greeting, already read when FTPS to the
 	// daemon was set up; relayed first.
 	pregreeted *ftpproto.Reply
 	protP      atomic.Bool // PROT P: data connections with the client are TLS
 	tlsCfg     *tls.Config // the client's TLS, with this session's ticket keys (tls.go: sessionTLS); set before PROT P
 	clientEOF  atomic.Bool
-	attempted  atomic.Bool            // a PASS or ACCT reached the daemon
-	endWhy     atomic.Pointer[string] // why it ends without a login (capacity.go); nil: other
-	slot       *capSlot               // its place in the session table; guarded by srv.mu
-	closeOnce  sync.Once
-	done       chan struct{}  // closed by abort
-	data       sync.WaitGroup // data-connection goroutines
+	// active is when the session last did something — a command read, the
+	// login, the end of a transfer (unix ns): idle_timeout counts from it.
+	active atomic.Int64
+	// rdl is the client's read deadline in force (unix ns; 0: none), set
+	// only through setClientDeadline, under rdlMu with the socket's.
+	rdl       atomic.Int64
+	rdlMu     sync.Mutex
+	attempted atomic.Bool            // a PASS or ACCT reached the daemon
+	endWhy    atomic.Pointer[string] // why it ends without a login (capacity.go); nil: other
+	slot      *capSlot               // its place in the session table; guarded by srv.mu
+	closeOnce sync.Once
+	done      chan struct{}  // closed by abort
+	data      sync.WaitGroup // data-connection goroutines
 
 	// mu guards the fields below and serialises writes to the client:
 	// the machine is stepped, and its Write actions carried out, under it.
@@ -85,7 +93,6 @@ type session struct {
 	wake      chan struct{} // closed when the queue shrinks; see awaitQueue
 	replyDone bool          // relayReplies has ended
 	acctAsked bool          // the daemon's latest reply to USER or PASS was 332
-	banBy     netip.Prefix  // the ban that marked banEnd (sessions_ban.go)
 	userOK    bool          // the daemon accepted the latest USER (331, 332, 230): user is its name
 
 	// Owned by relayCommands alone.
@@ -100,9 +107,20 @@ type session struct {
 
 	xfer     dataGate   // data legs still relaying to the client (quirks.go)
 	dmu      sync.Mutex // guards the data legs
-	dataLn   net.Listener
+	dataLn   io.Closer  // the pending data port: *heldListener, *heldMapping (kernel.go) or an active-mode listener
 	dataConn map[net.Conn]struct{}
 	dataDone bool // the session ended: no new data legs
+	// kernelNext: the connection of the latest data port set up, if a
+	// kernel mapping: the next transfer runs in the kernel (kernel.go).
+	kernelNext *kernelConn
+	// kernelRun: the connection of the transfer the kernel carries, from
+	// its 1xx to its final reply, where it is counted, for a ban that
+	// cuts it (kernel.go).
+	kernelRun *kernelConn
+
+	// Owned by relayReplies alone (kernel.go).
+	kernelXfer  bool // a transfer runs in the kernel: counted in transfers
+	relayLogged bool // why the session's transfers are relayed was logged
 }
 
 func newSession(srv *Server, raw, client, backend net.Conn, e endpoints, log *slog.Logger) *session {
@@ -121,9 +139,12 @@ func newSession(srv *Server, raw, client, backend net.Conn, e endpoints, log *sl
 	}
 }
 
-// run relays the session until either side ends it, then settles every
-// attempt still awaiting a reply as a failure.
-func (s *session) run() {
+// run relays the session until either side ends it: relayReplies in a
+// goroutine of its own, relayCommands in the caller's. Whichever of the two
+// ends last ends the session (end), then calls ended; run may return
+// before that. The other does not wait for it: a goroutine parked to wait
+// and woken again cost every session two thread switches.
+func (s *session) run(ended func()) {
 	// The greeting is awaited first, unless it was read already.
 	s.pair = pairing.New[*ticket](maxPending, s.pregreeted == nil, daemonQuirks)
 	if s.pregreeted != nil {
@@ -131,24 +152,38 @@ func (s *session) run() {
 		s.writeLocked(*s.pregreeted)
 		s.mu.Unlock()
 	}
-	done := make(chan struct{})
+	var running atomic.Int32
+	running.Store(2)
+	last := func() {
+		if running.Add(-1) == 0 {
+			s.guard("session end", s.end, nil)
+			s.guard("session end", ended, nil)
+		}
+	}
 	go func() {
-		defer close(done)
 		s.guard("relayReplies", s.relayReplies, nil)
 		s.mu.Lock()
 		s.replyDone = true
 		s.wakeLocked()
 		s.mu.Unlock()
+		last()
 	}()
 	s.guard("relayCommands", s.relayCommands, nil)
-	<-done
+	last()
+}
+
+// end closes what is left of the session once both its goroutines are
+// done, waits for its data legs, and settles every attempt still awaiting
+// a reply as a failure (docs/design.md rule 1).
+func (s *session) end() {
 	s.abort()
 	s.data.Wait()
+	s.endKernel() // kernel.go
 	s.mu.Lock()
 	left := s.pair.End()
 	user := s.user
 	s.mu.Unlock()
-	s.settleEnd(left) // docs/design.md rule 1
+	s.settleEnd(left)
 	s.log.Info("session end", "user", user, "logged_in", s.loggedIn.Load(),
 		"duration", time.Since(s.start).Round(time.Millisecond))
 }
@@ -178,6 +213,7 @@ func (s *session) relayCommands() {
 			}
 			break
 		}
+		s.touch()
 		if !s.command(cmd) {
 			break
 		}
@@ -187,21 +223,59 @@ func (s *session) relayCommands() {
 	}
 }
 
+// touch records activity: idle_timeout counts from now.
+func (s *session) touch() { s.active.Store(time.Now().UnixNano()) }
+
 // armClientDeadline sets the client's read deadline: the login deadline
-// before login, none while a data transfer runs, else the idle timeout.
+// before login, none while a data transfer runs, else idle_timeout from
+// the session's last activity. An idle deadline in place is kept while it
+// is at most half the idle timeout earlier than that: commandError checks,
+// when it expires, whether the session has really been idle that long. So
+// a busy session changes its deadline (a runtime timer) twice per
+// idle_timeout at most, not once per command.
 func (s *session) armClientDeadline() {
 	cfg := s.srv.config()
-	var d time.Time
 	switch {
 	case s.closing.Load(): // shed: end the read now (capacity.go)
-		d = time.Now()
+		s.setClientDeadline(time.Now())
 	case !s.loggedIn.Load():
-		d = s.start.Add(cfg.LoginTimeout)
+		s.setClientDeadline(s.start.Add(cfg.LoginTimeout))
 	case s.transfers.Load() > 0:
+		s.setClientDeadline(time.Time{})
 	default:
-		d = time.Now().Add(cfg.IdleTimeout)
+		want := s.active.Load() + int64(cfg.IdleTimeout)
+		if cur := s.rdl.Load(); cur > time.Now().UnixNano() && cur <= want && want-cur <= int64(cfg.IdleTimeout/2) {
+			return
+		}
+		s.setClientDeadline(time.Unix(0, want))
 	}
-	s.raw.SetReadDeadline(d)
+}
+
+// setClientDeadline sets the client's read deadline to d (zero: none),
+// unless it is in force already. Safe for concurrent use: relayCommands
+// arms it while relayReplies (a kernel transfer's 1xx and final reply) or
+// a data leg clears or re-arms it; the one recorded in rdl and the
+// socket's change together, so the last call wins both.
+func (s *session) setClientDeadline(d time.Time) {
+	var ns int64
+	if !d.IsZero() {
+		ns = d.UnixNano()
+	}
+	if s.rdl.Load() == ns {
+		return
+	}
+	s.rdlMu.Lock()
+	defer s.rdlMu.Unlock()
+	if s.rdl.Swap(ns) != ns {
+		s.raw.SetReadDeadline(d)
+	}
+}
+
+// idleEarly reports whether a logged-in session's idle deadline expired
+// before idle_timeout had passed since its last activity (armClientDeadline
+// kept an earlier one): the read goes on under a new deadline.
+func (s *session) idleEarly() bool {
+	return time.Since(time.Unix(0, s.active.Load())) < s.srv.config().IdleTimeout
 }
 
 // commandError handles a failed command read and reports whether the
@@ -233,8 +307,8 @@ func (s *session) commandError(err error) bool {
 			return false
 		}
 		if s.loggedIn.Load() {
-			if s.transfers.Load() > 0 {
-				return true // a transfer began while we waited
+			if s.transfers.Load() > 0 || s.idleEarly() {
+				return true // a transfer began while we waited, or the session was not idle that long
 			}
 			s.log.Info("timeout", "kind", "idle", "after", cfg.IdleTimeout)
 			s.finish(421, "Idle timeout; closing control connection.")
@@ -264,8 +338,8 @@ func (s *session) hangUp() {
 		s.abort()
 		return
 	}
-	if tc, ok := s.backend.(*net.TCPConn); ok {
-		tc.CloseWrite()
+	if cc, ok := s.backend.(*ctlConn); ok { // not FTPS to the daemon: no close_notify
+		cc.CloseWrite()
 	}
 	s.backend.SetReadDeadline(time.Now().Add(s.srv.config().DialTimeout))
 }
@@ -292,13 +366,19 @@ func (s *session) command(cmd ftpproto.Command) bool {
 	if s.closing.Load() {
 		return false
 	}
+	callTestHook("command", cmd.Verb)
+	if s.ended.Load() != nil {
+		// A ban marked the session to end after the replies it awaits:
+		// nothing more is done for it (no data listener opened either);
+		// forward checks again under the lock.
+		return true
+	}
 	if !s.countPreauth() {
 		return false
 	}
 	if s.log.Enabled(context.Background(), slog.LevelDebug) { // cmd.String allocates
 		s.log.Debug("command", "cmd", cmd.String())
 	}
-	callTestHook("command", cmd.Verb)
 	if !knownShape(cmd.Verb) {
 		// Not forwarded: a daemon may answer such a verb with nothing
 		// (pure-ftpd), and every later reply would answer the command
@@ -328,7 +408,10 @@ func (s *session) command(cmd ftpproto.Command) bool {
 		if s.epsvAll {
 			return s.replyLocal(ftpproto.NewReply(503, "EPSV ALL in effect; PASV refused."))
 		}
-		if !s.announceAddr().Is4() {
+		// An IPv6 client could reach an IPv4 [passive] address only from an
+		// IPv4 address of its own, which the data gate refuses: not the
+		// control connection's (docs/design.md, rule 6).
+		if !s.announceAddr().Is4() || !s.peer.Addr().Unmap().Is4() {
 			return s.replyLocal(ftpproto.NewReply(500, "PASV needs IPv4; use EPSV."))
 		}
 		if s.passiveFull() { // passive.go
@@ -365,16 +448,24 @@ func (s *session) command(cmd ftpproto.Command) bool {
 // forward enters cmd in the pairing machine as verb, carrying t (login
 // commands), and sends cmd's canonical form to the backend: never the
 // client's raw bytes (docs/design.md: one canonical command per parsed
-// line).
+// line). A session a ban (or the gate) marked to end (sessions_ban.go)
+// forwards nothing more: the command is dropped unanswered, and the
+// session ends with 421 after the replies it awaits — else a client that
+// kept a command in flight would never be ended, and its commands would
+// reach the daemon after the ban. Checked under mu, where endFor marks it:
+// a command forwarded before the mark is one the ban waits for.
 func (s *session) forward(cmd ftpproto.Command, verb string, t *ticket) bool {
 	for {
 		s.mu.Lock()
-		ended := s.pair.Ended()
-		acts := s.pair.Forward(verb, t)
+		ended, marked := s.pair.Ended(), s.ended.Load() != nil
+		var acts []action
+		if !ended && !marked {
+			acts = s.pair.Forward(verb, t)
+		}
 		s.mu.Unlock()
-		if ended {
+		if ended || marked {
 			t.release()
-			return false
+			return !ended
 		}
 		if len(acts) == 0 {
 			break
@@ -385,8 +476,7 @@ func (s *session) forward(cmd ftpproto.Command, verb string, t *ticket) bool {
 		}
 	}
 	s.cbuf = cmd.AppendWire(s.cbuf[:0])
-	s.backend.SetWriteDeadline(time.Now().Add(s.srv.config().DataTimeout))
-	if _, err := s.backend.Write(s.cbuf); err != nil {
+	if _, err := writeBounded(s.backend, s.cbuf, s.srv.config().DataTimeout); err != nil {
 		if !s.closing.Load() {
 			s.log.Warn("backend write failed", "err", err)
 			s.replyFinal(421, "Service not available, connection to the FTP server lost.")
@@ -532,7 +622,7 @@ func (s *session) sleep(d time.Duration) {
 // to the reset that closing a socket with unread input causes.
 func (s *session) linger() {
 	closeWrite(s.client)
-	s.raw.SetReadDeadline(time.Now().Add(time.Second))
+	s.setClientDeadline(time.Now().Add(time.Second))
 	io.CopyN(io.Discard, s.client, 1<<20)
 	s.abort()
 }
@@ -544,8 +634,7 @@ func (s *session) writeLocked(r ftpproto.Reply) bool {
 		return false
 	}
 	s.wbuf = r.AppendWire(s.wbuf[:0])
-	s.client.SetWriteDeadline(time.Now().Add(s.srv.config().DataTimeout))
-	if _, err := s.client.Write(s.wbuf); err != nil {
+	if _, err := writeBounded(s.client, s.wbuf, s.srv.config().DataTimeout); err != nil {
 		s.log.Info("client write failed", "err", err)
 		s.abort()
 		return false

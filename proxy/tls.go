@@ -34,21 +34,47 @@ func (s *session) startTLS(cmd ftpproto.Command) bool {
 	default:
 		return s.replyLocal(ftpproto.NewReply(504, "AUTH type not supported; use AUTH TLS."))
 	}
-	s.awaitReplies(2 * time.Second)
+	// Its 234 comes after every reply before it, never in the place of a
+	// slow one: the client would take it for that reply and wait for
+	// AUTH's while the proxy waits for its handshake.
+	if !s.awaitTLSTurn(cfg) {
+		return false
+	}
 	if s.cr.Buffered() > 0 {
 		s.srv.reject(s.log, "plaintext after AUTH TLS", "bytes", s.cr.Buffered())
 		s.finish(421, "Commands sent after AUTH TLS before the handshake; closing.")
 		return false
 	}
+	// The slot's context: a shed (capacity.go) cancels it before it waits
+	// for s.mu, so a client that stalls its handshake is shed at once
+	// rather than when its read deadline passes.
+	ctx := s.srv.ctx
+	s.srv.mu.Lock()
+	if s.slot != nil {
+		ctx = s.slot.ctx
+	}
+	s.srv.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock() // no reply may be written while the handshake runs
 	if !s.writeLocked(ftpproto.NewReply(234, "AUTH TLS successful.")) {
 		return false
 	}
 	s.tlsCfg = sessionTLS(cfg.TLS)
-	tc, err := s.handshake(s.client, s.tlsCfg, cfg.DataTimeout)
+	// A ban (endFor) ends the handshake too, through hsCancel: it cannot
+	// take s.mu while the handshake holds it.
+	hctx, hcancel := context.WithCancel(ctx)
+	s.hsCancel.Store(&hcancel)
+	tc, err := s.handshake(hctx, s.client, s.tlsCfg, cfg.DataTimeout)
+	s.hsCancel.Store(nil)
+	hcancel()
 	if err != nil {
-		s.log.Info("TLS handshake failed", "err", err)
+		if e := s.ended.Load(); e != nil {
+			// Ended by a ban: logged here, as endFor would have (it
+			// finds the session closing and logs nothing).
+			s.srv.reject(s.log, e.reason, e.with("logged_in", s.loggedIn.Load())...)
+		} else {
+			s.log.Info("TLS handshake failed", "err", err)
+		}
 		s.abort()
 		return false
 	}
@@ -56,6 +82,28 @@ func (s *session) startTLS(cmd ftpproto.Command) bool {
 	s.cr = ftpproto.NewCommandReader(tc, cfg.MaxLine)
 	s.tlsOn.Store(true)
 	return true
+}
+
+// awaitTLSTurn waits until every command forwarded before AUTH has its
+// reply — at most login_timeout before login, data_timeout after — and
+// reports whether the session goes on; if the replies do not come, it ends
+// with 421.
+func (s *session) awaitTLSTurn(cfg *Config) bool {
+	d := cfg.DataTimeout
+	if !s.loggedIn.Load() {
+		d = cfg.LoginTimeout
+	}
+	if s.awaitQueue(0, d) {
+		return true
+	}
+	s.mu.Lock()
+	ended := s.replyDone // the daemon left: the session ends anyway
+	s.mu.Unlock()
+	if !ended && !s.closing.Load() {
+		s.srv.reject(s.log, "reply out of step", "cmd", "AUTH", "waited", d)
+		s.replyFinal(421, "Service not available: the FTP server did not answer; closing.")
+	}
+	return false
 }
 
 // sessionTLS returns base for one session: a clone with session ticket
@@ -77,10 +125,11 @@ func sessionTLS(base *tls.Config) *tls.Config {
 	return c
 }
 
-// handshake runs a server handshake on c with conf within timeout.
-func (s *session) handshake(c net.Conn, conf *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+// handshake runs a server handshake on c with conf within timeout, or
+// until parent is done.
+func (s *session) handshake(parent context.Context, c net.Conn, conf *tls.Config, timeout time.Duration) (*tls.Conn, error) {
 	tc := tls.Server(c, conf)
-	ctx, cancel := context.WithTimeout(s.srv.ctx, timeout)
+	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, err
@@ -105,6 +154,7 @@ func (s *session) tlsCommand(cmd ftpproto.Command) bool {
 		switch arg {
 		case "P":
 			s.protP.Store(true)
+			s.dropMapping() // kernel.go: the next data connection is TLS, relayed
 			return s.replyLocal(ftpproto.NewReply(200, "PROT now Private."))
 		case "C":
 			s.protP.Store(false)
@@ -147,7 +197,7 @@ func (s *session) secureData(c net.Conn) (net.Conn, error) {
 	if conf == nil { // not reached: PROT P needs the control connection's TLS
 		return nil, errNoTLS
 	}
-	tc, err := s.handshake(&recordBatcher{Conn: c}, conf, cfg.DataTimeout)
+	tc, err := s.handshake(s.srv.ctx, &recordBatcher{Conn: c}, conf, cfg.DataTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +233,7 @@ func (s *session) rewriteFEAT(r ftpproto.Reply) ftpproto.Reply {
 }
 
 // recordBatcher is the socket under a TLS data leg. Between begin and
-// flush it gathers what TLS writes — a relayBuf of plaintext is sixteen
+// flush it gathers what TLS writes — a relayBuf of plaintext is 64
 // records of 16 KiB — and flush sends it in one system call rather than
 // one a record. Outside, and for whatever TLS writes by itself (the
 // handshake, alerts, a key update answered by a Read), it writes through.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -143,5 +144,76 @@ func TestRecordBatcher(t *testing.T) {
 	srvSide.Close()
 	if b := <-got; !bytes.Equal(b, want) {
 		t.Fatalf("client read %d bytes; want %d identical bytes", len(b), len(want))
+	}
+}
+
+// TestAuthTLSAfterSlowReply: AUTH TLS pipelined behind a command the
+// daemon is slow to answer gets its 234 after that command's reply, never
+// in its place (the client would take the 234 for the earlier command's
+// reply and wait for AUTH's, while the proxy waits for its handshake).
+func TestAuthTLSAfterSlowReply(t *testing.T) {
+	f := startFake(t, func(c net.Conn, line string) bool {
+		if line == "HELP" {
+			time.Sleep(2500 * time.Millisecond)
+			c.Write([]byte("214 Help OK.\r\n"))
+			return true
+		}
+		return false
+	})
+	p := startProxy(t, f.ln.Addr().String(), Config{TLS: testTLSConfig(t)}, testLimits)
+	c := dial(t, p.addr)
+	c.expect(220)
+	c.send("HELP\r\nAUTH TLS\r\n")
+	c.expect(214)
+	c.expect(234)
+	tc := tls.Client(c.c, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestShedDuringAuthTLS: a session that sent AUTH TLS and stalls its
+// handshake is shed as any idle session, at once: the newcomer that sheds
+// it is greeted without waiting for the stalled handshake to time out.
+func TestShedDuringAuthTLS(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{TLS: testTLSConfig(t), MaxConns: 1, MaxConnsPerIP: 10,
+		LoginTimeout: 8 * time.Second}, loose)
+	v := dialFrom(t, "127.0.0.2", p.addr)
+	v.expect(220)
+	v.send("AUTH TLS\r\n")
+	v.expect(234) // and no ClientHello
+	n := dialFrom(t, "127.0.0.3", p.addr)
+	start := time.Now()
+	n.expect(220)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the newcomer was greeted after %v: the shed waited for the stalled handshake", d.Round(time.Millisecond))
+	}
+}
+
+// TestBanDuringAuthTLS: a ban ends a session whose AUTH TLS handshake is
+// stalled at once, logged once, not when the handshake times out.
+func TestBanDuringAuthTLS(t *testing.T) {
+	f := startFake(t, nil)
+	p := startProxy(t, f.ln.Addr().String(), Config{TLS: testTLSConfig(t), LoginTimeout: 8 * time.Second}, testLimits)
+	c := dialFrom(t, "127.0.0.2", p.addr)
+	c.expect(220)
+	c.send("AUTH TLS\r\n")
+	c.expect(234) // and no ClientHello
+	start := time.Now()
+	if n := p.srv.EndSessions(netip.MustParsePrefix("127.0.0.2/32"), "admin", true, true); n != 1 {
+		t.Fatalf("EndSessions ended %d sessions; want 1", n)
+	}
+	c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.Copy(io.Discard, c.c)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the banned session ended after %v", d.Round(time.Millisecond))
+	}
+	waitUntil(t, "the reject logged", func() bool {
+		return strings.Contains(p.logs.String(), "reason=\"banned by admin\"") || strings.Contains(p.logs.String(), "msg=reject")
+	})
+	time.Sleep(100 * time.Millisecond)
+	if n := strings.Count(p.logs.String(), "msg=reject"); n != 1 {
+		t.Fatalf("%d rejects logged; want 1:\n%s", n, p.logs)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -40,16 +39,8 @@ func tlsLogin(t *testing.T, addr string, cache tls.ClientSessionCache) *client {
 // cache and returns what it read.
 func retrTLS(t *testing.T, c *client, cache tls.ClientSessionCache) ([]byte, bool) {
 	t.Helper()
-	c.send("PASV\r\n")
-	ap, err := ftpproto.ParsePASV(c.expect(227).Text())
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := net.Dial("tcp", ap.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
+	raw := c.pasvData()
+	defer raw.Close() // before the next retrTLS, as a client does
 	raw.SetDeadline(time.Now().Add(10 * time.Second))
 	dc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "ftp.test", ClientSessionCache: cache})
 	c.send("RETR f\r\n")

@@ -229,7 +229,8 @@ func (m *Machine[T]) answersAbort(r ftpproto.Reply) bool {
 // Delivered records that the head's final reply (of code) was written: the
 // head is popped, and the local replies that waited for it are written.
 // The session ends after the reply to QUIT, after a greeting other than
-// 220, or when the client's input has ended and nothing awaits a reply.
+// 220, or when the client's input has ended and nothing awaits a reply
+// but, maybe, a QUIT's.
 func (m *Machine[T]) Delivered(code int) []Action[T] {
 	if m.ended || !m.busy || len(m.q) == 0 {
 		return nil
@@ -247,21 +248,33 @@ func (m *Machine[T]) Delivered(code int) []Action[T] {
 		acts = append(acts, m.close(ftpproto.Reply{}, WhyQuit))
 	case h.greeting && code != 220:
 		acts = append(acts, m.close(ftpproto.Reply{}, WhyNotGreeted))
-	case m.eof && len(m.q) == 0:
+	case m.eof && m.onlyGoodbye():
 		acts = append(acts, m.close(ftpproto.Reply{}, WhyClientGone))
 	}
 	return acts
 }
 
 // ClientEOF records that the client's input ended. Replies to commands
-// already forwarded still come (they settle attempts); with none awaited
-// the session ends now.
+// already forwarded still come (they settle attempts); with none awaited,
+// or only the reply to a QUIT (a goodbye with nobody left to read it, and
+// no guess, transfer or reply of the proxy's own behind it), the session
+// ends now.
 func (m *Machine[T]) ClientEOF() []Action[T] {
 	m.eof = true
-	if m.ended || len(m.q) > 0 {
+	if m.ended || m.busy || !m.onlyGoodbye() {
 		return nil
 	}
 	return []Action[T]{m.close(ftpproto.Reply{}, WhyClientGone)}
+}
+
+// onlyGoodbye reports whether nothing awaits a reply but, maybe, a QUIT.
+func (m *Machine[T]) onlyGoodbye() bool {
+	for _, e := range m.q {
+		if !e.info.Ends || e.local || e.greeting {
+			return false
+		}
+	}
+	return true
 }
 
 // End empties the Machine as the session ends: each login entry still

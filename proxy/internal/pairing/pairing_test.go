@@ -296,6 +296,32 @@ func TestSteps(t *testing.T) {
 			},
 		},
 		{
+			name: "the client's end after QUIT: its goodbye has nobody to go to",
+			steps: []step{
+				{"fwd QUIT", ""},
+				{"eof", "Close client gone"},
+			},
+		},
+		{
+			name: "the client's end after QUIT behind a guess: the guess's reply still comes",
+			steps: []step{
+				{"fwd PASS a1", ""},
+				{"fwd QUIT", ""},
+				{"eof", ""},
+				{"reply 530 no", "Settle PASS 530 a1; Deliver PASS 530 a1"},
+				{"done 530", "Close client gone"},
+			},
+		},
+		{
+			name: "the client's end after QUIT, the greeting not in yet", greeting: true,
+			steps: []step{
+				{"fwd QUIT", ""},
+				{"eof", ""},
+				{"reply 220 hi", "Deliver 220"},
+				{"done 220", "Close client gone"},
+			},
+		},
+		{
 			name: "QUIT ends the session after its reply",
 			steps: []step{
 				{"fwd QUIT", ""},
