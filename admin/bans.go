@@ -57,13 +57,24 @@ func decisionJSON(d crowdsec.Decision, now time.Time) banJSON {
 		SecondsLeft: max(left, 0)}
 }
 
-// bans returns the bans in force at now and the no-auth penalties (Reason
-// "noauth"), sorted by Until.
+// bans returns the bans in force at now, the no-auth penalties (Reason
+// "noauth") and the bans of Options.MoreBans, sorted by Until.
 func (a *Server) bans(now time.Time) []limiter.Ban {
 	bans := a.lim.Bans(now)
-	if pen := a.lim.Penalties(now); len(pen) > 0 {
-		bans = append(bans, pen...)
+	if side := a.sideBans(now); len(side) > 0 {
+		bans = append(bans, side...)
 		slices.SortStableFunc(bans, func(x, y limiter.Ban) int { return x.Until.Compare(y.Until) })
+	}
+	return bans
+}
+
+// sideBans returns what the bans list shows beside the limiter's ban
+// table, which it does not page: the no-auth penalties and the bans of
+// Options.MoreBans ([geo] budget rules).
+func (a *Server) sideBans(now time.Time) []limiter.Ban {
+	bans := a.lim.Penalties(now)
+	if a.opt.MoreBans != nil {
+		bans = append(bans, a.opt.MoreBans.Bans(now)...)
 	}
 	return bans
 }
@@ -95,14 +106,14 @@ func (a *Server) handleBansList(w http.ResponseWriter, r *http.Request) {
 		}
 		var next int
 		bans, next = a.lim.BansPage(now, after, limit)
-		if after == 0 { // no-auth penalties (a table of their own) come with the first page
-			bans = append(bans, a.lim.Penalties(now)...)
+		if after == 0 { // no-auth penalties and [geo] budget bans (tables of their own) come with the first page
+			bans = append(bans, a.sideBans(now)...)
 		}
 		if next != 0 {
 			w.Header().Set(NextAfterHeader, strconv.Itoa(next))
 		}
 	} else {
-		bans = a.bans(now) // no-auth penalties included
+		bans = a.bans(now) // no-auth penalties and [geo] budget bans included
 	}
 	out := make([]banJSON, 0, len(bans))
 	for _, b := range bans {
@@ -201,6 +212,9 @@ func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
 	if a.lim.LiftPenalty(time.Now(), key) { // a no-auth penalty is listed as a ban too
 		lifted = true
 	}
+	if a.opt.MoreBans != nil && a.opt.MoreBans.Unban(key) { // a [geo] budget rule's ban too
+		lifted = true
+	}
 	if !lifted && err == nil {
 		if msg := a.crowdSecCovers(key); msg != "" {
 			writeError(w, http.StatusConflict, "%s", msg)
@@ -213,19 +227,26 @@ func (a *Server) handleBanDel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "%s", msg)
 		return
 	}
-	if err != nil {
-		a.log.Error("admin unban: store", "key", key.String(), "err", err)
-		writeError(w, http.StatusInternalServerError, "the ban of %v is lifted here, but the store still has it: %v", key, err)
-		return
-	}
 	a.log.Info("unban", "key", key.String(), "origin", "admin", "remote", r.RemoteAddr)
 	out := map[string]string{"unbanned": key.String()}
+	status := http.StatusOK
+	var warnings []string
+	if err != nil {
+		// The limiter queued the change (its retry, or the shared store's
+		// circuit): lifted here now, written when the store takes writes.
+		a.log.Error("admin unban: store", "key", key.String(), "err", err)
+		status = http.StatusAccepted
+		warnings = append(warnings, fmt.Sprintf("lifted here; the store cannot take it now (%v): the unban is queued and written when it can (another instance sharing the store keeps the ban until then)", err))
+	}
 	if msg := a.crowdSecCovers(key); msg != "" {
 		// ftpguard's ban pushed to CrowdSec by the watcher comes back as a
 		// decision: the address stays refused until it is deleted there.
-		out["warning"] = msg
+		warnings = append(warnings, msg)
 	}
-	writeJSON(w, http.StatusOK, out)
+	if len(warnings) > 0 {
+		out["warning"] = strings.Join(warnings, "; ")
+	}
+	writeJSON(w, status, out)
 }
 
 // crowdSecCovers describes the CrowdSec decision in force that overlaps
@@ -257,6 +278,11 @@ func (a *Server) parseTarget(v string) (netip.Prefix, error) {
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("ip: %q is not an IP address or CIDR", v)
 		}
+		// As the limiter keeps it: a 6to4 prefix is the IPv4 prefix it
+		// carries, and its width is checked (and reported) as such.
+		if p, err = limiter.NormPrefix(p); err != nil {
+			return netip.Prefix{}, fmt.Errorf("ip: %v", err)
+		}
 		return p, nil
 	}
 	addr, err := netip.ParseAddr(v)
@@ -279,7 +305,9 @@ func parseBanDuration(v string) (time.Duration, error) {
 		if err != nil {
 			return 0, fmt.Errorf("duration: %q is not a duration such as \"90m\", \"12h\" or \"7d\"", v)
 		}
-		dur = time.Duration(min(days, 100_000)) * 24 * time.Hour
+		// Bounded before it is multiplied out: a count of days beyond
+		// ±106,751 would wrap around (−281474976710655 days is +24h).
+		dur = time.Duration(max(min(days, 100_000), -1)) * 24 * time.Hour
 	} else {
 		var err error
 		if dur, err = time.ParseDuration(v); err != nil {

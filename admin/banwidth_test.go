@@ -1,9 +1,15 @@
 package admin
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ftpguard/ftpguard/limiter"
 )
 
 // TestBanWidth: an admin ban wider than max_ban_prefix_ipv4/_ipv6 is
@@ -58,5 +64,32 @@ func TestCovers(t *testing.T) {
 		if got := Covers(netip.MustParsePrefix(p)); got != want {
 			t.Errorf("Covers(%s) = %q, want %q", p, got, want)
 		}
+	}
+}
+
+// TestBanWidthOfTunnelPrefix: a 6to4 prefix is banned as the IPv4 prefix it
+// carries (2002:cb00::/32 is 203.0.0.0/16), so its width is checked against
+// max_ban_prefix_ipv4, not against the IPv6 limit it would pass as written.
+func TestBanWidthOfTunnelPrefix(t *testing.T) {
+	lim, err := limiter.New(limiter.Config{Failures: 5, Window: time.Hour, BanTime: time.Hour}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Settings{MaxBanPrefix4: 24}, Options{Limiter: lim, Metrics: NewMetrics(lim, nil, "test", func() string { return "enforce" }),
+		Reload: func() error { return nil }, Info: func() Info { return Info{Backend: "127.0.0.1:1", Store: "memory"} }})
+	ts := httptest.NewServer(a.Handler())
+	defer ts.Close()
+	resp, err := http.Post(ts.URL+"/bans", "application/json", strings.NewReader(`{"ip":"2002:cb00::/32","duration":"1h"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "203.0.0.0/16") ||
+		!strings.Contains(string(body), "max_ban_prefix_ipv4 = 24") {
+		t.Errorf("POST /bans 2002:cb00::/32 = %d %s, want 400 naming 203.0.0.0/16 and max_ban_prefix_ipv4", resp.StatusCode, body)
+	}
+	if bans := lim.Bans(time.Now()); len(bans) != 0 {
+		t.Errorf("bans in force: %v", bans)
 	}
 }

@@ -19,6 +19,9 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
 
@@ -268,7 +271,7 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 	admin := fset.String("admin", "", "admin endpoint: host:port or unix:/path (default: [admin] listen of -config)")
 	tokenFile := fset.String("token-file", "", "file holding the admin token (default: [admin] token_file of -config)")
 	timeout := fset.Duration("timeout", 10*time.Second, "give up on the endpoint after this long")
-	asJSON := fset.Bool("json", false, "print the endpoint's JSON answer as it is")
+	asJSON := fset.Bool("json", false, "print the endpoint's JSON answer (non-printable characters escaped)")
 	reason := fset.String("reason", "", "bans add: the reason recorded with the ban (default \"admin\")")
 	force := fset.Bool("force", false, "bans add: ban a prefix wider than [admin] max_ban_prefix_ipv4/_ipv6")
 
@@ -364,7 +367,8 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 			}
 		case "bans del":
 			var out map[string]string
-			if _, err := c.do("DELETE", "/bans/"+pos[0], nil, &out); err != nil {
+			// 202: lifted here, the store's copy queued (the warning says so).
+			if _, err := c.do("DELETE", "/bans/"+pos[0], nil, &out, http.StatusOK, http.StatusAccepted); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "unbanned %s\n", out["unbanned"])
@@ -429,10 +433,32 @@ func RunClient(cmd string, args []string, stdout, stderr io.Writer, defaultConfi
 	}
 }
 
+// printJSON prints v as indented JSON with every rune that is not
+// printable escaped (\uXXXX): encoding/json escapes C0 controls but writes
+// C1 controls and bidi overrides raw, and a terminal obeys them (see
+// cleanCell). Outside strings the encoder writes only printable ASCII,
+// spaces and newlines, so an escape always lands inside a string.
 func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	out := make([]byte, 0, b.Len())
+	for _, r := range b.String() {
+		switch {
+		case r == '\n' || unicode.IsPrint(r):
+			out = utf8.AppendRune(out, r)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+	}
+	_, err := w.Write(out)
+	return err
 }
 
 // writeBansTable prints bans as an aligned table.
@@ -527,10 +553,14 @@ func sortedReasons(m map[string]uint64) []string {
 	return keys
 }
 
-// cleanCell keeps a table cell on one line and printable.
+// cleanCell keeps a table cell on one line and printable: every rune that
+// is not a graphic character or a plain space becomes "?". Usernames are
+// the clients' (the proxy refuses C0 controls only), and a terminal obeys
+// C1 controls too (U+009B CSI, U+009D OSC: clear the screen, set the
+// clipboard) and bidi overrides reorder what it shows.
 func cleanCell(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if r != ' ' && !unicode.IsPrint(r) {
 			return '?'
 		}
 		return r

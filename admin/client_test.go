@@ -65,7 +65,9 @@ func TestParseBanDuration(t *testing.T) {
 			t.Errorf("parseBanDuration(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"0s", "-5m", "soon", "1.5d", "100000d"} {
+	// "-281474976710655d" is 24h once multiplied out in 64 bits: it was
+	// taken as a day's ban.
+	for _, in := range []string{"0s", "-5m", "soon", "1.5d", "100000d", "0d", "-1d", "-281474976710655d", "-9223372036854775808d"} {
 		if _, err := parseBanDuration(in); err == nil || !strings.HasPrefix(err.Error(), "duration: ") {
 			t.Errorf("parseBanDuration(%q) = %v, want an error naming duration", in, err)
 		}

@@ -105,11 +105,17 @@ func (c Config) Settings(p *conf.Problems) Settings {
 			p.Add("admin.token_file", "%v", err)
 		}
 		s.Token = tok
-	} else if network == "tcp" && !isLoopbackListen(address) {
+	} else if s.Reachable() {
 		p.Add("admin.listen", "%q is reachable from other hosts: set admin.token_file too (whoever reaches the admin listener can lift bans)", c.Listen)
 	}
 	return s
 }
+
+// Reachable reports whether the listener of s can be reached from other
+// hosts (TCP on an address that is not loopback): such a listener needs a
+// token, for as long as it is open — a reload does not move it
+// (docs/operating.md, "Admin endpoint").
+func (s Settings) Reachable() bool { return s.Network == "tcp" && !isLoopbackListen(s.Address) }
 
 // parseListen splits an [admin] listen value into network and address.
 func parseListen(v string) (network, address string, err error) {

@@ -65,3 +65,54 @@ func TestCrossOriginGuard(t *testing.T) {
 		})
 	}
 }
+
+// TestOriginWithoutHost: an Origin that names no host ("0", "null") is
+// foreign even when the request's Host is empty too (as over a unix
+// socket): it used to match the empty Host and pass (found by FuzzGuard).
+func TestOriginWithoutHost(t *testing.T) {
+	a, _ := healthServer(t, "127.0.0.1:1", 10)
+	for _, origin := range []string{"0", "null", "http://"} {
+		req := httptest.NewRequest("GET", "http://127.0.0.1:9121/bans", nil)
+		req.Host = ""
+		req.Header.Set("Origin", origin)
+		rec := httptest.NewRecorder()
+		a.Handler().ServeHTTP(rec, req)
+		if rec.Code != 403 {
+			t.Errorf("GET /bans, Host empty, Origin %q = %d %s, want 403", origin, rec.Code, rec.Body.String())
+		}
+	}
+}
+
+// TestHostIsAddress: only a well-formed address, bracketed or not, with or
+// without a port, or localhost, counts as one. "[::" (an unclosed bracket)
+// used to pass as "::" (found by FuzzGuard): no browser sends it, but the
+// check must not be looser than it says.
+func TestHostIsAddress(t *testing.T) {
+	for _, tt := range []struct {
+		host string
+		want bool
+	}{
+		{"", true},
+		{"127.0.0.1", true},
+		{"127.0.0.1:9180", true},
+		{"[::1]:9180", true},
+		{"[::1]", true},
+		{"::1", true},
+		{"[fe80::1%eth0]:1", true},
+		{"localhost", true},
+		{"LOCALHOST:80", true},
+		{"[::", false},
+		{"::]", false},
+		{"[::1", false},
+		{"::1]:80", false},
+		{"[[::1]]", false},
+		{"[127.0.0.1]x", false},
+		{":80", false},
+		{"evil.example", false},
+		{"127.0.0.1.nip.io", false},
+	} {
+		if got := hostIsAddress(tt.host); got != tt.want {
+			t.Errorf("hostIsAddress(%q) = %v, want %v", tt.host, got, tt.want)
+		}
+	}
+}

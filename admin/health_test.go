@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,5 +93,50 @@ func TestHealthzDialsOnce(t *testing.T) {
 	}
 	if n := countAccepts(t, ln); n != 0 {
 		t.Fatalf("/healthz with the table full dialed the daemon %d times", n)
+	}
+}
+
+// TestHealthzDetailsByHost: /healthz never needs the token (probes), but
+// its details — the daemon's address, the store's last error with its file
+// path — go only to a request whose Host is an IP address or localhost, or
+// that carries the token. A DNS-rebinding page (Host: its own name) gets
+// the status and the code alone. Before, it read every detail.
+func TestHealthzDetailsByHost(t *testing.T) {
+	const tok = "health-token-0123456789"
+	a, _ := healthServer(t, "127.0.0.1:1", 10) // nothing listens: unhealthy
+	withToken, _ := healthServer(t, "127.0.0.1:1", 10)
+	st := *withToken.st.Load()
+	st.Token = tok
+	withToken.SetSettings(st)
+	for _, tt := range []struct {
+		name    string
+		srv     *Server
+		host    string
+		token   bool
+		details bool
+	}{
+		{"IP host", a, "127.0.0.1:9121", false, true},
+		{"localhost", a, "localhost:9121", false, true},
+		{"rebinding name", a, "evil.example:9121", false, false},
+		{"rebinding name, token set, none sent", withToken, "evil.example:9121", false, false},
+		{"name with the token", withToken, "ftpguard.internal:9121", true, true},
+		{"IP host, token set, none sent", withToken, "10.0.0.5:9121", false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "http://"+tt.host+"/healthz", nil)
+			req.Host = tt.host
+			if tt.token {
+				req.Header.Set("Authorization", "Bearer "+tok)
+			}
+			rec := httptest.NewRecorder()
+			tt.srv.Handler().ServeHTTP(rec, req)
+			body := rec.Body.String()
+			if rec.Code != 503 || !strings.Contains(body, `"status": "unhealthy"`) {
+				t.Fatalf("GET /healthz = %d %s, want 503 unhealthy", rec.Code, body)
+			}
+			if got := strings.Contains(body, "127.0.0.1:1"); got != tt.details {
+				t.Fatalf("details (the daemon's address) shown = %v, want %v:\n%s", got, tt.details, body)
+			}
+		})
 	}
 }

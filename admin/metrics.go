@@ -68,6 +68,8 @@ type Metrics struct {
 	loginsFailed   atomic.Uint64
 	bytesUp        atomic.Uint64
 	bytesDown      atomic.Uint64
+	dataRelayed    atomic.Uint64
+	dataKernel     atomic.Uint64
 	dialErrors     atomic.Uint64
 	rejects        []atomic.Uint64 // by rejectIndex
 	reloadsOK      atomic.Uint64
@@ -145,7 +147,16 @@ func (m *Metrics) Login(ok bool) {
 // bans too.
 func (m *Metrics) Ban() {}
 
-// Bytes counts data-connection bytes relayed.
+// DataConn counts the data connections that began, by path.
+func (m *Metrics) DataConn(kernel bool) {
+	if kernel {
+		m.dataKernel.Add(1)
+	} else {
+		m.dataRelayed.Add(1)
+	}
+}
+
+// Bytes counts data-connection bytes relayed, or carried by the kernel.
 func (m *Metrics) Bytes(upload bool, n int64) {
 	if n <= 0 {
 		return
@@ -189,13 +200,17 @@ var (
 	descBansActive     = desc("ftpguard_bans_active", "Bans in force (made here, by an admin, or learned from the shared store).")
 	descBansTotal      = desc("ftpguard_bans_total", "Bans made by this instance (spent budgets and admin bans) since start.")
 	descRejects        = desc("ftpguard_rejects_total", "Connections, commands and data connections refused, by reason (reason=\"observe\": only logged, in observe mode).", "reason")
-	descBytes          = desc("ftpguard_bytes_relayed_total", "Data-connection bytes relayed, by direction (upload: client to daemon).", "direction")
+	descBytes          = desc("ftpguard_bytes_relayed_total", "Data-connection bytes (TCP payload) relayed, and those of transfers the kernel carried ([passive] data_path = \"nftables\", counted at each one's end), by direction (upload: client to daemon).", "direction")
 	descStoreErrors    = desc("ftpguard_store_errors_total", "Failed calls to the ban store.")
 	descStoreDown      = desc("ftpguard_store_down", "1 while the shared store (Redis) is unreachable and decisions are local.")
+	descBansUnsaved    = desc("ftpguard_bans_unsaved", "Ban changes in force but not saved by the store (a full disk, a store error), being retried.")
+	descBansUnsynced   = desc("ftpguard_bans_unsynced", "Ban changes queued for the shared store while it is unreachable.")
+	descDataConns      = desc("ftpguard_data_connections_total", "Data connections that began: relayed by ftpguard (path=relay; their bytes are in ftpguard_bytes_relayed_total) or carried by the kernel's NAT (path=kernel, [passive] data_path = \"nftables\"; their bytes are counted by the kernel, in ftpguard_bytes_relayed_total too).", "path")
 	descDialErrors     = desc("ftpguard_backend_dial_errors_total", "Failed connections to the backend's control port.")
 	descTracked        = desc("ftpguard_tracked_keys", "Address keys with budget state in memory.")
 	descRemembered     = desc("ftpguard_remembered_bans", "Ended bans kept to escalate the next ban of their key.")
 	descEvicted        = desc("ftpguard_evicted_keys_total", "Budgets forgotten to stay within limits.max_tracked.")
+	descBansEvicted    = desc("ftpguard_bans_evicted_total", "Ban records dropped from memory to stay within limits.max_tracked: state=ended (kept only to escalate a repeat offender, dropped first) or state=in_force (a ban lifted early: the table is full of bans in force; alert on it).", "state")
 	descUserThrottled  = desc("ftpguard_user_budgets_throttled_total", "Password attempts answered 530 by ftpguard because the username's budget was spent.")
 	descUserNames      = desc("ftpguard_user_names_refused_total", "Password attempts refused because the address tried too many usernames.")
 	descUserTracked    = desc("ftpguard_tracked_usernames", "Usernames with budget state in memory.")
@@ -209,8 +224,8 @@ var (
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionsActive, descSessionsTotal, descLogins, descBansActive,
-		descBansTotal, descRejects, descBytes, descStoreErrors, descStoreDown, descDialErrors, descTracked,
-		descRemembered, descEvicted, descUserThrottled, descUserNames, descUserTracked, descReloads, descPanics, descObserve, descBuildInfo, descStart} {
+		descBansTotal, descRejects, descBytes, descStoreErrors, descStoreDown, descBansUnsaved, descBansUnsynced, descDataConns, descDialErrors, descTracked,
+		descRemembered, descEvicted, descBansEvicted, descUserThrottled, descUserNames, descUserTracked, descReloads, descPanics, descObserve, descBuildInfo, descStart} {
 		ch <- d
 	}
 }
@@ -239,6 +254,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descBytes, m.bytesUp.Load(), "upload")
 	counter(descBytes, m.bytesDown.Load(), "download")
+	counter(descDataConns, m.dataRelayed.Load(), "relay")
+	counter(descDataConns, m.dataKernel.Load(), "kernel")
 	counter(descDialErrors, m.dialErrors.Load())
 	counter(descReloads, m.reloadsOK.Load(), "ok")
 	counter(descReloads, m.reloadsFailed.Load(), "failed")
@@ -249,9 +266,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descBansTotal, st.BansCreated)
 		counter(descStoreErrors, st.StoreErrors)
 		gauge(descStoreDown, b2f(st.SharedDown))
+		gauge(descBansUnsaved, float64(st.Unsaved))
+		gauge(descBansUnsynced, float64(st.Unsynced))
 		gauge(descTracked, float64(st.Tracked))
 		gauge(descRemembered, float64(st.Remembered))
 		counter(descEvicted, st.Evicted)
+		counter(descBansEvicted, st.BansEvicted, "in_force")
+		counter(descBansEvicted, st.RememberedEvicted, "ended")
 	}
 	if m.users != nil {
 		us := m.users.Stats()

@@ -49,6 +49,21 @@ type Options struct {
 	// lists (source "crowdsec") and DELETE /bans refuses to lift (they are
 	// CrowdSec's); nil: off.
 	CrowdSec *crowdsec.Link
+	// MoreBans are bans of ftpguard's own kept outside Limiter (the [geo]
+	// budget rules' limiters): GET /bans and the status page list them
+	// with the Limiter's (source "ftpguard"), DELETE /bans lifts them.
+	// nil: none.
+	MoreBans BanTable
+}
+
+// BanTable is a table of bans of ftpguard's own kept apart from the
+// Limiter (a *geo.Geo: its budget rules' bans). Its methods must be safe
+// for concurrent use.
+type BanTable interface {
+	// Bans returns the bans in force at now, sorted by Until.
+	Bans(now time.Time) []limiter.Ban
+	// Unban lifts the ban of key and reports whether there was one.
+	Unban(key netip.Prefix) bool
 }
 
 // Info is what the admin API shows of the settings in force.
@@ -64,6 +79,11 @@ type Info struct {
 	// [sessions]
 	MaxConns, MaxConnsPerIP   int
 	LoginTimeout, IdleTimeout time.Duration
+	ConnRate                  float64 // new connections a second per key; 0: off
+	ConnBurst                 int
+	NoAuth                    limiter.NoAuthConfig
+	// EndSessionsOnBan is [limits] end_sessions_on_ban.
+	EndSessionsOnBan string
 	// GeoRefusals are the connections [geo] rules refused, per country
 	// label (the countries the rules name, and "other"); nil: no rules.
 	GeoRefusals map[string]uint64
@@ -248,7 +268,7 @@ func crossOrigin(r *http.Request) string {
 		return ""
 	}
 	u, err := url.Parse(origin)
-	if err != nil || !strings.EqualFold(u.Host, r.Host) {
+	if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) { // no host: never this one's
 		return "Origin: " + logSafe(origin)
 	}
 	return ""
@@ -294,9 +314,10 @@ func hostIsAddress(host string) bool {
 		return true
 	}
 	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+		host = h // brackets, if any, were taken off with the port
+	} else if len(host) >= 2 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
 	}
-	host = strings.Trim(host, "[]")
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
@@ -401,6 +422,14 @@ func (a *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	code := http.StatusOK
 	if h.Status == "unhealthy" { // degraded still serves
 		code = http.StatusServiceUnavailable
+	}
+	if tok := a.st.Load().Token; !hostIsAddress(r.Host) && (tok == "" || !tokenOK(r, tok)) {
+		// Probes need no token, but a DNS-rebinding page (Host: its own
+		// name) must not read the daemon's address or the store's errors:
+		// the status and the code only.
+		writeJSON(w, code, map[string]string{"status": h.Status,
+			"note": "details only for a Host that is an IP address or localhost, or with the token"})
+		return
 	}
 	writeJSON(w, code, h)
 }

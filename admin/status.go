@@ -97,9 +97,9 @@ func (a *Server) status(r *http.Request) Status {
 	}
 	// One bounded page of the bans (the bans due first come early in it),
 	// not the whole table: the page reloads every 5 s. No-auth penalties
-	// are included.
+	// and [geo] budget bans are included.
 	bans, _ := a.lim.BansPage(now, 0, statusBansMax)
-	pen := a.lim.Penalties(now)
+	pen := a.sideBans(now) // no-auth penalties, [geo] budget bans
 	s.Counters.BansActive = max(a.lim.Stats().Banned, len(bans)) + len(pen)
 	if len(pen) > 0 {
 		bans = append(bans, pen...)
@@ -142,6 +142,35 @@ func settingsView(info Info) []setting {
 	if l.FailureDelay > 0 {
 		tarpit = fmt.Sprintf("%s, doubling per failure, up to %s", shortDuration(l.FailureDelay), shortDuration(max(l.MaxFailureDelay, l.FailureDelay)))
 	}
+	widen := "off"
+	if l.WidenIPv6Prefix > 0 || l.WidenIPv4Prefix > 0 {
+		var nets []string
+		if l.WidenIPv4Prefix > 0 {
+			nets = append(nets, fmt.Sprintf("IPv4 /%d", l.WidenIPv4Prefix))
+		}
+		if l.WidenIPv6Prefix > 0 {
+			nets = append(nets, fmt.Sprintf("IPv6 /%d", l.WidenIPv6Prefix))
+		}
+		after := l.WidenAfter
+		if after == 0 {
+			after = limiter.DefaultWidenAfter
+		}
+		widen = fmt.Sprintf("to the %s once %d keys in it are banned within %s", strings.Join(nets, ", "),
+			after, shortDuration(l.Window))
+	}
+	traps := "none"
+	if n := len(u.TrapUsernames); n > 0 {
+		traps = fmt.Sprintf("%d name(s): a guess for one bans the key at once", n)
+	}
+	connRate := "off"
+	if info.ConnRate > 0 {
+		connRate = fmt.Sprintf("%g a second per key, bursts of %d", info.ConnRate, info.ConnBurst)
+	}
+	noauth := "off"
+	if na := info.NoAuth; na.Penalty > 0 {
+		noauth = fmt.Sprintf("%s after %d connections without a login attempt, × %g per repeat, up to %s",
+			shortDuration(na.Penalty), na.After, na.Factor, shortDuration(max(na.MaxPenalty, na.Penalty)))
+	}
 	out := []setting{
 		{"limits", "budget", fmt.Sprintf("%d failures per key, refilled over %s", l.Failures, shortDuration(l.Window))},
 		{"limits", "bans", fmt.Sprintf("%s, × %g per repeat offence, up to %s", shortDuration(l.BanTime), l.BanFactor, shortDuration(l.MaxBanTime))},
@@ -149,8 +178,14 @@ func settingsView(info Info) []setting {
 		{"limits", "allowlist", allow},
 		{"limits", "success resets the budget", fmt.Sprint(l.SuccessResets)},
 		{"limits", "tarpit", tarpit},
+		{"limits", "logins waiting per key", fmt.Sprint(l.MaxLoginWaiters)},
+		{"limits", "bans widen", widen},
+		{"limits", "a ban ends sessions", endSessionsView(info.EndSessionsOnBan)},
 		{"user_limits", "username budgets", users},
+		{"user_limits", "trap usernames", traps},
 		{"sessions", "connections", fmt.Sprintf("at most %d (pre-login ones shed when full), %d per address key", info.MaxConns, info.MaxConnsPerIP)},
+		{"sessions", "connection rate", connRate},
+		{"sessions", "no-auth penalty", noauth},
 		{"sessions", "timeouts", fmt.Sprintf("login %s, idle %s", shortDuration(info.LoginTimeout), shortDuration(info.IdleTimeout))},
 		{"store", "kind", info.Store},
 	}
@@ -162,6 +197,21 @@ func settingsView(info Info) []setting {
 		out = append(out, setting{"geo", "refusals by country", strings.Join(parts, ", ")})
 	}
 	return out
+}
+
+// endSessionsView says which sessions a new ban ends
+// ([limits] end_sessions_on_ban).
+func endSessionsView(mode string) string {
+	switch mode {
+	case "off":
+		return "none (refused at their next login command)"
+	case "all":
+		return "all, logged-in ones after their current reply"
+	case "all-now":
+		return "all, at once"
+	default:
+		return "those not logged in"
+	}
 }
 
 func (a *Server) handleStatusPage(w http.ResponseWriter, r *http.Request) {

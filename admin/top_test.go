@@ -1,9 +1,11 @@
 package admin
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // TestRenderTop: one frame of `ftpguard top` from a fixed status: the
@@ -69,5 +71,55 @@ func TestRenderTop(t *testing.T) {
 	renderTop(&b, s, 10)
 	if !strings.Contains(b.String(), "rates /min: none yet (the history takes a sample every 1s)") {
 		t.Errorf("frame without history:\n%s", b.String())
+	}
+}
+
+// TestTerminalControlsCleaned: a username is the client's (any printable
+// byte string the daemon accepts, U+0080–U+009F included: the proxy
+// refuses only C0 controls), so `ftpguard top` and `users list` must not
+// hand a terminal its C1 controls (U+009B is CSI, U+009D OSC: clear the
+// screen, retitle it, or set the clipboard with OSC 52) nor bidi overrides.
+func TestTerminalControlsCleaned(t *testing.T) {
+	const evil = "r\u009b2J\u009d52;c;cm0gLXJmIH4K\u009c\u202eoot\x1b[2J"
+	s := Status{Version: "v1", Mode: "enforce", Now: time.Now(),
+		Events: []Event{{Msg: "login failed", Peer: "203.0.113.7", User: evil, Count: 3}}}
+	var b strings.Builder
+	renderTop(&b, s, 10)
+	writeUsersTable(&b, []userJSON{{Name: evil, Failures: 5}})
+	writeBansTable(&b, []banJSON{{Key: "203.0.113.7/32", Source: "ftpguard", Reason: evil, Count: 1}})
+	got := b.String()
+	if i := strings.IndexFunc(got, func(r rune) bool {
+		return r >= 0x80 && r <= 0x9f || r == 0x1b || r == '\u202e'
+	}); i >= 0 {
+		t.Errorf("output carries a terminal control at byte %d: %q", i, got)
+	}
+	if !strings.Contains(got, "r?2J?52;c;cm0gLXJmIH4K??oot?[2J") {
+		t.Errorf("the username is not shown with its controls replaced: %q", got)
+	}
+}
+
+// TestJSONControlsEscaped: the CLI's -json output escapes what the table
+// output replaces: a C1 control or a bidi override in a client-chosen
+// string is written \uXXXX (encoding/json writes them raw, and a terminal
+// obeys them), and the output still decodes to the same value.
+func TestJSONControlsEscaped(t *testing.T) {
+	const evil = "r\u009b2J\u009d52;c\u009c\u202eoot\x1b[2J \U000e0041 é"
+	in := []userJSON{{Name: evil, Failures: 5}}
+	var b strings.Builder
+	if err := printJSON(&b, in); err != nil {
+		t.Fatal(err)
+	}
+	got := b.String()
+	if i := strings.IndexFunc(got, func(r rune) bool {
+		return r != '\n' && r != ' ' && !unicode.IsPrint(r)
+	}); i >= 0 {
+		t.Errorf("output carries a control at byte %d: %q", i, got)
+	}
+	var back []userJSON
+	if err := json.Unmarshal([]byte(got), &back); err != nil || len(back) != 1 || back[0].Name != evil {
+		t.Fatalf("decoded back as %+v (%v), want %q", back, err, evil)
+	}
+	if !strings.Contains(got, `é`) {
+		t.Errorf("a printable non-ASCII letter was escaped too: %q", got)
 	}
 }

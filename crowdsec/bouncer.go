@@ -74,6 +74,7 @@ type Bouncer struct {
 	now    func() time.Time
 
 	snap atomic.Pointer[snapshot]
+	hook atomic.Pointer[func([]Decision)] // SetHook; nil: none
 
 	pollMu  sync.Mutex // serialises polls; guards the fields up to statsMu
 	table   map[tableKey]Decision
@@ -151,7 +152,7 @@ func (b *Bouncer) Poll(ctx context.Context) error {
 	if b.cfg.Logger != nil && b.failing {
 		b.cfg.Logger.Info("crowdsec: decision stream poll works again", "new", len(s.New), "deleted", len(s.Deleted))
 	}
-	ignored, changed := b.applyLocked(s, startup, now)
+	fresh, ignored, changed := b.applyLocked(s, startup, now)
 	b.synced, b.failing = true, false
 	if changed || b.snap.Load() == nil {
 		b.publishLocked()
@@ -162,15 +163,37 @@ func (b *Bouncer) Poll(ctx context.Context) error {
 	b.stats.Ignored += ignored
 	b.stats.Decisions = b.snap.Load().n
 	b.statsMu.Unlock()
+	if fn := b.hook.Load(); fn != nil && len(fresh) > 0 {
+		(*fn)(fresh)
+	}
 	return nil
 }
 
-// applyLocked applies one stream answer received at now. It returns how
-// many new decisions it ignored and whether the table changed.
-func (b *Bouncer) applyLocked(s *Stream, startup bool, now time.Time) (ignored uint64, changed bool) {
+// SetHook makes fn receive, after each poll, the ban decisions that poll
+// made the Bouncer enforce (already in the table Lookup reads): new ones,
+// not the deletions, nor decisions it held already — a startup poll after
+// a failed one reports only those it did not hold before; the very first
+// poll reports every decision in force. Ignored decisions (scope, origin,
+// type) and ones already expired are not reported. fn is called on the
+// polling goroutine with the poll's lock held: it must be fast, must not
+// block and must not call Poll. nil removes the hook. Safe for concurrent
+// use.
+func (b *Bouncer) SetHook(fn func(fresh []Decision)) {
+	if fn == nil {
+		b.hook.Store(nil)
+		return
+	}
+	b.hook.Store(&fn)
+}
+
+// applyLocked applies one stream answer received at now. It returns the
+// decisions it added that the table did not hold before (fresh), how many
+// new decisions it ignored and whether the table changed.
+func (b *Bouncer) applyLocked(s *Stream, startup bool, now time.Time) (fresh []Decision, ignored uint64, changed bool) {
+	known := b.table // before a startup answer: what the Bouncer held
 	if startup {
 		changed = len(b.table) > 0
-		clear(b.table)
+		b.table = make(map[tableKey]Decision, len(s.New))
 	}
 	for _, r := range s.Deleted {
 		p, ok := b.prefix(r)
@@ -192,7 +215,12 @@ func (b *Bouncer) applyLocked(s *Stream, startup bool, now time.Time) (ignored u
 		if !now.Before(d.Until) {
 			continue // already expired: nothing to enforce, not an error
 		}
-		b.table[tableKey{d.ID, d.Prefix}] = d
+		k := tableKey{d.ID, d.Prefix}
+		_, held := known[k]
+		if _, dup := b.table[k]; !held && !dup {
+			fresh = append(fresh, d)
+		}
+		b.table[k] = d
 		changed = true
 	}
 	for k, d := range b.table {
@@ -201,7 +229,7 @@ func (b *Bouncer) applyLocked(s *Stream, startup bool, now time.Time) (ignored u
 			changed = true
 		}
 	}
-	return ignored, changed
+	return fresh, ignored, changed
 }
 
 // prefix reads the network of r if its scope is one the Bouncer enforces.

@@ -40,6 +40,7 @@ func TestBouncerSteps(t *testing.T) {
 		ban         map[string]string // address → the banned prefix, "" for none
 		wantIgnored uint64
 		wantCount   int
+		wantFresh   string // the decisions the hook got from this poll, "" for no call
 	}
 	steps := []step{
 		{name: "startup", wantStartup: true, body: answer([]string{
@@ -75,24 +76,31 @@ func TestBouncerSteps(t *testing.T) {
 			"::ffff:172.20.0.1":  "172.16.0.0/12",
 			"2001:db8:1:0::ffff": "2001:db8:1::/48",
 			"11.0.0.1":           "",
-		}, wantIgnored: 5, wantCount: 8},
+		}, wantIgnored: 5, wantCount: 8,
+			wantFresh: "192.0.2.1/32 10.0.0.0/8 2001:db8::1/128 2001:db8:1::/48 192.0.2.9/32 198.51.100.1/32 10.1.0.0/16 172.16.0.0/12"},
 		{name: "delta lifts and adds", at: 10 * time.Second, body: answer(
 			[]string{dec(20, "Ip", "ban", "192.0.2.20", "1h", "cscli")},
 			[]string{dec(1, "Ip", "ban", "192.0.2.1", "-10ms", "cscli"), dec(99, "Ip", "ban", "192.0.2.99", "-1s", "cscli")}),
 			ban:         map[string]string{"192.0.2.1": "", "192.0.2.20": "192.0.2.20/32", "10.0.0.1": "10.0.0.0/8"},
-			wantIgnored: 5, wantCount: 8},
+			wantIgnored: 5, wantCount: 8, wantFresh: "192.0.2.20/32"},
 		{name: "expiry without a poll", at: 31 * time.Minute, noPoll: true,
 			ban: map[string]string{"10.1.2.3": "10.0.0.0/8", "192.0.2.20": "192.0.2.20/32"}, wantIgnored: 5, wantCount: 8},
 		{name: "500 keeps the table", at: 32 * time.Minute, code: 500, body: `{"message":"x"}`,
 			ban: map[string]string{"10.1.2.3": "10.0.0.0/8", "192.0.2.20": "192.0.2.20/32"}, wantIgnored: 5, wantCount: 8},
 		{name: "garbage keeps the table", at: 33 * time.Minute, wantStartup: true, body: `{"new":[{"id":`,
 			ban: map[string]string{"192.0.2.20": "192.0.2.20/32"}, wantIgnored: 5, wantCount: 8},
+		// The hook gets only the decision it did not hold before (not the
+		// range, held since the first startup).
 		{name: "startup after failures replaces the table", at: 34 * time.Minute, wantStartup: true, body: answer(
-			[]string{dec(2, "Range", "ban", "10.0.0.0/8", "1h26m", "crowdsec")}, nil),
-			ban: map[string]string{"10.1.2.3": "10.0.0.0/8", "192.0.2.20": "", "2001:db8::1": ""}, wantIgnored: 5, wantCount: 1},
+			[]string{dec(2, "Range", "ban", "10.0.0.0/8", "1h26m", "crowdsec"), dec(30, "Ip", "ban", "192.0.2.30", "1h", "cscli")}, nil),
+			ban:         map[string]string{"10.1.2.3": "10.0.0.0/8", "192.0.2.20": "", "2001:db8::1": "", "192.0.2.30": "192.0.2.30/32"},
+			wantIgnored: 5, wantCount: 2, wantFresh: "192.0.2.30/32"},
+		{name: "a decision held already is not fresh", at: 34*time.Minute + time.Second, body: answer(
+			[]string{dec(30, "Ip", "ban", "192.0.2.30", "1h", "cscli")}, nil),
+			ban: map[string]string{"192.0.2.30": "192.0.2.30/32"}, wantIgnored: 5, wantCount: 2},
 		{name: "null lists", at: 35 * time.Minute, body: answer(nil, nil),
-			ban: map[string]string{"10.1.2.3": "10.0.0.0/8"}, wantIgnored: 5, wantCount: 1},
-		{name: "the range ends", at: 2 * time.Hour, noPoll: true, ban: map[string]string{"10.1.2.3": ""}, wantIgnored: 5, wantCount: 1},
+			ban: map[string]string{"10.1.2.3": "10.0.0.0/8"}, wantIgnored: 5, wantCount: 2},
+		{name: "the range ends", at: 2 * time.Hour, noPoll: true, ban: map[string]string{"10.1.2.3": ""}, wantIgnored: 5, wantCount: 2},
 		{name: "expired entries leave the count at the next poll", at: 2*time.Hour + time.Second, body: answer(nil, nil),
 			ban: map[string]string{"10.1.2.3": ""}, wantIgnored: 5, wantCount: 0},
 	}
@@ -101,6 +109,14 @@ func TestBouncerSteps(t *testing.T) {
 	b := NewBouncer(f.client(), BouncerConfig{})
 	var now time.Time
 	b.now = func() time.Time { return now }
+	var fresh []string // the hook's calls since the last step
+	b.SetHook(func(ds []Decision) {
+		var l []string
+		for _, d := range ds {
+			l = append(l, d.Prefix.String())
+		}
+		fresh = append(fresh, strings.Join(l, " "))
+	})
 	if _, ok := b.Lookup(netip.MustParseAddr("192.0.2.1"), t0); ok {
 		t.Fatal("a Bouncer that never polled bans")
 	}
@@ -123,6 +139,10 @@ func TestBouncerSteps(t *testing.T) {
 				t.Errorf("%s: startup=%v, want %v", s.name, startup, s.wantStartup)
 			}
 		}
+		if got := strings.Join(fresh, " | "); got != s.wantFresh {
+			t.Errorf("%s: hook got %q, want %q", s.name, got, s.wantFresh)
+		}
+		fresh = nil
 		for a, want := range s.ban {
 			d, ok := b.Lookup(netip.MustParseAddr(a), now)
 			got := ""
@@ -139,7 +159,7 @@ func TestBouncerSteps(t *testing.T) {
 		}
 	}
 	st := b.Stats()
-	if st.PollsFailed != 2 || st.PollsOK != 5 || st.LastError == nil || !st.LastOK.Equal(t0.Add(2*time.Hour+time.Second)) {
+	if st.PollsFailed != 2 || st.PollsOK != 6 || st.LastError == nil || !st.LastOK.Equal(t0.Add(2*time.Hour+time.Second)) {
 		t.Errorf("final stats %+v", st)
 	}
 }

@@ -95,15 +95,20 @@ func (c Section) Settings(p *conf.Problems) Settings {
 		return s
 	}
 	u, err := url.Parse(c.LAPIURL)
+	shown := conf.RedactURL(c.LAPIURL) // a password in it is never printed
 	switch {
 	case err != nil:
-		p.Add("crowdsec.lapi_url", "must be a URL such as \"http://127.0.0.1:8080/\", got %q: %v", c.LAPIURL, err)
+		why := ""
+		if ue, ok := err.(*url.Error); ok && !strings.Contains(c.LAPIURL, "@") {
+			why = ": " + ue.Err.Error() // with an "@", it may quote a part of the password
+		}
+		p.Add("crowdsec.lapi_url", "must be a URL such as \"http://127.0.0.1:8080/\", got %q%s", shown, why)
 	case u.Scheme != "http" && u.Scheme != "https":
-		p.Add("crowdsec.lapi_url", "must be an http:// or https:// URL, got %q", c.LAPIURL)
+		p.Add("crowdsec.lapi_url", "must be an http:// or https:// URL, got %q", shown)
 	case u.Host == "":
-		p.Add("crowdsec.lapi_url", "must name a host, got %q", c.LAPIURL)
+		p.Add("crowdsec.lapi_url", "must name a host, got %q", shown)
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
-		p.Add("crowdsec.lapi_url", "must have no user, query or fragment, got %q", c.LAPIURL)
+		p.Add("crowdsec.lapi_url", "must have no user, query or fragment, got %q", shown)
 	default:
 		p.HostPort("crowdsec.lapi_url", hostPort(u))
 	}

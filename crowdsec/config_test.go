@@ -129,3 +129,20 @@ func TestSectionProblems(t *testing.T) {
 		})
 	}
 }
+
+// TestLAPIURLPasswordHidden: a refused lapi_url is quoted in the problem
+// (printed by ftpguard check, logged by a rejected reload) without the
+// password it may hold.
+func TestLAPIURLPasswordHidden(t *testing.T) {
+	for _, u := range []string{"http://u:s3cret@127.0.0.1:8080/", "http://u:s3%zz@127.0.0.1:8080/", "ftp://u:s3cret@h/"} {
+		s := Defaults()
+		s.LAPIURL, s.BouncerKeyFile = u, "/nonexistent"
+		var p conf.Problems
+		s.Settings(&p)
+		for _, pr := range p.List {
+			if strings.Contains(pr.Error(), "s3") {
+				t.Errorf("%q: the password is in the problem: %s", u, pr.Error())
+			}
+		}
+	}
+}

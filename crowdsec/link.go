@@ -86,6 +86,18 @@ func (l *Link) External() limiter.External {
 	}
 }
 
+// SetDecisionHook makes fn receive the new ban decisions of each poll of
+// the Bouncer (Bouncer.SetHook): for a daemon to end the open sessions
+// they cover, as its own bans do. It does nothing when the bouncer is off;
+// nil removes the hook. Decisions of a poll made before the hook is set
+// are not reported (at start, the daemon serves no session yet).
+func (l *Link) SetDecisionHook(fn func(fresh []Decision)) {
+	if l == nil || l.Bouncer == nil {
+		return
+	}
+	l.Bouncer.SetHook(fn)
+}
+
 // Hook is the part of the limiter's ban hook that shares ftpguard's bans
 // with the LAPI: each ban this instance makes (a spent budget, an admin
 // ban) is pushed to the Watcher. Lifts are not (CrowdSec's decisions run

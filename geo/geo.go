@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,8 +88,10 @@ func openDB(key, path string) (*maxminddb.Reader, error) {
 
 // Reload re-reads the databases and applies s (SIGHUP). If a database
 // cannot be read the old ones and the old settings stay in use and the
-// error, naming the file, is returned. Budget limiters are kept per rule
-// position (their bans and budgets survive) and take the new limits.
+// error, naming the file, is returned. A budget rule's limiter is kept by
+// what the rule matches (its countries and ASNs), wherever the rule moves
+// (its bans and budgets survive), and takes the new limits; a rule that
+// matches anything new starts afresh.
 func (g *Geo) Reload(s Settings, base limiter.Config) error {
 	country, err := openDB("country_database", s.CountryDatabase)
 	if err != nil {
@@ -103,7 +106,17 @@ func (g *Geo) Reload(s Settings, base limiter.Config) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	// A budget rule keeps its limiter (its counts and bans) across a
+	// reload by what it matches, not by its position: rules reordered, or
+	// one inserted before it, must not hand its bans to another rule.
+	old := map[string]*limiter.Limiter{}
+	for i, r := range g.s.rules {
+		if i < len(g.lims) && g.lims[i] != nil {
+			old[r.matchKey()] = g.lims[i]
+		}
+	}
 	lims := make([]*limiter.Limiter, len(s.rules))
+	kept := map[*limiter.Limiter]bool{}
 	for i, r := range s.rules {
 		if r.action != ActionBudget {
 			continue
@@ -111,11 +124,11 @@ func (g *Geo) Reload(s Settings, base limiter.Config) error {
 		cfg := base
 		cfg.Failures, cfg.BanTime = r.failures, r.banTime
 		cfg.MaxBanTime = max(cfg.MaxBanTime, r.banTime, limiter.DefaultMaxBanTime)
-		if i < len(g.lims) && g.lims[i] != nil {
-			if err := g.lims[i].Reload(cfg); err != nil {
+		if l := old[r.matchKey()]; l != nil && !kept[l] {
+			if err := l.Reload(cfg); err != nil {
 				return fmt.Errorf("geo: %s: %w", r.name, err)
 			}
-			lims[i] = g.lims[i]
+			lims[i], kept[l] = l, true
 			continue
 		}
 		l, err := limiter.New(cfg, nil)
@@ -127,8 +140,8 @@ func (g *Geo) Reload(s Settings, base limiter.Config) error {
 		}
 		lims[i] = l
 	}
-	for i, l := range g.lims {
-		if l != nil && (i >= len(lims) || lims[i] != l) {
+	for _, l := range g.lims {
+		if l != nil && !kept[l] {
 			l.Close()
 		}
 	}
@@ -249,10 +262,24 @@ func (s *Settings) match(info Info) int {
 }
 
 // Gate is the proxy's gate hook (proxy.Server.SetGate), asked for every
-// connection that is not allowlisted: it refuses an address whose first
-// matching rule is deny, or a budget rule whose limiter has banned it, and
-// counts the refusal under the address's country.
+// connection that is not allowlisted (and again before each login command
+// of an open session, and for the open sessions after a reload): it
+// refuses an address whose first matching rule is deny, or a budget rule
+// whose limiter has banned it, and counts the refusal under the address's
+// country.
 func (g *Geo) Gate(addr netip.Addr) (refuse bool, reason string) {
+	return g.gate(addr, true)
+}
+
+// Peek is Gate without counting the refusal: for a question that refuses
+// nobody (which open sessions the config in force refuses, asked before a
+// reload to tell the ones it newly refuses).
+func (g *Geo) Peek(addr netip.Addr) (refuse bool, reason string) {
+	return g.gate(addr, false)
+}
+
+// gate is Gate, counting the refusal only with count.
+func (g *Geo) gate(addr netip.Addr, count bool) (refuse bool, reason string) {
 	g.mu.RLock()
 	if len(g.s.rules) == 0 {
 		g.mu.RUnlock()
@@ -273,6 +300,9 @@ func (g *Geo) Gate(addr netip.Addr) (refuse bool, reason string) {
 		reason = r.name + ": banned"
 	default:
 		return false, ""
+	}
+	if !count {
+		return true, reason
 	}
 	rs := g.refused.Load()
 	c := rs.n[info.Country]
@@ -297,6 +327,46 @@ func (g *Geo) LimiterFor(addr netip.Addr) *limiter.Limiter {
 	return nil
 }
 
+// Bans returns the bans in force at now of the budget rules' limiters,
+// each with its Reason prefixed by the rule ("geo rule 3 (budget XC):
+// budget"), sorted by Until; for the admin API's bans list. These bans
+// are per instance and in memory: a restart, or a reload that drops their
+// rule, forgets them.
+func (g *Geo) Bans(now time.Time) []limiter.Ban {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	var out []limiter.Ban
+	for i, l := range g.lims {
+		if l == nil {
+			continue
+		}
+		for _, b := range l.Bans(now) {
+			b.Reason = "geo " + g.s.rules[i].name + ": " + b.Reason
+			out = append(out, b)
+		}
+	}
+	slices.SortStableFunc(out, func(x, y limiter.Ban) int { return x.Until.Compare(y.Until) })
+	return out
+}
+
+// Unban lifts the ban of key (and forgets its escalation) in every budget
+// rule's limiter, and reports whether one was lifted.
+func (g *Geo) Unban(key netip.Prefix) bool {
+	g.mu.RLock()
+	lims := slices.Clone(g.lims)
+	g.mu.RUnlock()
+	lifted := false
+	for _, l := range lims {
+		if l == nil {
+			continue
+		}
+		if ok, _ := l.Unban(key); ok { // a memory store: no store error
+			lifted = true
+		}
+	}
+	return lifted
+}
+
 // Refusals returns the refusals so far per country label.
 func (g *Geo) Refusals() map[string]uint64 {
 	rs := g.refused.Load()
@@ -308,7 +378,7 @@ func (g *Geo) Refusals() map[string]uint64 {
 }
 
 var descRefusals = prometheus.NewDesc("ftpguard_geo_refusals_total",
-	"Connections refused by a [geo] rule (deny, or a budget rule's ban), by country (the countries the rules name, else \"other\").",
+	"Refusals by a [geo] rule (deny, or a budget rule's ban): connections at the gate, open sessions' login commands, and sessions a reload ends; by country (the countries the rules name, else \"other\").",
 	[]string{"country"}, nil)
 
 // Describe implements prometheus.Collector.

@@ -76,6 +76,9 @@ func TestRules(t *testing.T) {
 			if refuse, why := g.Gate(a); refuse != tt.refuse || refuse && !strings.Contains(why, "rule") {
 				t.Errorf("Gate(%s) = %v %q, want %v", tt.addr, refuse, why, tt.refuse)
 			}
+			if refuse, why := g.Peek(a); refuse != tt.refuse || refuse && !strings.Contains(why, "rule") {
+				t.Errorf("Peek(%s) = %v %q, want %v (and not counted)", tt.addr, refuse, why, tt.refuse)
+			}
 			if l := g.LimiterFor(a); (l != nil) != tt.limiter {
 				t.Errorf("LimiterFor(%s) = %v", tt.addr, l)
 			}
@@ -91,7 +94,22 @@ func TestRules(t *testing.T) {
 	if refuse, why := g.Gate(a); !refuse || !strings.Contains(why, "banned") {
 		t.Fatalf("Gate after the budget rule's ban: %v %q", refuse, why)
 	}
-	want := map[string]uint64{"XA": 6, "XB": 1, "other": 2}
+	// Listed with its rule, for the admin API's bans list; lifted by Unban.
+	bans := g.Bans(time.Now())
+	if len(bans) != 1 || bans[0].Key.String() != "127.0.1.7/32" || bans[0].Reason != "geo rule 3 (budget XB): budget" {
+		t.Fatalf("Bans = %+v, want the budget rule's ban of 127.0.1.7/32", bans)
+	}
+	key := netip.MustParsePrefix("127.0.1.7/32")
+	if !g.Unban(key) || g.Unban(key) {
+		t.Fatal("Unban: want true once, then false")
+	}
+	if refuse, _ := g.Gate(a); refuse {
+		t.Fatal("Gate refuses after Unban")
+	}
+	if len(g.Bans(time.Now())) != 0 {
+		t.Fatal("Bans lists a lifted ban")
+	}
+	want := map[string]uint64{"XA": 6, "XB": 1, "other": 2} // the lifted ban refuses no more
 	got := g.Refusals()
 	for k, v := range want {
 		if got[k] != v {
@@ -149,5 +167,46 @@ func TestSettingsProblems(t *testing.T) {
 		if len(p.List) != 1 || !strings.Contains(p.List[0].Error(), tt.want) {
 			t.Errorf("%+v: problems %v, want one with %q", tt.c, p.List, tt.want)
 		}
+	}
+}
+
+// TestReloadKeepsBudgetsByRule: a budget rule's limiter follows the rule,
+// not its position: with the rules reordered by a reload, the ban a rule
+// made stays that rule's (listed with its new name), and the rule now in
+// its old place does not inherit it; a rule that matches something new
+// starts with no bans.
+func TestReloadKeepsBudgetsByRule(t *testing.T) {
+	country, _ := testDBs(t)
+	xa := RuleConfig{Action: "budget", Countries: []string{"XA"}, Failures: 1, BanTime: time.Hour}
+	xb := RuleConfig{Action: "budget", Countries: []string{"XB"}, Failures: 1, BanTime: time.Hour}
+	g, err := Open(settings(t, Config{CountryDatabase: country, CacheSize: 10, Rules: []RuleConfig{xa, xb}}), limiter.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	a := netip.MustParseAddr("127.0.0.7") // XA
+	at, _ := g.LimiterFor(a).Begin(time.Now(), a, "", nil)
+	if d := at.Settle(time.Now(), limiter.OutcomeFailure); !d.NewBan {
+		t.Fatalf("rule XA: %+v", d)
+	}
+	if err := g.Reload(settings(t, Config{CountryDatabase: country, CacheSize: 10, Rules: []RuleConfig{xb, xa}}), limiter.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if refuse, why := g.Gate(a); !refuse || !strings.Contains(why, "banned") {
+		t.Fatalf("Gate(XA address) after the reorder: %v %q; want its ban kept", refuse, why)
+	}
+	bans := g.Bans(time.Now())
+	if len(bans) != 1 || bans[0].Reason != "geo rule 2 (budget XA): budget" {
+		t.Fatalf("Bans after the reorder = %+v; want the XA rule's ban under its new name", bans)
+	}
+	if l := g.LimiterFor(netip.MustParseAddr("127.0.1.7")); l == nil || len(l.Bans(time.Now())) != 0 {
+		t.Fatalf("the XB rule, now first, holds %v; want no bans", l)
+	}
+	xc := RuleConfig{Action: "budget", Countries: []string{"XC"}, Failures: 1, BanTime: time.Hour}
+	if err := g.Reload(settings(t, Config{CountryDatabase: country, CacheSize: 10, Rules: []RuleConfig{xc, xb}}), limiter.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.Bans(time.Now())) != 0 {
+		t.Fatalf("Bans after the XA rule left = %+v; want none", g.Bans(time.Now()))
 	}
 }

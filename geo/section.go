@@ -2,6 +2,7 @@ package geo
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -63,6 +64,14 @@ type rule struct {
 	failures  int
 	banTime   time.Duration
 	name      string // for logs: "rule 2 (deny XA, AS64496)"
+}
+
+// matchKey says what r matches, whatever its position: its action, its
+// countries and its ASNs, sorted.
+func (r rule) matchKey() string {
+	cs := slices.Sorted(maps.Keys(r.countries))
+	as := slices.Sorted(maps.Keys(r.asns))
+	return fmt.Sprint(r.action, cs, as)
 }
 
 // Settings validates c, adding each bad key to p once ("geo.rule",
