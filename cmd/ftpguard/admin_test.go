@@ -223,6 +223,40 @@ func TestAdminToken(t *testing.T) {
 	}
 }
 
+// TestReloadKeepsTokenOfPublicListener: admin.listen changes on restart
+// only, so a reload to a loopback listen without token_file must not take
+// the token away from the listener still open on every interface: it is
+// refused, and the old token stays.
+func TestReloadKeepsTokenOfPublicListener(t *testing.T) {
+	tok := "s3cret-token-0123456789"
+	tf := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tf, []byte(tok+"\n"), 0o600)
+	td := newTestDaemon(t, fmt.Sprintf("[admin]\nlisten = \"0.0.0.0:9121\"\ntoken_file = %q\n", tf))
+	orig, _ := os.ReadFile(td.path)
+	edited := strings.Replace(string(orig), "listen = \"0.0.0.0:9121\"", "listen = \"127.0.0.1:9121\"", 1)
+	edited = strings.Replace(edited, fmt.Sprintf("token_file = %q\n", tf), "", 1)
+	if edited == string(orig) {
+		t.Fatal("the config was not edited")
+	}
+	if err := os.WriteFile(td.path, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, body := td.call(t, "POST", "/reload", "", "", "Authorization", "Bearer "+tok)
+	if code != 400 || !strings.Contains(body, "0.0.0.0:9121") || !strings.Contains(body, "admin.token_file") {
+		t.Errorf("reload dropping the token of a public listener = %d %s, want 400 naming the listener", code, body)
+	}
+	if code, body := td.call(t, "GET", "/bans", "", "", "Host", "192.0.2.1:9121"); code != 401 {
+		t.Errorf("GET /bans without token after the reload = %d %s, want 401", code, body)
+	}
+	// A loopback listener may drop its token by reload.
+	td2 := newTestDaemon(t, fmt.Sprintf("[admin]\nlisten = \"127.0.0.1:9121\"\ntoken_file = %q\n", tf))
+	orig, _ = os.ReadFile(td2.path)
+	os.WriteFile(td2.path, []byte(strings.Replace(string(orig), fmt.Sprintf("token_file = %q\n", tf), "", 1)), 0o600)
+	if code, body := td2.call(t, "POST", "/reload", "", "", "Authorization", "Bearer "+tok); code != 200 {
+		t.Errorf("reload dropping the token of a loopback listener = %d %s, want 200", code, body)
+	}
+}
+
 // TestAdminBrowserGuards: without a token, a DNS-rebinding Host and a
 // cross-site form post are refused.
 func TestAdminBrowserGuards(t *testing.T) {
@@ -325,6 +359,55 @@ func (f *fullStore) SaveBan(b limiter.Ban) error {
 	return f.MemoryStore.SaveBan(b)
 }
 
+func (f *fullStore) DeleteBan(k netip.Prefix) error {
+	if f.full.Load() {
+		return fmt.Errorf("write: %w", syscall.ENOSPC)
+	}
+	return f.MemoryStore.DeleteBan(k)
+}
+
+// TestAdminUnbanStoreDown: an unban the store cannot write yet is lifted
+// here and queued (written once the store takes writes again): the API
+// answers 202 with "unbanned" and a warning saying so, and the CLI prints
+// both. It answered 500 "the store still has it", as if nothing had been
+// done, and an operator retried or escalated for nothing.
+func TestAdminUnbanStoreDown(t *testing.T) {
+	fs := &fullStore{MemoryStore: limiter.NewMemoryStore()}
+	td := newTestDaemonStore(t, "", fs)
+	if code, body := td.call(t, "POST", "/bans", "application/json", `{"ip":"203.0.113.7","duration":"2h"}`); code != 201 {
+		t.Fatalf("ban: %d %s", code, body)
+	}
+	fs.full.Store(true)
+	code, body := td.call(t, "DELETE", "/bans/203.0.113.7", "", "")
+	if code != 202 || !strings.Contains(body, `"unbanned": "203.0.113.7/32"`) || !strings.Contains(body, "queued") {
+		t.Fatalf("unban with the store full = %d %s", code, body)
+	}
+	if c := td.lim.Check(time.Now(), netip.MustParseAddr("203.0.113.7")); !c.Allowed {
+		t.Fatalf("still refused here: %+v", c)
+	}
+	fs.full.Store(false)
+	if code, body := td.call(t, "POST", "/bans", "application/json", `{"ip":"203.0.113.8","duration":"2h"}`); code != 201 {
+		t.Fatalf("ban: %d %s", code, body)
+	}
+	fs.full.Store(true)
+	ccode, out, errs := cli("bans", "del", "-admin", strings.TrimPrefix(td.url, "http://"), "203.0.113.8")
+	if ccode != 0 || !strings.Contains(out, "unbanned 203.0.113.8/32") || !strings.Contains(errs, "warning: lifted here") {
+		t.Fatalf("ftpguard bans del with the store full = %d\nstdout: %s\nstderr: %s", ccode, out, errs)
+	}
+	fs.full.Store(false)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		bans, _ := fs.LoadBans(time.Time{})
+		if len(bans) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queued unban was never written: the store holds %v", bans)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestAdminHealthzUnsaved: a ban the store cannot save shows in /healthz
 // (degraded, with the reason), in /status and in the log (an error, then
 // "ban saved" once the retry lands). Before, /healthz said ok and nothing
@@ -413,6 +496,8 @@ func TestMetrics(t *testing.T) {
 		"ftpguard_bans_total 1",
 		"ftpguard_store_errors_total 0",
 		"ftpguard_tracked_keys 0",
+		`ftpguard_bans_evicted_total{state="in_force"} 0`,
+		`ftpguard_bans_evicted_total{state="ended"} 0`,
 		"ftpguard_user_budgets_throttled_total 0",
 		"go_goroutines",
 	} {

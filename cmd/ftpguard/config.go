@@ -106,6 +106,9 @@ func (c Config) settings(p *conf.Problems) *Settings {
 		guarded = append(guarded, c.TLS.ImplicitListen)
 	}
 	s.Firewall = c.Firewall.WithPorts(firewall.ProxyPorts(guarded, c.Passive.Ports)...).Settings(p)
+	if c.Passive.DataPath == proxy.DataPathNftables && c.Firewall.Kind == firewall.KindNftables && c.Passive.NftTable == c.Firewall.Table {
+		p.Add("passive.nft_table", "must differ from firewall.table (%q): each owns its table", c.Firewall.Table)
+	}
 	s.CrowdSec = c.CrowdSec.Settings(p)
 	s.Geo = c.Geo.Settings(p)
 	p.OneOf("mode", c.Mode, "enforce", "observe")

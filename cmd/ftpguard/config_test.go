@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -153,5 +154,55 @@ func TestCheckGeoDatabase(t *testing.T) {
 	if code := runMain([]string{"check", "-config", p}, &out, &errb); code != 1 ||
 		!strings.Contains(errb.String(), "geo: country_database /nonexistent/GeoLite2-Country.mmdb") {
 		t.Fatalf("check with a missing database: %d %q", code, errb.String())
+	}
+}
+
+// TestDataPathConfig: [passive] data_path and nft_table are checked with
+// the rest; the kernel data path's table cannot be the firewall's.
+func TestDataPathConfig(t *testing.T) {
+	st, err := LoadConfig(writeConfig(t, "[passive]\ndata_path = \"nftables\"\nnft_table = \"fg_data\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Proxy.DataPath != "nftables" || st.Proxy.NftTable != "fg_data" {
+		t.Fatalf("data path %q table %q", st.Proxy.DataPath, st.Proxy.NftTable)
+	}
+	for _, c := range []struct{ text, want string }{
+		{"[passive]\ndata_path = \"kernel\"\n", `:2 passive.data_path: must be "relay" or "nftables", got "kernel"`},
+		{"[passive]\nnft_table = \"a;b\"\n", `:2 passive.nft_table: must be a letter`},
+		{"[passive]\ndata_path = \"nftables\"\nnft_table = \"fg\"\n[firewall]\nkind = \"nftables\"\ntable = \"fg\"\n",
+			`:3 passive.nft_table: must differ from firewall.table ("fg")`},
+	} {
+		_, err := LoadConfig(writeConfig(t, c.text))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v; want %q", c.text, err, c.want)
+		}
+	}
+}
+
+// TestDataPathReport: what `ftpguard check` says of the data path, for
+// each reason transfers take one path or the other.
+func TestDataPathReport(t *testing.T) {
+	ok := func(string) error { return nil }
+	fails := func(string) error { return errors.New("operation not permitted") }
+	for _, c := range []struct {
+		name, text string
+		probe      func(string) error
+		want       string
+	}{
+		{"relay", "", ok, `data path: relay (passive.data_path = "relay")`},
+		{"nftables", "[passive]\ndata_path = \"nftables\"\n", ok, "data path: nftables (table inet ftpguard_data): plain passive transfers by kernel NAT"},
+		{"no nftables", "[passive]\ndata_path = \"nftables\"\n", fails, "data path: relay: nftables NAT cannot be used by this process (operation not permitted)"},
+		{"daemon on ::1", "[backend]\naddress = \"[::1]:2121\"\n[passive]\ndata_path = \"nftables\"\n", ok, "note: the daemon is on ::1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st, err := LoadConfig(writeConfig(t, c.text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := dataPathReport(st, c.probe); !strings.Contains(got, c.want) {
+				t.Errorf("report %q; want %q in it", got, c.want)
+			}
+		})
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/ftpguard/ftpguard/limiter"
 	"github.com/ftpguard/ftpguard/limiter/filestore"
 	"github.com/ftpguard/ftpguard/limiter/stores"
+	"github.com/ftpguard/ftpguard/nftnat"
 	"github.com/ftpguard/ftpguard/proxy"
 )
 
@@ -87,6 +88,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			}
 			fmt.Fprintf(stdout, "%s: OK (listen %s, backend %s, admin %s, mode %s)\n", *path, st.Proxy.Listen, st.Proxy.Backend,
 				adm, st.File.Mode)
+			fmt.Fprint(stdout, dataPathReport(st, nftnat.Probe))
 			return 0
 		}
 		if err := run(*path, st, stderr); err != nil {
@@ -128,7 +130,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(st.LogLevel)
 	events := new(admin.EventRing)
-	log := slog.New(admin.NewLogHandler(newLogger(stderr, st.File.Log.Format, level).Handler(), events))
+	log := slog.New(admin.NewLogHandler(newLogger(logWriter(stderr), st.File.Log.Format, level).Handler(), events))
 
 	sc := st.File.Store
 	sc.AttemptTTL = stores.AttemptTTLFor(st.Proxy.LoginTimeout) // a guess in flight keeps its place
@@ -164,6 +166,10 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	}
 	defer d.cs.Stop()
 	srv := d.srv
+	if dp := openDataPath(st, log); dp != nil {
+		srv.SetDataPath(dp)
+		defer closeDataPath(dp, log) // after the drain: the table's mappings end with it
+	}
 	defer d.geo.Close()
 	fwCtx, stopFirewall := context.WithCancel(context.Background())
 	fwDone := make(chan struct{})
