@@ -5,12 +5,15 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,7 +37,16 @@ import (
 // a measurement, not a test, and asserts nothing about speed.
 //
 // FTPGUARD_BENCH_RUNS (default 7) runs of each; FTPGUARD_BENCH_LOGINS
-// (default 320) logins a run; FTPGUARD_BENCH_MIB (default 1024) file size.
+// (default 320) logins a run; FTPGUARD_BENCH_MIB (default 1024) file size;
+// FTPGUARD_BENCH_ONLY=logins measures the two concurrent login cases alone
+// (a minute or two, not a quarter of an hour), =ftps the curl RETRs alone
+// (plain and FTPS through ftpguard, vsftpd's own FTPS).
+//
+// A second ftpguard is measured beside the first in the login cases and
+// the curl RETRs when
+// FTPGUARD_BENCH_GOMAXPROCS=n (it runs with GOMAXPROCS=n) or
+// FTPGUARD_BENCH_BASELINE=path (it runs that binary, e.g. one built from
+// main: a change and what it replaces, in one run) is set, or both.
 func TestBench(t *testing.T) {
 	if os.Getenv("FTPGUARD_BENCH") != "1" {
 		t.Skip("set FTPGUARD_BENCH=1 (or run integration/bench.sh) to measure")
@@ -42,21 +54,48 @@ func TestBench(t *testing.T) {
 	runs := envInt("FTPGUARD_BENCH_RUNS", 7)
 	logins := envInt("FTPGUARD_BENCH_LOGINS", 320)
 	mib := envInt("FTPGUARD_BENCH_MIB", 1024)
+	only := os.Getenv("FTPGUARD_BENCH_ONLY")
+	if only != "" && only != "logins" && only != "ftps" {
+		t.Fatalf("FTPGUARD_BENCH_ONLY=%q: want logins, ftps, or unset", only)
+	}
+	loginsOnly, ftpsOnly := only == "logins", only == "ftps"
 
 	d := startVsftpd(t)
-	g := startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100, Extra: testCert(t, "explicit")})
+	// The username's budget is raised like the addresses': its places in
+	// flight are 20 by default, and 32 new addresses logging in to one
+	// account at once would be paused ("logins … from new addresses are
+	// paused") until each is known-good. The budgets are checked all the
+	// same.
+	// Its log goes through a pipe, as in a container (a socket under
+	// systemd): not straight into a file.
+	opts := guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100, LogPipe: true,
+		Extra: "[user_limits]\nfailures = 1000\n" + testCert(t, "explicit")}
+	g := startGuard(t, d.Addr, opts)
 	hp := startHAProxy(t, d)
-	// FTPGUARD_BENCH_GOMAXPROCS=n: a second ftpguard, run with GOMAXPROCS=n,
-	// is measured beside the first in the login cases.
 	var gmp *guard
-	if n := os.Getenv("FTPGUARD_BENCH_GOMAXPROCS"); n != "" {
-		t.Setenv("GOMAXPROCS", n) // for the child alone: this process has read its own
-		gmp = startGuard(t, d.Addr, guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100})
+	var gmpName string
+	if n, bin := os.Getenv("FTPGUARD_BENCH_GOMAXPROCS"), os.Getenv("FTPGUARD_BENCH_BASELINE"); n != "" || bin != "" {
+		o := opts
+		o.Bin = bin
+		if bin != "" {
+			gmpName = "baseline"
+		}
+		if n != "" {
+			gmpName = strings.TrimSpace(gmpName + " GOMAXPROCS=" + n)
+			t.Setenv("GOMAXPROCS", n) // for the child alone: this process has read its own
+		}
+		gmp = startGuard(t, d.Addr, o)
 		os.Unsetenv("GOMAXPROCS")
 	}
 	name := fmt.Sprintf("bench-%d.bin", time.Now().UnixNano())
-	path, _ := randomFile(t, testHome, name, mib<<20)
-	t.Cleanup(func() { os.Remove(path) })
+	var dtls *ftpd // vsftpd terminating FTPS itself, on the same files: the reference for ftpguard's FTPS
+	if !loginsOnly {
+		path, _ := randomFile(t, testHome, name, mib<<20)
+		t.Cleanup(func() { os.Remove(path) })
+		m := regexp.MustCompile(`cert = "([^"]+)"\nkey = "([^"]+)"`).FindStringSubmatch(testCert(t, "off"))
+		dtls = startVsftpd(t, "ssl_enable=YES", "rsa_cert_file="+m[1], "rsa_private_key_file="+m[2],
+			"ssl_ciphers=HIGH", "ssl_tlsv1=YES", "ssl_sslv2=NO", "ssl_sslv3=NO", "force_local_data_ssl=YES")
+	}
 
 	// Each measurement returns its rate and the CPU seconds the relay in
 	// front of vsftpd (pid; 0: none) spent on it.
@@ -89,10 +128,12 @@ func TestBench(t *testing.T) {
 	const workers, sameWorkers = 32, 8
 	perWorker := max(logins/workers, 1)
 	logins = workers * perWorker // what concurrentLogins makes, and the CPU is divided by
+	// Context switches a login, by relay pid.
+	switches := map[int][]float64{}
 	concurrentLogins := func(addr string, pid, n int, src func(w int) string) (float64, float64) {
 		var wg sync.WaitGroup
 		per := logins / n
-		cpu := procCPU(pid)
+		cpu, cs := procCPU(pid), procSwitches(pid)
 		start := time.Now()
 		for w := 0; w < n; w++ {
 			wg.Add(1)
@@ -112,7 +153,11 @@ func TestBench(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		return float64(per*n) / time.Since(start).Seconds(), (procCPU(pid) - cpu) * 1000 / float64(per*n)
+		rate := float64(per*n) / time.Since(start).Seconds()
+		if pid != 0 {
+			switches[pid] = append(switches[pid], float64(procSwitches(pid)-cs)/float64(per*n))
+		}
+		return rate, (procCPU(pid) - cpu) * 1000 / float64(per*n)
 	}
 	manyAddrs := func(w int) string { return fmt.Sprintf("127.0.1.%d", w+1) }
 	oneAddr := func(int) string { return "127.0.0.23" }
@@ -130,47 +175,63 @@ func TestBench(t *testing.T) {
 		return float64(mib) / time.Since(start).Seconds(), procCPU(pid) - cpu
 	}
 	gpid := g.cmd.Process.Pid
-	var ld, lp, cd, cp, ch, cm, sd, sp, sh, sm, rd, rp, rh, cc, ct []float64
-	var gLoginCPU, hLoginCPU, gSameCPU, hSameCPU, mLoginCPU, mSameCPU, gByteCPU, hByteCPU, cByteCPU, tByteCPU []float64 // ms per login, s per GiB
+	var ld, lp, cd, cp, ch, cm, sd, sp, sh, sm, rd, rp, rh, cc, ct, cv, mc, mt []float64
+	var gLoginCPU, hLoginCPU, gSameCPU, hSameCPU, mLoginCPU, mSameCPU, gByteCPU, hByteCPU, cByteCPU, tByteCPU, mcByteCPU, mtByteCPU []float64 // ms per login, s per GiB
 	for i := 0; i < runs; i++ {
-		ld = append(ld, loginRate(t, "127.0.0.20", d.Addr, logins))
-		lp = append(lp, loginRate(t, "127.0.0.20", g.Addr, logins))
-		r, _ := concurrentLogins(d.Addr, 0, workers, manyAddrs)
-		cd = append(cd, r)
-		r, cpu := concurrentLogins(g.Addr, gpid, workers, manyAddrs)
-		cp, gLoginCPU = append(cp, r), append(gLoginCPU, cpu)
-		if hp != nil {
-			r, cpu = concurrentLogins(hp.Addr, hp.pid, workers, manyAddrs)
-			ch, hLoginCPU = append(ch, r), append(hLoginCPU, cpu)
-		}
-		if gmp != nil {
-			r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, workers, manyAddrs)
-			cm, mLoginCPU = append(cm, r), append(mLoginCPU, cpu)
-		}
-		r, _ = concurrentLogins(d.Addr, 0, sameWorkers, oneAddr)
-		sd = append(sd, r)
-		r, cpu = concurrentLogins(g.Addr, gpid, sameWorkers, oneAddr)
-		sp, gSameCPU = append(sp, r), append(gSameCPU, cpu)
-		if hp != nil {
-			r, cpu = concurrentLogins(hp.Addr, hp.pid, sameWorkers, oneAddr)
-			sh, hSameCPU = append(sh, r), append(hSameCPU, cpu)
-		}
-		if gmp != nil {
-			r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, sameWorkers, oneAddr)
-			sm, mSameCPU = append(sm, r), append(mSameCPU, cpu)
-		}
-		r, _ = retrRate(d.Addr, 0)
-		rd = append(rd, r)
-		r, cpu = retrRate(g.Addr, gpid)
-		rp, gByteCPU = append(rp, r), append(gByteCPU, cpu*1024/float64(mib))
-		if hp != nil {
-			r, cpu = retrRate(hp.Addr, hp.pid)
-			rh, hByteCPU = append(rh, r), append(hByteCPU, cpu*1024/float64(mib))
+		var r, cpu float64
+		if !ftpsOnly {
+			if !loginsOnly {
+				ld = append(ld, loginRate(t, "127.0.0.20", d.Addr, logins))
+				lp = append(lp, loginRate(t, "127.0.0.20", g.Addr, logins))
+			}
+			r, _ = concurrentLogins(d.Addr, 0, workers, manyAddrs)
+			cd = append(cd, r)
+			r, cpu = concurrentLogins(g.Addr, gpid, workers, manyAddrs)
+			cp, gLoginCPU = append(cp, r), append(gLoginCPU, cpu)
+			if hp != nil {
+				r, cpu = concurrentLogins(hp.Addr, hp.pid, workers, manyAddrs)
+				ch, hLoginCPU = append(ch, r), append(hLoginCPU, cpu)
+			}
+			if gmp != nil {
+				r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, workers, manyAddrs)
+				cm, mLoginCPU = append(cm, r), append(mLoginCPU, cpu)
+			}
+			r, _ = concurrentLogins(d.Addr, 0, sameWorkers, oneAddr)
+			sd = append(sd, r)
+			r, cpu = concurrentLogins(g.Addr, gpid, sameWorkers, oneAddr)
+			sp, gSameCPU = append(sp, r), append(gSameCPU, cpu)
+			if hp != nil {
+				r, cpu = concurrentLogins(hp.Addr, hp.pid, sameWorkers, oneAddr)
+				sh, hSameCPU = append(sh, r), append(hSameCPU, cpu)
+			}
+			if gmp != nil {
+				r, cpu = concurrentLogins(gmp.Addr, gmp.cmd.Process.Pid, sameWorkers, oneAddr)
+				sm, mSameCPU = append(sm, r), append(mSameCPU, cpu)
+			}
+			if loginsOnly {
+				continue
+			}
+			r, _ = retrRate(d.Addr, 0)
+			rd = append(rd, r)
+			r, cpu = retrRate(g.Addr, gpid)
+			rp, gByteCPU = append(rp, r), append(gByteCPU, cpu*1024/float64(mib))
+			if hp != nil {
+				r, cpu = retrRate(hp.Addr, hp.pid)
+				rh, hByteCPU = append(rh, r), append(hByteCPU, cpu*1024/float64(mib))
+			}
 		}
 		r, cpu = curlRetr(g.Addr, gpid)
 		cc, cByteCPU = append(cc, r), append(cByteCPU, cpu*1024/float64(mib))
 		r, cpu = curlRetr(g.Addr, gpid, "--ssl-reqd", "-k")
 		ct, tByteCPU = append(ct, r), append(tByteCPU, cpu*1024/float64(mib))
+		r, _ = curlRetr(dtls.Addr, 0, "--ssl-reqd", "-k")
+		cv = append(cv, r)
+		if gmp != nil {
+			r, cpu = curlRetr(gmp.Addr, gmp.cmd.Process.Pid)
+			mc, mcByteCPU = append(mc, r), append(mcByteCPU, cpu*1024/float64(mib))
+			r, cpu = curlRetr(gmp.Addr, gmp.cmd.Process.Pid, "--ssl-reqd", "-k")
+			mt, mtByteCPU = append(mt, r), append(mtByteCPU, cpu*1024/float64(mib))
+		}
 	}
 	stat := func(name string, v []float64, unit string, base []float64) string {
 		s := fmt.Sprintf("  %s %7.1f%s (%.1f..%.1f)", name, median(v), unit, slices.Min(v), slices.Max(v))
@@ -180,36 +241,67 @@ func TestBench(t *testing.T) {
 		return s
 	}
 	fmt.Printf("ftpguard bench: %d interleaved runs each; medians (min..max); ratios to direct\n", runs)
-	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("logins (%d/run)", logins), stat("direct", ld, "/s", nil), stat("ftpguard", lp, "/s", ld))
-	for _, c := range []struct {
-		name                         string
-		d, g, h, m, gcpu, hcpu, mcpu []float64
-	}{
-		{"logins, 32 addrs", cd, cp, ch, cm, gLoginCPU, hLoginCPU, mLoginCPU},
-		{"logins, 8 from 1 addr", sd, sp, sh, sm, gSameCPU, hSameCPU, mSameCPU},
-	} {
-		line := fmt.Sprintf("%-22s%s%s", c.name, stat("direct", c.d, "/s", nil), stat("ftpguard", c.g, "/s", c.d))
-		if hp != nil {
-			line += stat("haproxy", c.h, "/s", c.d)
+	var line string
+	if !ftpsOnly {
+		if !loginsOnly {
+			fmt.Printf("%-22s%s%s\n", fmt.Sprintf("logins (%d/run)", logins), stat("direct", ld, "/s", nil), stat("ftpguard", lp, "/s", ld))
 		}
-		fmt.Println(line)
-		line = fmt.Sprintf("%-22s  ftpguard %.3f ms/login (%.3f..%.3f)", "  relay CPU", median(c.gcpu), slices.Min(c.gcpu), slices.Max(c.gcpu))
-		if hp != nil {
-			line += fmt.Sprintf("   haproxy %.3f ms/login (%.3f..%.3f) ratio %.2f", median(c.hcpu), slices.Min(c.hcpu), slices.Max(c.hcpu), median(c.gcpu)/median(c.hcpu))
+		for _, c := range []struct {
+			name                         string
+			d, g, h, m, gcpu, hcpu, mcpu []float64
+		}{
+			{"logins, 32 addrs", cd, cp, ch, cm, gLoginCPU, hLoginCPU, mLoginCPU},
+			{"logins, 8 from 1 addr", sd, sp, sh, sm, gSameCPU, hSameCPU, mSameCPU},
+		} {
+			line := fmt.Sprintf("%-22s%s%s", c.name, stat("direct", c.d, "/s", nil), stat("ftpguard", c.g, "/s", c.d))
+			if hp != nil {
+				line += stat("haproxy", c.h, "/s", c.d)
+			}
+			fmt.Println(line)
+			line = fmt.Sprintf("%-22s  ftpguard %.3f ms/login (%.3f..%.3f)", "  relay CPU", median(c.gcpu), slices.Min(c.gcpu), slices.Max(c.gcpu))
+			if hp != nil {
+				line += fmt.Sprintf("   haproxy %.3f ms/login (%.3f..%.3f) ratio %.2f", median(c.hcpu), slices.Min(c.hcpu), slices.Max(c.hcpu), median(c.gcpu)/median(c.hcpu))
+			}
+			fmt.Println(line)
+			if gmp != nil {
+				fmt.Printf("%-22s%s, %.3f ms/login (%.3f..%.3f)", "  "+gmpName,
+					stat("ftpguard", c.m, "/s", c.d), median(c.mcpu), slices.Min(c.mcpu), slices.Max(c.mcpu))
+				if hp != nil {
+					fmt.Printf(" ratio to haproxy %.2f", median(c.mcpu)/median(c.hcpu))
+				}
+				fmt.Println()
+			}
 		}
-		fmt.Println(line)
+		// Both login cases together: a login's context switches (all threads).
+		line = fmt.Sprintf("%-22s  ftpguard %.1f", "  switches/login", median(switches[gpid]))
+		if hp != nil {
+			line += fmt.Sprintf("   haproxy %.1f", median(switches[hp.pid]))
+		}
 		if gmp != nil {
-			fmt.Printf("%-22s%s, %.3f ms/login (%.3f..%.3f)\n", "  GOMAXPROCS="+os.Getenv("FTPGUARD_BENCH_GOMAXPROCS"),
-				stat("ftpguard", c.m, "/s", c.d), median(c.mcpu), slices.Min(c.mcpu), slices.Max(c.mcpu))
+			line += fmt.Sprintf("   %s %.1f", gmpName, median(switches[gmp.cmd.Process.Pid]))
 		}
+		fmt.Println(line)
 	}
-	line := fmt.Sprintf("%-22s%s%s", fmt.Sprintf("RETR %d MiB", mib), stat("direct", rd, " MiB/s", nil), stat("ftpguard", rp, " MiB/s", rd))
-	if hp != nil {
-		line += stat("haproxy", rh, " MiB/s", rd)
+	if loginsOnly {
+		return
 	}
-	fmt.Println(line)
+	if !ftpsOnly {
+		line = fmt.Sprintf("%-22s%s%s", fmt.Sprintf("RETR %d MiB", mib), stat("direct", rd, " MiB/s", nil), stat("ftpguard", rp, " MiB/s", rd))
+		if hp != nil {
+			line += stat("haproxy", rh, " MiB/s", rd)
+		}
+		fmt.Println(line)
+	}
 	fmt.Printf("%-22s%s%s\n", fmt.Sprintf("curl RETR %d MiB", mib), stat("ftpguard plain", cc, " MiB/s", nil), stat("ftpguard FTPS", ct, " MiB/s", cc)) // PROT P
+	fmt.Printf("%-22s%s  ftpguard FTPS / vsftpd's %.3f\n", "", stat("vsftpd's own FTPS", cv, " MiB/s", cc), median(ct)/median(cv))
 	fmt.Printf("%-22s  ftpguard plain %.3f s/GiB, FTPS %.3f s/GiB\n", "  relay CPU", median(cByteCPU), median(tByteCPU))
+	if gmp != nil {
+		fmt.Printf("%-22s%s%s\n", "  "+gmpName, stat("plain", mc, " MiB/s", nil), stat("FTPS", mt, " MiB/s", mc))
+		fmt.Printf("%-22s  plain %.3f s/GiB, FTPS %.3f s/GiB\n", "  relay CPU", median(mcByteCPU), median(mtByteCPU))
+	}
+	if ftpsOnly {
+		return
+	}
 	line = fmt.Sprintf("%-22s  ftpguard %.3f s/GiB", "relay CPU", median(gByteCPU))
 	if hp != nil {
 		line += fmt.Sprintf("   haproxy %.3f s/GiB", median(hByteCPU))
@@ -285,16 +377,64 @@ func procCPU(pid int) float64 {
 	if pid == 0 {
 		return 0
 	}
+	return procStatSeconds(pid, 11) // utime, stime
+}
+
+// procStatSeconds is the sum of the two clock-tick fields of
+// /proc/pid/stat at i and i+1, counted after the command name's ")" (11:
+// utime and stime, 13: cutime and cstime), in seconds (100 ticks a second
+// on Linux); 0 when pid is gone.
+func procStatSeconds(pid, i int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
-	// Fields after the command name's ")": utime and stime are the 12th
-	// and 13th, in clock ticks (100 a second on Linux).
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100
+	a, _ := strconv.ParseFloat(f[i], 64)
+	c, _ := strconv.ParseFloat(f[i+1], 64)
+	return (a + c) / 100
+}
+
+// procChildCPU is the user+system CPU seconds of the children process pid
+// has waited for (vsftpd's listener: its sessions once ended).
+func procChildCPU(pid int) float64 {
+	return procStatSeconds(pid, 13) // cutime, cstime
+}
+
+// hasChildren reports whether process pid has child processes.
+func hasChildren(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	return err == nil && len(bytes.TrimSpace(b)) > 0
+}
+
+// selfCPU is the user+system CPU seconds this process has used.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// procSwitches is the context switches, voluntary and not, of every
+// thread of process pid so far (0: none).
+func procSwitches(pid int) int {
+	if pid == 0 {
+		return 0
+	}
+	dirs, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	n := 0
+	for _, p := range dirs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread has ended
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				m, _ := strconv.Atoi(strings.TrimSpace(v))
+				n += m
+			}
+		}
+	}
+	return n
 }
 
 // loginRate logs in and out n times in a row from src through addr and
@@ -539,4 +679,208 @@ func startIdleDaemon(t *testing.T) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// TestBenchDataPath compares the data paths for a plain passive RETR and
+// STOR of one large file, in the same run: direct to vsftpd, through
+// ftpguard relaying ([passive] data_path = "relay"), through ftpguard
+// handing the transfer to the kernel's NAT (data_path = "nftables", in a
+// table of its own), and through HAProxy (TCP mode, splice) when
+// installed. Runs are interleaved, each run in another order; it prints
+// medians (min..max), ratios to direct and of the kernel path to HAProxy,
+// and the CPU seconds per GiB of the process in front of vsftpd (the
+// kernel path's NAT and conntrack work is the kernel's, counted to no
+// process). Runs only with FTPGUARD_BENCH=1; FTPGUARD_BENCH_RUNS (7) and
+// FTPGUARD_BENCH_MIB (1024) as for TestBench.
+func TestBenchDataPath(t *testing.T) {
+	if os.Getenv("FTPGUARD_BENCH") != "1" {
+		t.Skip("set FTPGUARD_BENCH=1 (or run integration/bench.sh) to measure")
+	}
+	runs := envInt("FTPGUARD_BENCH_RUNS", 7)
+	mib := envInt("FTPGUARD_BENCH_MIB", 1024)
+	size := int64(mib) << 20
+
+	d := startVsftpd(t)
+	o := guardOpts{Failures: 1000, LogLevel: "info", MaxConnsPerIP: 100}
+	relay := startGuard(t, d.Addr, o)
+	kernel := startGuard(t, d.Addr, kernelOpts(dataTable(t), o))
+	if kernel.Count(t, "kernel data path: plain passive transfers by nftables NAT") != 1 {
+		t.Fatal("the kernel data path is not in use")
+	}
+	hp := startHAProxy(t, d)
+	name := fmt.Sprintf("bench-data-%d.bin", time.Now().UnixNano())
+	path, _ := randomFile(t, testHome, name, int(size))
+	t.Cleanup(func() { os.Remove(path) })
+	upload := make([]byte, 1<<20)
+	rand.Read(upload)
+	// Uploads go to a tmpfs, as the download comes from the page cache:
+	// the disk's writeback would add its own noise to every path alike.
+	upDir, err := os.MkdirTemp("/dev/shm", "ftpguard-bench-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(upDir) })
+	if u, err := user.Lookup(testUser); err != nil {
+		t.Fatal(err)
+	} else {
+		uid, _ := strconv.Atoi(u.Uid)
+		os.Chown(upDir, uid, -1)
+	}
+
+	type target struct {
+		name string
+		addr string
+		pid  int
+	}
+	targets := []target{{"direct", d.Addr, 0}, {"relay", relay.Addr, relay.cmd.Process.Pid},
+		{"nftables", kernel.Addr, kernel.cmd.Process.Pid}}
+	if hp != nil {
+		targets = append(targets, target{"haproxy", hp.Addr, hp.pid})
+	}
+	session := func(tg target) *ftp.ServerConn {
+		c, err := ftpClient(t, "127.0.0.25", tg.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Login(testUser, testPass); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// Each transfer's rate, and the CPU seconds per GiB of the process in
+	// front of vsftpd and of everything the transfer runs in: this
+	// process (the client) and the vsftpd session (its listener's
+	// children, counted once the session has ended). On loopback the
+	// receiving side's TCP, conntrack and NAT run mostly in the sender's
+	// system call, so the sum is the transfer's cost on this machine
+	// whatever else runs on it, which wall-clock rates are not.
+	type result struct{ rate, relayCPU, allCPU float64 }
+	measure := func(tg target, op func(c *ftp.ServerConn) time.Duration) result {
+		for deadline := time.Now().Add(5 * time.Second); hasChildren(d.pid) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond) // the session before reaped
+		}
+		c := session(tg)
+		relay0, client0, daemon0 := procCPU(tg.pid), selfCPU(), procChildCPU(d.pid)
+		elapsed := op(c)
+		relay1 := procCPU(tg.pid)
+		client1 := selfCPU()
+		c.Quit()
+		// The session's processes reaped: their CPU is the listener's
+		// children's. Waiting for that also keeps a session from being
+		// counted in the next measurement.
+		for deadline := time.Now().Add(5 * time.Second); hasChildren(d.pid) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		all := client1 - client0 + procChildCPU(d.pid) - daemon0 + relay1 - relay0
+		perGiB := 1024 / float64(mib)
+		return result{float64(mib) / elapsed.Seconds(), (relay1 - relay0) * perGiB, all * perGiB}
+	}
+	retr := func(tg target) result {
+		return measure(tg, func(c *ftp.ServerConn) time.Duration {
+			start := time.Now()
+			r, err := c.Retr(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := drain(r)
+			if cerr := r.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil || n != size {
+				t.Fatalf("RETR via %s: %d bytes, %v", tg.name, n, err)
+			}
+			return time.Since(start)
+		})
+	}
+	stor := func(tg target) result {
+		up := filepath.Join(upDir, fmt.Sprintf("up-%s-%d.bin", tg.name, time.Now().UnixNano()))
+		defer os.Remove(up)
+		return measure(tg, func(c *ftp.ServerConn) time.Duration {
+			start := time.Now()
+			if err := c.Stor(up, &repeatReader{buf: upload, left: size}); err != nil {
+				t.Fatalf("STOR via %s: %v", tg.name, err)
+			}
+			elapsed := time.Since(start)
+			if fi, err := os.Stat(up); err != nil || fi.Size() != size {
+				t.Fatalf("STOR via %s: the daemon has %v (%v); want %d bytes", tg.name, fi, err, size)
+			}
+			return elapsed
+		})
+	}
+
+	rate := map[string]map[string][]float64{"RETR": {}, "STOR": {}}
+	relayCPU := map[string]map[string][]float64{"RETR": {}, "STOR": {}}
+	allCPU := map[string]map[string][]float64{"RETR": {}, "STOR": {}}
+	for i := 0; i < runs; i++ {
+		for j := range targets { // each run in another order
+			tg := targets[(i+j)%len(targets)]
+			for _, op := range []struct {
+				name string
+				f    func(target) result
+			}{{"RETR", retr}, {"STOR", stor}} {
+				r := op.f(tg)
+				rate[op.name][tg.name] = append(rate[op.name][tg.name], r.rate)
+				relayCPU[op.name][tg.name] = append(relayCPU[op.name][tg.name], r.relayCPU)
+				allCPU[op.name][tg.name] = append(allCPU[op.name][tg.name], r.allCPU)
+			}
+		}
+	}
+	fmt.Printf("ftpguard data paths: %d interleaved runs of %d MiB each; MiB/s medians (min..max), ratio to direct\n", runs, mib)
+	for _, op := range []string{"RETR", "STOR"} {
+		line := fmt.Sprintf("%-5s", op)
+		direct := median(rate[op]["direct"])
+		for _, tg := range targets {
+			v := rate[op][tg.name]
+			line += fmt.Sprintf("  %s %.0f (%.0f..%.0f)", tg.name, median(v), slices.Min(v), slices.Max(v))
+			if tg.name != "direct" {
+				line += fmt.Sprintf(" %.3f", median(v)/direct)
+			}
+		}
+		if hp != nil {
+			line += fmt.Sprintf("  nftables/haproxy %.3f", median(rate[op]["nftables"])/median(rate[op]["haproxy"]))
+		}
+		fmt.Println(line)
+		line = fmt.Sprintf("%-5s", "  CPU")
+		for _, tg := range targets {
+			a, r := allCPU[op][tg.name], relayCPU[op][tg.name]
+			line += fmt.Sprintf("  %s %.2f (%.2f..%.2f)", tg.name, median(a), slices.Min(a), slices.Max(a))
+			if tg.pid != 0 {
+				line += fmt.Sprintf(" of it relay %.2f", median(r))
+			}
+		}
+		fmt.Println(line + "  s/GiB, client+daemon+relay")
+	}
+	if hp == nil {
+		fmt.Println("(haproxy not installed: no reference relay)")
+	}
+}
+
+// repeatReader yields left bytes of buf over and over; its WriteTo writes
+// buf whole, as a bulk client does (an io.Copy through a 32 KiB buffer
+// would measure the client).
+type repeatReader struct {
+	buf  []byte
+	left int64
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(int64(len(p)), r.left)], r.buf)
+	r.left -= int64(n)
+	return n, nil
+}
+
+func (r *repeatReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for r.left > 0 {
+		n, err := w.Write(r.buf[:min(int64(len(r.buf)), r.left)])
+		total += int64(n)
+		r.left -= int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }

@@ -163,6 +163,7 @@ func runDaemon(t testing.TB, d *ftpd, cmd *exec.Cmd) {
 	for {
 		select {
 		case err := <-exited:
+			exited <- err // for the cleanup, which waits on it
 			b, _ := os.ReadFile(d.LogPath)
 			t.Fatalf("%s exited at start-up (%v): %s", d.Name, err, b)
 		default:

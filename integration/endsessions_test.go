@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -98,29 +99,7 @@ func TestBanEndsSessionsAfterTransfer(t *testing.T) {
 	if code, out, errs := ftpguardCLI(t, "reload", "-config", g.Config, "-admin", g.AdminAddr); code != 0 {
 		t.Fatalf("reload: %d %q %q", code, out, errs)
 	}
-	name := fmt.Sprintf("ban-transfer-%d.bin", time.Now().UnixNano())
-	src, want := randomFile(t, testHome, name, 32<<20) // more than the socket buffers hold
-	t.Cleanup(func() { os.Remove(src) })
-	r := dialRaw(t, "127.0.0.84", g.Addr)
-	r.expect(220)
-	r.send("USER "+testUser, "PASS "+testPass)
-	r.expect(331)
-	r.expect(230)
-	r.send("TYPE I")
-	r.expect(200)
-	r.send("PASV")
-	m := regexp.MustCompile(`(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)`).FindStringSubmatch(r.expect(227))
-	var p [6]int
-	for i := range p {
-		fmt.Sscan(m[i+1], &p[i])
-	}
-	dc, err := dialer("127.0.0.84").Dial("tcp", fmt.Sprintf("%d.%d.%d.%d:%d", p[0], p[1], p[2], p[3], p[4]*256+p[5]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dc.Close()
-	r.send("RETR " + name)
-	r.expect(150)
+	r, dc, want := startDownload(t, g, "127.0.0.84", 32<<20) // more than the socket buffers hold
 	// The download is under way (the client has read nothing yet) when
 	// the ban comes.
 	if code, out, errs := ftpguardCLI(t, "bans", "add", "-config", g.Config, "-admin", g.AdminAddr, "127.0.0.84", "30m"); code != 0 {
@@ -134,5 +113,71 @@ func TestBanEndsSessionsAfterTransfer(t *testing.T) {
 	r.expect(226)
 	if text := r.expect(421); !strings.Contains(text, "banned (admin)") {
 		t.Fatalf("after the transfer: 421 %q", text)
+	}
+}
+
+// startDownload logs in from src through g, opens a passive data
+// connection and starts a RETR of a new random file of size bytes (removed
+// at cleanup); it returns once the 150 has come, the client having read
+// nothing yet.
+func startDownload(t *testing.T, g *guard, src string, size int) (r *raw, dc net.Conn, want []byte) {
+	t.Helper()
+	name := fmt.Sprintf("ban-transfer-%d.bin", time.Now().UnixNano())
+	path, want := randomFile(t, testHome, name, size)
+	t.Cleanup(func() { os.Remove(path) })
+	r = dialRaw(t, src, g.Addr)
+	r.expect(220)
+	r.send("USER "+testUser, "PASS "+testPass)
+	r.expect(331)
+	r.expect(230)
+	r.send("TYPE I")
+	r.expect(200)
+	r.send("PASV")
+	m := regexp.MustCompile(`(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)`).FindStringSubmatch(r.expect(227))
+	var p [6]int
+	for i := range p {
+		fmt.Sscan(m[i+1], &p[i])
+	}
+	dc, err := dialer(src).Dial("tcp", fmt.Sprintf("%d.%d.%d.%d:%d", p[0], p[1], p[2], p[3], p[4]*256+p[5]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dc.Close() })
+	r.send("RETR " + name)
+	r.expect(150)
+	return r, dc, want
+}
+
+// TestBanEndsSessionsSharedStore: a ban made on one instance ends the
+// sessions it covers on another instance on the same Redis, which learns it
+// from the store (the path a resync after a subscription gap takes too,
+// thousands of bans at once: proxy.Server.EndBansSoon). Another address's
+// session on that instance is untouched.
+func TestBanEndsSessionsSharedStore(t *testing.T) {
+	d := startVsftpd(t)
+	url, _ := startRedis(t)
+	opts := guardOpts{Failures: 5, Extra: fmt.Sprintf("[store]\nkind = \"redis\"\nurl = %q\n", url)}
+	a, b := adminGuard(t, d.Addr, opts), startGuard(t, d.Addr, opts)
+	pre := dialRaw(t, "127.0.0.87", b.Addr)
+	pre.expect(220)
+	pre.send("USER " + testUser)
+	pre.expect(331)
+	other := dialRaw(t, "127.0.0.88", b.Addr)
+	other.expect(220)
+	start := time.Now()
+	if code, out, errs := ftpguardCLI(t, "bans", "add", "-config", a.Config, "-admin", a.AdminAddr, "127.0.0.87", "30m"); code != 0 {
+		t.Fatalf("bans add on a: %d %q %q", code, out, errs)
+	}
+	if text := pre.expect(421); !strings.Contains(text, "banned (admin)") {
+		t.Fatalf("b's session of the address banned on a: 421 %q, want the reason", text)
+	}
+	t.Logf("b ended the session %v after the ban on a", time.Since(start).Round(time.Millisecond))
+	other.send("NOOP")
+	other.expect(530) // vsftpd's answer before a login: the session is alive
+	if n := b.Count(t, "reject", "reason", "banned", "ban", "127.0.0.87/32"); n != 1 {
+		t.Fatalf("b logged %d sessions ended by the ban, want 1", n)
+	}
+	if n := d.FailedLogins(t); n != 0 {
+		t.Fatalf("vsftpd saw %d failed logins, want 0", n)
 	}
 }

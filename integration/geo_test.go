@@ -78,6 +78,23 @@ ban_time = "1h"
 	if code := gate(dialRaw(t, "127.0.4.7", g.Addr)); code != 421 {
 		t.Fatalf("XB after its budget rule's one failure: %d, want 421", code)
 	}
+	// The budget rule's ban is listed with its rule (GET /bans, bans list),
+	// and bans del lifts it.
+	if code, body := g.admin(t, "GET", "/bans", adminToken, ""); code != 200 || !strings.Contains(body, `"key": "127.0.4.7/32"`) ||
+		!strings.Contains(body, "geo rule 2 (budget XB): budget") {
+		t.Fatalf("GET /bans: %d %s, want the budget rule's ban of 127.0.4.7", code, body)
+	}
+	rc, out, errs := ftpguardCLI(t, "bans", "list", "-config", g.Config, "-admin", g.AdminAddr)
+	if rc != 0 || !strings.Contains(out, "127.0.4.7/32") || !strings.Contains(out, "geo rule 2 (budget XB): budget") {
+		t.Fatalf("bans list: %d\n%s%s", rc, out, errs)
+	}
+	t.Logf("ftpguard bans list:\n%s", out)
+	if rc, out, errs := ftpguardCLI(t, "bans", "del", "-config", g.Config, "-admin", g.AdminAddr, "127.0.4.7"); rc != 0 {
+		t.Fatalf("bans del of the budget rule's ban: %d %s%s", rc, out, errs)
+	}
+	if code := try(dialRaw(t, "127.0.4.7", g.Addr), testPass); code != 230 {
+		t.Fatalf("127.0.4.7 after bans del: %d, want 230", code)
+	}
 	for range 2 {
 		if code := try(dialRaw(t, "127.0.5.7", g.Addr), "wrong"); code != 530 {
 			t.Fatalf("XC's guess: %d, want 530 (its budget is [limits]')", code)

@@ -15,10 +15,12 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,6 +114,7 @@ type ftpd struct {
 	failMark string     // the daemon's log line of a failed login; "" = vsftpd's
 	relay    *passRelay // counts the PASS lines reaching a daemon without a log
 	pasv     [2]int     // vsftpd's passive port range
+	pid      int        // vsftpd's listening process (its sessions are its children)
 }
 
 // startVsftpd runs vsftpd in the foreground on a free loopback port with
@@ -154,10 +157,14 @@ func startVsftpd(t testing.TB, extra ...string) *ftpd {
 		<-exited
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if slices.Contains(extra, "listen_ipv6=YES") { // with listen=NO and listen_address6=::1
+		addr = fmt.Sprintf("[::1]:%d", port)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		select {
 		case err := <-exited:
+			exited <- err // for the cleanup, which waits on it
 			msg, _ := os.ReadFile(errPath)
 			t.Fatalf("vsftpd exited at start-up (%v): %s", err, msg)
 		default:
@@ -171,7 +178,8 @@ func startVsftpd(t testing.TB, extra ...string) *ftpd {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &ftpd{Name: "vsftpd", Addr: addr, LogPath: logPath, failMark: "FAIL LOGIN", pasv: [2]int{pasv, pasv + 49}}
+	return &ftpd{Name: "vsftpd", Addr: addr, LogPath: logPath, failMark: "FAIL LOGIN", pasv: [2]int{pasv, pasv + 49},
+		pid: cmd.Process.Pid}
 }
 
 // FailedLogins counts the failed logins that really reached the daemon:
@@ -213,6 +221,14 @@ type guardOpts struct {
 	DialTimeout string
 	// DrainTimeout is [sessions] drain_timeout ("5s" when "").
 	DrainTimeout string
+	// Passive is raw TOML put inside the [passive] table (data_path).
+	Passive string
+	// Bin is the ftpguard binary to run ("" = the one TestMain built).
+	Bin string
+	// LogPipe: ftpguard's standard error is a pipe that this process
+	// copies into the log file, as under a container runtime (systemd's
+	// journal gives it a socket), instead of the file itself.
+	LogPipe bool
 }
 
 // guard is an ftpguard process run by a test.
@@ -281,6 +297,7 @@ send_proxy = %q
 
 [passive]
 ports = "%d-%d"
+%s
 
 [limits]
 failures = %d
@@ -300,7 +317,7 @@ drain_timeout = %q
 level = %q
 format = "json"
 %s
-`, o.Listen, o.Mode, o.Admin, o.AdminExtra, backend, o.DialTimeout, o.SendProxy, pasv, pasv+49, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.DrainTimeout, o.Sessions, o.LogLevel, o.Extra)
+`, o.Listen, o.Mode, o.Admin, o.AdminExtra, backend, o.DialTimeout, o.SendProxy, pasv, pasv+49, o.Passive, o.Failures, o.Window, o.BanTime, o.BanFactor, o.MaxConnsPerIP, o.LoginTimeout, o.DrainTimeout, o.Sessions, o.LogLevel, o.Extra)
 	path := filepath.Join(dir, "ftpguard.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -310,13 +327,20 @@ format = "json"
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	g.cmd = exec.Command(guardBin, "run", "-config", path)
+	bin := guardBin
+	if o.Bin != "" {
+		bin = o.Bin
+	}
+	g.cmd = exec.Command(bin, "run", "-config", path)
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
+	if o.LogPipe {
+		g.cmd.Stderr = struct{ io.Writer }{logf} // not an *os.File: exec copies it from a pipe
+	}
 	if err := g.cmd.Start(); err != nil {
+		logf.Close()
 		t.Fatal(err)
 	}
-	go func() { g.exited <- g.cmd.Wait() }()
+	go func() { err := g.cmd.Wait(); logf.Close(); g.exited <- err }()
 	t.Cleanup(func() {
 		g.cmd.Process.Kill()
 		<-g.exited
@@ -342,6 +366,7 @@ format = "json"
 		}
 		select {
 		case err := <-g.exited:
+			g.exited <- err // for the cleanup, which waits on it
 			b, _ := os.ReadFile(g.LogPath)
 			t.Fatalf("ftpguard exited at start-up (%v):\n%s", err, b)
 		default:

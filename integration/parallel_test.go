@@ -172,3 +172,47 @@ func TestWrongPasswordBurstOneAddress(t *testing.T) {
 	c.Quit()
 	t.Logf("burst of %d wrong passwords: %d × 530, %d × 421; vsftpd saw %d failed logins", conns, n530, n421, d.FailedLogins(t))
 }
+
+// TestParallelLoginsManyAddresses: 16 new addresses (127.0.5.1–16) log in
+// to one account at once, a fleet deployed together, with a username
+// budget of 2. Every login succeeds: a PASS that finds the account's
+// places all held by logins in flight waits for one. Before, those PASSes
+// were answered "530 Logins to … are paused after repeated failed logins
+// elsewhere", though no login had failed.
+func TestParallelLoginsManyAddresses(t *testing.T) {
+	const clients = 16
+	d := startVsftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{Extra: "[user_limits]\nfailures = 2\n"})
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []string
+	)
+	start := make(chan struct{})
+	for i := 1; i <= clients; i++ {
+		wg.Go(func() {
+			r := dialRaw(t, fmt.Sprintf("127.0.5.%d", i), g.Addr)
+			defer r.c.Close()
+			r.expect(220)
+			r.send("USER " + testUser)
+			r.expect(331)
+			<-start
+			r.send("PASS " + testPass)
+			if code, text := r.reply(); code != 230 {
+				mu.Lock()
+				errs = append(errs, fmt.Sprintf("127.0.5.%d: %d %s", i, code, text))
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond) // every USER answered, then the PASSes at once
+	close(start)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d logins from new addresses at once failed:\n%s", len(errs), clients, strings.Join(errs, "\n"))
+	}
+	if n := d.FailedLogins(t); n != 0 {
+		t.Fatalf("vsftpd saw %d failed logins", n)
+	}
+	t.Logf("%d new addresses logged in to one account at once (username budget 2): all 230", clients)
+}
