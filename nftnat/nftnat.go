@@ -124,6 +124,9 @@ func (t *Table) Counting() (bool, error) { return t.counting, t.countErr }
 // Probe reports whether Open(name) would succeed, without touching table
 // name (a running ftpguard may own it): it creates the same layout under
 // another name and deletes it, in one transaction, so nothing is left.
+// When the kernel takes the NAT table but not its counting objects (Open
+// then makes a table that does not count bytes), the error wraps
+// ErrNoCounting and says why: the kernel data path works, uncounted.
 func Probe(name string) error {
 	if !ValidName(name) {
 		return fmt.Errorf("nftnat: invalid table name %q", name)
@@ -133,6 +136,7 @@ func Probe(name string) error {
 		return err
 	}
 	tbl := &nftables.Table{Family: nftables.TableFamilyINet, Name: fmt.Sprintf("%s-probe-%d", name, os.Getpid())}
+	var countErr error
 	for _, counting := range []bool{true, false} {
 		c.AddTable(tbl)
 		c.DelTable(tbl)
@@ -141,7 +145,13 @@ func Probe(name string) error {
 		}
 		c.DelTable(tbl)
 		if err = c.Flush(); err == nil {
+			if countErr != nil {
+				return fmt.Errorf("%w: %w", ErrNoCounting, countErr)
+			}
 			return nil
+		}
+		if counting {
+			countErr = err
 		}
 	}
 	return fmt.Errorf("nftnat: a NAT table cannot be created: %w", err)

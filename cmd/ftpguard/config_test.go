@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ftpguard/ftpguard/internal/conf"
+	"github.com/ftpguard/ftpguard/nftnat"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -185,6 +187,7 @@ func TestDataPathConfig(t *testing.T) {
 func TestDataPathReport(t *testing.T) {
 	ok := func(string) error { return nil }
 	fails := func(string) error { return errors.New("operation not permitted") }
+	uncounted := func(string) error { return fmt.Errorf("%w: invalid argument", nftnat.ErrNoCounting) }
 	for _, c := range []struct {
 		name, text string
 		probe      func(string) error
@@ -192,6 +195,9 @@ func TestDataPathReport(t *testing.T) {
 	}{
 		{"relay", "", ok, `data path: relay (passive.data_path = "relay")`},
 		{"nftables", "[passive]\ndata_path = \"nftables\"\n", ok, "data path: nftables (table inet ftpguard_data): plain passive transfers by kernel NAT"},
+		{"counted", "[passive]\ndata_path = \"nftables\"\n", ok, "  bytes: counted exactly, from TCP sequence numbers, into ftpguard_bytes_relayed_total"},
+		{"uncounted", "[passive]\ndata_path = \"nftables\"\n", uncounted,
+			"  bytes: NOT counted (nftnat: this table does not count bytes: invalid argument): ftpguard_bytes_relayed_total leaves out what the kernel carries"},
 		{"no nftables", "[passive]\ndata_path = \"nftables\"\n", fails, "data path: relay: nftables NAT cannot be used by this process (operation not permitted)"},
 		{"daemon on ::1", "[backend]\naddress = \"[::1]:2121\"\n[passive]\ndata_path = \"nftables\"\n", ok, "note: the daemon is on ::1"},
 	} {

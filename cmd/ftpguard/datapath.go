@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -54,13 +55,20 @@ func dataPathReport(st *Settings, probe func(table string) error) string {
 		return "data path: relay: tls.backend_tls = true makes every data connection to the daemon TLS " +
 			"(passive.data_path = \"nftables\" has nothing to hand to the kernel)\n"
 	}
-	if err := probe(p.NftTable); err != nil {
+	err := probe(p.NftTable)
+	uncounted := errors.Is(err, nftnat.ErrNoCounting)
+	if err != nil && !uncounted {
 		return fmt.Sprintf("data path: relay: nftables NAT cannot be used by this process (%v); "+
 			"ftpguard will relay every transfer (run check as the user and with the capabilities ftpguard runs with: CAP_NET_ADMIN)\n", err)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "data path: nftables (table inet %s): plain passive transfers by kernel NAT; "+
 		"relayed: PROT P, active mode, clients behind a balancer, a client of another address family than the daemon's\n", p.NftTable)
+	if uncounted {
+		fmt.Fprintf(&b, "  bytes: NOT counted (%v): ftpguard_bytes_relayed_total leaves out what the kernel carries\n", err)
+	} else {
+		b.WriteString("  bytes: counted exactly, from TCP sequence numbers, into ftpguard_bytes_relayed_total\n")
+	}
 	if note := deploymentNote(p.Backend); note != "" {
 		b.WriteString("  note: " + note + "\n")
 	}
