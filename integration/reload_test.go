@@ -5,11 +5,15 @@ package integration
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -303,4 +307,84 @@ func TestReloadSessions(t *testing.T) {
 		t.Fatalf("logged-in session at the end: %v", err)
 	}
 	in.Quit()
+}
+
+// procSlacks returns the timer slack of each thread of process pid (as
+// root: another process's need CAP_SYS_NICE).
+func procSlacks(t *testing.T, pid int) map[string]time.Duration {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]time.Duration{}
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/" + task.Name() + "/timerslack_ns")
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // the thread ended
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[task.Name()] = time.Duration(ns)
+	}
+	return got
+}
+
+// TestReloadTimerSlack: every thread of ftpguard, the Go runtime's among
+// them, runs with timer_slack (1ms by default), also the threads started
+// for sessions, and a reload changes it ("0s": the slack it was started
+// with, here this test's).
+func TestReloadTimerSlack(t *testing.T) {
+	d := startVsftpd(t)
+	g := startGuard(t, d.Addr, guardOpts{})
+	started, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	initial, _ := strconv.ParseInt(strings.TrimSpace(string(started)), 10, 64)
+	check := func(want time.Duration) {
+		t.Helper()
+		// Sessions at once from several addresses: threads are started.
+		var wg sync.WaitGroup
+		for i := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := ftpClient(t, fmt.Sprintf("127.0.0.%d", 91+i), g.Addr)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer c.Quit()
+				if err := c.Login(testUser, testPass); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		slacks := procSlacks(t, g.cmd.Process.Pid)
+		if len(slacks) < 3 {
+			t.Fatalf("%d threads", len(slacks))
+		}
+		for tid, d := range slacks {
+			if d != want {
+				t.Errorf("thread %s: slack %v, want %v", tid, d, want)
+			}
+		}
+	}
+	check(time.Millisecond)
+	if g.Count(t, "timer slack set", "timer_slack", "1ms") != 1 {
+		t.Error(`no "timer slack set" timer_slack=1ms logged at start`)
+	}
+	g.rewrite(t, `mode = "enforce"`, "mode = \"enforce\"\ntimer_slack = \"5ms\"")
+	g.sighup(t, 1)
+	check(5 * time.Millisecond)
+	g.rewrite(t, `timer_slack = "5ms"`, `timer_slack = "0s"`)
+	g.sighup(t, 2)
+	check(time.Duration(initial))
 }

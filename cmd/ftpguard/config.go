@@ -3,6 +3,7 @@ package main
 import (
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/ftpguard/ftpguard/admin"
 	"github.com/ftpguard/ftpguard/crowdsec"
@@ -16,7 +17,7 @@ import (
 
 // Config is the TOML configuration file, made of the sections each
 // package owns (docs/design.md, "The config file"); every key is
-// documented in config.example.toml. [log] and mode are main's.
+// documented in config.example.toml. [log], mode and timer_slack are main's.
 type Config struct {
 	// listen, active, [tls], [backend], [passive], [sessions], [proxy_protocol]
 	proxy.Section
@@ -25,11 +26,14 @@ type Config struct {
 	Store      stores.Config            `toml:"store"`
 	Log        LogConfig                `toml:"log"`
 	// Mode is "enforce" or "observe" (count and log, refuse nobody).
-	Mode     string           `toml:"mode"`
-	Admin    admin.Config     `toml:"admin"`
-	Firewall firewall.Config  `toml:"firewall"`
-	CrowdSec crowdsec.Section `toml:"crowdsec"`
-	Geo      geo.Config       `toml:"geo"`
+	Mode string `toml:"mode"`
+	// TimerSlack is the timer slack of every thread (slack_linux.go); 0:
+	// the one ftpguard started with.
+	TimerSlack time.Duration    `toml:"timer_slack"`
+	Admin      admin.Config     `toml:"admin"`
+	Firewall   firewall.Config  `toml:"firewall"`
+	CrowdSec   crowdsec.Section `toml:"crowdsec"`
+	Geo        geo.Config       `toml:"geo"`
 }
 
 // LogConfig is the [log] table.
@@ -47,6 +51,7 @@ func DefaultConfig() Config {
 		Store:      stores.Default(),
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Mode:       "enforce",
+		TimerSlack: time.Millisecond,
 		Admin:      admin.DefaultConfig(),
 		Firewall:   firewall.DefaultConfig(),
 		CrowdSec:   crowdsec.Defaults(),
@@ -96,7 +101,7 @@ func LoadConfig(path string) (*Settings, error) {
 }
 
 // settings asks each section to validate itself into p and returns the
-// settings they give; [log] and mode are main's own.
+// settings they give; [log], mode and timer_slack are main's own.
 func (c Config) settings(p *conf.Problems) *Settings {
 	s := &Settings{File: c}
 	s.Proxy = c.Section.Settings(p)
@@ -112,6 +117,9 @@ func (c Config) settings(p *conf.Problems) *Settings {
 	s.CrowdSec = c.CrowdSec.Settings(p)
 	s.Geo = c.Geo.Settings(p)
 	p.OneOf("mode", c.Mode, "enforce", "observe")
+	if c.TimerSlack < 0 || c.TimerSlack > maxTimerSlack {
+		p.Add("timer_slack", "must be between 0s (the slack ftpguard started with) and %v, got %v", maxTimerSlack, c.TimerSlack)
+	}
 	s.Proxy.Observe = c.Mode == "observe"
 
 	s.Limiter = c.Limits.Settings(p, c.Store.FailClosed)

@@ -85,6 +85,8 @@ func TestConfigErrors(t *testing.T) {
 		{"syntax", "listen = \n", []string{":1"}},
 		{"send_proxy", "[backend]\nsend_proxy = \"v3\"\n", []string{":2 backend.send_proxy: must be \"off\", \"v1\" or \"v2\""}},
 		{"trusted", "[proxy_protocol]\ntrusted = [\"lb.example\"]\n", []string{":2 proxy_protocol.trusted: \"lb.example\" is not an IP address or CIDR"}},
+		{"timer slack", "timer_slack = \"1s\"\n", []string{":1 timer_slack: must be between 0s (the slack ftpguard started with) and 100ms, got 1s"}},
+		{"negative timer slack", "timer_slack = \"-1ms\"\n", []string{":1 timer_slack: must be between 0s"}},
 		{"all at once", "[limits]\nfailures = 0\nbogus = 1\n", []string{":2 limits.failures", ":3 limits.bogus: unknown key"}},
 	}
 	for _, tt := range tests {

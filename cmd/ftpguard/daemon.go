@@ -37,6 +37,7 @@ type daemon struct {
 	cs     *crowdsec.Link // nil: off
 	geo    *geo.Geo
 	adm    *admin.Server
+	slack  *timerSlack // nil: timer_slack is not applied (tests)
 	// adminAt is the [admin] listener in force: the one of the start, as a
 	// reload does not move it.
 	adminAt admin.Settings
@@ -213,6 +214,9 @@ func (d *daemon) reload() error {
 		d.ports.Commit(plan) // after SetConfig: an implicit listener needs the new TLS config
 	}
 	d.level.Set(st.LogLevel)
+	if d.slack != nil {
+		d.slack.apply(st.File.TimerSlack, d.log)
+	}
 	d.fw.SetConfig(st.Firewall)
 	d.adm.SetSettings(st.Admin)
 	d.st.Store(st)

@@ -131,6 +131,8 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	level.Set(st.LogLevel)
 	events := new(admin.EventRing)
 	log := slog.New(admin.NewLogHandler(newLogger(logWriter(stderr), st.File.Log.Format, level).Handler(), events))
+	slack := newTimerSlack()
+	slack.apply(st.File.TimerSlack, log)
 
 	sc := st.File.Store
 	sc.AttemptTTL = stores.AttemptTTLFor(st.Proxy.LoginTimeout) // a guess in flight keeps its place
@@ -164,6 +166,7 @@ func run(path string, st *Settings, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	d.slack = slack
 	defer d.cs.Stop()
 	srv := d.srv
 	if dp := openDataPath(st, log); dp != nil {
