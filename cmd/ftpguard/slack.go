@@ -35,13 +35,13 @@ func (t *timerSlack) apply(d time.Duration, log *slog.Logger) {
 	}
 	missed, err := setTimerSlack(d)
 	if err != nil && missed == 0 {
-		log.Warn("timer slack not set", "timer_slack", d, "in_force", t.inForce, "err", err)
+		log.Warn("timer slack not set", "timer_slack", d.String(), "in_force", t.inForce.String(), "err", err)
 		return
 	}
 	t.inForce = d
 	if err != nil {
 		log.Warn("timer slack not set on every thread (they need CAP_SYS_NICE in a cgo build)",
-			"timer_slack", d, "threads_missed", missed, "err", err)
+			"timer_slack", d.String(), "threads_missed", missed, "err", err)
 		return
 	}
 	log.Info("timer slack set", "timer_slack", d.String())
